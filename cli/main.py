@@ -1,0 +1,90 @@
+"""The ``arrival`` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from common.settings import get_local_cloud_settings
+from localcloud import control
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _say(message: str) -> None:
+    console.print(f"[dim]{message}[/dim]")
+
+
+@app.command()
+def up() -> None:
+    """Start the local cloud (LocalStack and, later, its other services) in the background."""
+    settings = get_local_cloud_settings()
+    try:
+        result = control.up(settings, say=_say)
+    except control.LocalCloudError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    if result.already_running:
+        console.print(f"already running (supervisor pid {result.pid}); nothing to do")
+    else:
+        console.print(f"local cloud up (supervisor pid {result.pid})")
+    for name, url in result.endpoints.items():
+        console.print(f"  {name}: {url}")
+
+
+@app.command()
+def down() -> None:
+    """Stop the local cloud and wait until every process and port is gone."""
+    settings = get_local_cloud_settings()
+    try:
+        was_running = control.down(settings)
+    except control.LocalCloudError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    console.print("local cloud stopped" if was_running else "local cloud was not running")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:
+    """Show whether the local cloud runs, and its endpoints."""
+    report = control.status(get_local_cloud_settings())
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console.print(f"status: {report['status']}" + (f" (pid {report['pid']})" if report["pid"] else ""))
+    for name, url in report["endpoints"].items():
+        console.print(f"  {name}: {url}")
+
+
+@app.command()
+def deploy(
+    template: Annotated[Path, typer.Option(help="SAM template to deploy")] = Path("template.yaml"),
+    stack_name: Annotated[str, typer.Option(help="CloudFormation stack name")] = "arrival",
+    parameter: Annotated[list[str] | None, typer.Option(help="Key=Value template parameter")] = None,
+) -> None:
+    """Package the template's functions and create or update its stack (LocalStack or AWS, by
+    AWS_ENDPOINT_URL)."""
+    from localcloud import deploy as deployment  # boto3 and zip work only when deploying
+
+    overrides = dict(item.split("=", 1) for item in parameter or [])
+    outputs = deployment.deploy_stack(template, stack_name, overrides, say=_say)
+    for key, value in sorted(outputs.items()):
+        console.print(f"  {key}: {value}")
+
+
+@app.command()
+def demo(stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival") -> None:
+    """Drop a sample file into the raw bucket and follow it through the chain."""
+    from cli.demo import run_demo
+
+    run_demo(stack_name, console)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,31 @@
+"""Ingest Lambda: SQS batches of S3 notifications from the raw bucket; one failing record fails alone."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes import S3Event, SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from common.ingest import RawObject, ingest_object
+from common.observability import logger, metrics, tracer
+
+
+def ingest_record(record: SQSRecord) -> None:
+    # S3 sends an s3:TestEvent when notifications are configured; it has no Records.
+    for s3_record in S3Event(record.json_body).records if "Records" in record.json_body else []:
+        key = unquote_plus(s3_record.s3.get_object.key)
+        ingest_object(RawObject(s3_record.s3.bucket.name, key, s3_record.s3.get_object.version_id))
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    processor = BatchProcessor(event_type=EventType.SQS)
+    return process_partial_response(
+        event=event, record_handler=ingest_record, processor=processor, context=context
+    )

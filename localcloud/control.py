@@ -1,0 +1,127 @@
+"""What ``arrival up``, ``down`` and ``status`` do, as functions the CLI and the tests share."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from common.settings import LocalCloudSettings
+from localcloud import emulator
+from localcloud.processes import (
+    CLOUD_ID_VARIABLE,
+    exclusive_lock,
+    is_alive,
+    lock_is_held,
+    marked_processes,
+    port_is_free,
+    port_is_listening,
+    terminate,
+    wait_until,
+)
+from localcloud.supervisor import StatePaths, read_state, running_pid
+
+
+class LocalCloudError(RuntimeError):
+    """A failure the user can act on; its message is one line that says how."""
+
+
+@dataclass(frozen=True)
+class UpResult:
+    pid: int
+    already_running: bool
+    endpoints: dict[str, str]
+
+
+def _port_settings(settings: LocalCloudSettings) -> dict[str, int]:
+    return {"ARRIVAL_AWS_PORT": settings.aws_port}
+
+
+def _environment(settings: LocalCloudSettings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ARRIVAL_STATE_DIR": str(settings.state_dir.resolve()),
+        "ARRIVAL_CACHE_DIR": str(settings.cache_dir.resolve()),
+        "ARRIVAL_AWS_PORT": str(settings.aws_port),
+        "ARRIVAL_REGION": settings.region,
+        CLOUD_ID_VARIABLE: settings.cloud_id,
+    }
+
+
+def up(settings: LocalCloudSettings, say: Callable[[str], None] = lambda _: None) -> UpResult:
+    paths = StatePaths(settings.state_dir)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # Serialises concurrent `arrival up`s; the supervisor's own lock guards its lifetime.
+    with exclusive_lock(settings.state_dir / "up.lock", blocking=True):
+        pid = running_pid(paths)
+        if pid is not None and lock_is_held(paths.lock):
+            state = read_state(paths)
+            return UpResult(pid, already_running=True, endpoints=state.get("endpoints", {}))
+        for variable, port in _port_settings(settings).items():
+            if not port_is_free(port):
+                raise LocalCloudError(
+                    f"port {port} is already in use by another program; "
+                    f"set {variable} to a free port (e.g. {variable}={port + 1000})"
+                )
+        # Built here, in the foreground, so a first run shows its progress and its errors.
+        emulator.ensure_virtualenv(settings, say)
+        paths.state.unlink(missing_ok=True)
+        with paths.log.open("ab") as log:
+            supervisor = subprocess.Popen(
+                emulator.supervisor_argv(settings),
+                env=_environment(settings),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # detached: it outlives this command and its terminal
+                cwd=settings.state_dir,
+            )
+        say(f"supervisor started (pid {supervisor.pid}); waiting for LocalStack")
+
+        def settled() -> bool:
+            return supervisor.poll() is not None or read_state(paths).get("status") in {"ready", "failed"}
+
+        wait_until(settled, settings.startup_timeout_seconds + 30, interval=0.2)
+        state = read_state(paths)
+        if state.get("status") != "ready":
+            reason = state.get("error") or f"see {paths.log}"
+            if supervisor.poll() is None:
+                terminate([supervisor.pid], settings.shutdown_timeout_seconds)
+            raise LocalCloudError(f"the local cloud did not start: {reason}")
+        return UpResult(supervisor.pid, already_running=False, endpoints=state["endpoints"])
+
+
+def down(settings: LocalCloudSettings) -> bool:
+    """Stop the supervisor and wait until every process has exited and every port is closed.
+    Returns whether a supervisor was running."""
+    paths = StatePaths(settings.state_dir)
+    ports = read_state(paths).get("ports", [settings.aws_port])
+    pid = running_pid(paths)
+    if pid is not None:
+        terminate([pid], settings.shutdown_timeout_seconds)
+        wait_until(lambda: not is_alive(pid), settings.shutdown_timeout_seconds)
+    # Whatever a killed supervisor left behind (its children die with it, but not instantly).
+    if not wait_until(lambda: not marked_processes(settings.cloud_id), 15):
+        terminate(marked_processes(settings.cloud_id), 5)
+    if not wait_until(lambda: not any(port_is_listening(port) for port in ports), 15):
+        busy = [port for port in ports if port_is_listening(port)]
+        raise LocalCloudError(f"ports {busy} are still listening after the local cloud stopped")
+    paths.pidfile.unlink(missing_ok=True)
+    paths.state.unlink(missing_ok=True)
+    return pid is not None
+
+
+def status(settings: LocalCloudSettings) -> dict[str, Any]:
+    paths = StatePaths(settings.state_dir)
+    pid = running_pid(paths)
+    state = read_state(paths) if pid is not None else {}
+    return {
+        "running": pid is not None and state.get("status") == "ready",
+        "status": state.get("status", "stopped"),
+        "pid": pid,
+        "state_dir": str(settings.state_dir),
+        "endpoints": state.get("endpoints", {"aws": settings.aws_endpoint_url}),
+        "services": state.get("services", {}),
+    }

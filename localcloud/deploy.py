@@ -1,0 +1,215 @@
+"""Deploying ``template.yaml`` (SAM) to CloudFormation: LocalStack's or AWS's, by AWS_ENDPOINT_URL.
+
+What ``sam build`` + ``sam deploy`` do, reduced to what arrival's templates need: package each
+function's code as a zip, upload it, create or update the stack through a change set (the SAM
+transform needs one), wait, and return the outputs. We do it ourselves because the SAM CLI pulls in
+Docker for builds and pins a boto3 that conflicts with ours; the template stays `sam deploy`-able.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+import yaml
+from botocore.exceptions import ClientError, WaiterError
+
+Say = Callable[[str], None]
+
+# Each packaged resource type and the property holding its local code directory.
+_CODE_PROPERTIES = {
+    "AWS::Serverless::Function": "CodeUri",
+    "AWS::Serverless::LayerVersion": "ContentUri",
+}
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_FAST_WAITER = {"Delay": 1, "MaxAttempts": 900}
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+class _TemplateLoader(yaml.SafeLoader):
+    """Reads CloudFormation's short-form tags (!Ref, !GetAtt, !Sub...) as their long form, so the
+    template can be rewritten and sent as JSON. No library does just this: cfn-lint's decoder does,
+    but it would make the whole linter a runtime dependency."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+_TemplateLoader.add_multi_constructor("!", _intrinsic)
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    template: dict[str, Any] = yaml.load(path.read_text(), Loader=_TemplateLoader)  # noqa: S506  # SafeLoader subclass
+    return template
+
+
+def _zip_directory(source: Path, destination: Path) -> None:
+    """A reproducible zip: same files, same bytes, so unchanged code is not uploaded again."""
+    with zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(source.rglob("*")):
+            if "__pycache__" in path.parts or not path.is_file():
+                continue
+            info = zipfile.ZipInfo(path.relative_to(source).as_posix(), _ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, path.read_bytes())
+
+
+def _build(logical_id: str, resource: dict[str, Any], code_dir: Path, artifacts: Path) -> None:
+    """`sam build`'s makefile build method, or a plain copy of the code directory."""
+    build_method = resource.get("Metadata", {}).get("BuildMethod")
+    if build_method == "makefile":
+        subprocess.run(
+            ["make", "--no-print-directory", f"build-{logical_id}", f"ARTIFACTS_DIR={artifacts}"],
+            cwd=code_dir,
+            check=True,
+            # The local Lambda executor installs requirements.txt into a cached virtualenv itself;
+            # vendoring the packages into every zip would only make uploads slow.
+            env={**os.environ, "ARRIVAL_VENDOR_LAMBDA_DEPS": "0"},
+        )
+    else:
+        shutil.copytree(code_dir, artifacts, dirs_exist_ok=True)
+
+
+def _ensure_bucket(s3: Any, bucket: str, region: str) -> None:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        options = (
+            {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        )
+        s3.create_bucket(Bucket=bucket, **options)
+
+
+def package(template_path: Path, template: dict[str, Any], bucket: str, s3: Any, say: Say) -> None:
+    """Replace every local code directory in the template with the S3 address of its zip."""
+    root = template_path.parent
+    globals_code = template.get("Globals", {}).get("Function", {}).get("CodeUri")
+    for logical_id, resource in template.get("Resources", {}).items():
+        code_property = _CODE_PROPERTIES.get(resource.get("Type", ""))
+        if code_property is None:
+            continue
+        properties = resource.setdefault("Properties", {})
+        location = properties.get(code_property, globals_code if code_property == "CodeUri" else None)
+        if not isinstance(location, str) or location.startswith("s3://"):
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"arrival-{logical_id}-") as scratch:
+            artifacts = Path(scratch) / "artifacts"
+            artifacts.mkdir()
+            _build(logical_id, resource, (root / location).resolve(), artifacts)
+            archive = Path(scratch) / "code.zip"
+            _zip_directory(artifacts, archive)
+            digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:20]
+            key = f"functions/{logical_id}-{digest}.zip"
+            try:
+                s3.head_object(Bucket=bucket, Key=key)
+            except ClientError:
+                say(f"uploading {logical_id} ({archive.stat().st_size // 1024} KiB)")
+                s3.upload_file(str(archive), bucket, key)
+        properties[code_property] = f"s3://{bucket}/{key}"
+
+
+def _stack_exists(cloudformation: Any, stack_name: str) -> bool:
+    try:
+        stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as error:
+        if "does not exist" in str(error):
+            return False
+        raise
+    return bool(stacks) and stacks[0]["StackStatus"] != "REVIEW_IN_PROGRESS"
+
+
+def _parameters(template: dict[str, Any], overrides: dict[str, str]) -> list[dict[str, str]]:
+    unknown = set(overrides) - set(template.get("Parameters", {}))
+    if unknown:
+        raise DeployError(f"the template has no parameter(s) {sorted(unknown)}")
+    return [{"ParameterKey": key, "ParameterValue": value} for key, value in overrides.items()]
+
+
+def _stack_failure(cloudformation: Any, stack_name: str) -> str:
+    events = cloudformation.describe_stack_events(StackName=stack_name)["StackEvents"]
+    reasons = [
+        f"{event['LogicalResourceId']}: {event.get('ResourceStatusReason', '')}"
+        for event in events
+        if event["ResourceStatus"].endswith("FAILED")
+    ]
+    return "; ".join(reasons[:5]) or "no reason recorded"
+
+
+def deploy_stack(
+    template_path: Path, stack_name: str, overrides: dict[str, str], say: Say = lambda _: None
+) -> dict[str, str]:
+    """Create or update the stack and return its outputs."""
+    session = boto3.session.Session()
+    region = session.region_name or "us-east-1"
+    account = session.client("sts").get_caller_identity()["Account"]
+    # Typed loosely: the stubs' TypedDicts add nothing to code that builds its requests from a template.
+    s3: Any = session.client("s3")
+    cloudformation: Any = session.client("cloudformation")
+
+    template = load_template(template_path)
+    bucket = f"arrival-artifacts-{account}-{region}"
+    _ensure_bucket(s3, bucket, region)
+    package(template_path, template, bucket, s3, say)
+
+    exists = _stack_exists(cloudformation, stack_name)
+    change_set_name = f"arrival-{int(time.time() * 1000)}"
+    say(f"{'updating' if exists else 'creating'} stack {stack_name}")
+    cloudformation.create_change_set(
+        StackName=stack_name,
+        ChangeSetName=change_set_name,
+        ChangeSetType="UPDATE" if exists else "CREATE",
+        TemplateBody=json.dumps(template),
+        Parameters=_parameters(template, overrides),
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
+    )
+    try:
+        cloudformation.get_waiter("change_set_create_complete").wait(
+            StackName=stack_name, ChangeSetName=change_set_name, WaiterConfig=_FAST_WAITER
+        )
+    except WaiterError as error:
+        change_set = cloudformation.describe_change_set(StackName=stack_name, ChangeSetName=change_set_name)
+        reason = change_set.get("StatusReason", "")
+        if "didn't contain changes" in reason or "No updates" in reason:
+            say("no changes")
+            return stack_outputs(cloudformation, stack_name)
+        raise DeployError(f"change set for {stack_name} failed: {reason}") from error
+    cloudformation.execute_change_set(StackName=stack_name, ChangeSetName=change_set_name)
+    waiter = "stack_update_complete" if exists else "stack_create_complete"
+    try:
+        cloudformation.get_waiter(waiter).wait(StackName=stack_name, WaiterConfig=_FAST_WAITER)
+    except WaiterError as error:
+        raise DeployError(
+            f"stack {stack_name} failed: {_stack_failure(cloudformation, stack_name)}"
+        ) from error
+    return stack_outputs(cloudformation, stack_name)
+
+
+def stack_outputs(cloudformation: Any, stack_name: str) -> dict[str, str]:
+    stack = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
+    return {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}

@@ -1,0 +1,75 @@
+"""Fixtures shared by every tier. The local cloud is started once per test session, on free ports and
+in a state directory of its own, so a stack a person left running is never touched."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+from common.settings import LocalCloudSettings
+from localcloud import control
+from localcloud.deploy import deploy_stack
+from localcloud.processes import free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Short timeouts and retries, so failure paths reach their dead-letter queues in seconds.
+TEST_STACK_PARAMETERS = {
+    "IngestTimeoutSeconds": "30",
+    "IngestVisibilityTimeoutSeconds": "35",
+    "IngestMaxReceiveCount": "2",
+}
+
+
+@dataclass(frozen=True)
+class LocalCloud:
+    settings: LocalCloudSettings
+    endpoint_url: str
+    session: boto3.session.Session
+
+    def client(self, service: str):  # type: ignore[no-untyped-def]
+        return self.session.client(service)  # type: ignore[call-overload]
+
+    def deploy(self, template: Path, stack_name: str, parameters: dict[str, str]) -> dict[str, str]:
+        return deploy_stack(template, stack_name, parameters)
+
+
+@pytest.fixture(scope="session")
+def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
+    state_dir = tmp_path_factory.mktemp("cloud")
+    settings = LocalCloudSettings(state_dir=state_dir, aws_port=free_port())
+    saved = dict(os.environ)
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": settings.aws_endpoint_url,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": settings.region,
+        }
+    )
+    os.environ.pop("AWS_PROFILE", None)
+    control.up(settings)
+    try:
+        yield LocalCloud(settings, settings.aws_endpoint_url, boto3.session.Session())
+    finally:
+        control.down(settings)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def arrival_stack(local_cloud: LocalCloud) -> dict[str, str]:
+    """The production template, deployed once with short test timeouts; returns its outputs."""
+    return local_cloud.deploy(PROJECT_ROOT / "template.yaml", "arrival-test", TEST_STACK_PARAMETERS)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique name for what one test creates, instead of tearing the cloud down."""
+    return uuid.uuid4().hex[:10]

@@ -1,0 +1,5 @@
+def handler(event, context):
+    print("allocating far more than my MemorySize")
+    hog = bytearray(600 * 1024 * 1024)
+    hog[::4096] = b"x" * len(hog[::4096])  # touch every page, so it is really resident
+    return len(hog)

@@ -1,0 +1,71 @@
+"""`arrival up` / `down`: one supervisor per state directory, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from common.settings import LocalCloudSettings
+from localcloud import control
+from localcloud.processes import free_port, marked_processes, port_is_listening, wait_until
+from tests.conftest import LocalCloud
+
+pytestmark = pytest.mark.integration
+
+
+def _fresh_settings(tmp_path: Path) -> LocalCloudSettings:
+    return LocalCloudSettings(state_dir=tmp_path / "cloud", aws_port=free_port())
+
+
+def test_up_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> None:
+    settings = _fresh_settings(tmp_path)
+    control.up(settings)
+    assert port_is_listening(settings.aws_port)
+    assert marked_processes(settings.cloud_id)
+
+    assert control.down(settings) is True
+
+    assert marked_processes(settings.cloud_id) == []
+    assert not port_is_listening(settings.aws_port)
+
+
+def test_killing_the_supervisor_takes_every_service_with_it(tmp_path: Path) -> None:
+    settings = _fresh_settings(tmp_path)
+    result = control.up(settings)
+
+    os.kill(result.pid, signal.SIGKILL)
+
+    assert wait_until(lambda: not marked_processes(settings.cloud_id), timeout=30), marked_processes(
+        settings.cloud_id
+    )
+    assert wait_until(lambda: not port_is_listening(settings.aws_port), timeout=10)
+
+
+def test_a_second_up_is_a_no_op_that_says_so(local_cloud: LocalCloud) -> None:
+    before = control.status(local_cloud.settings)
+
+    again = control.up(local_cloud.settings)
+
+    assert again.already_running is True
+    assert again.pid == before["pid"]
+    assert control.status(local_cloud.settings)["running"] is True
+
+
+def test_a_port_taken_by_another_program_is_named_with_its_setting(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        settings = LocalCloudSettings(state_dir=tmp_path / "cloud", aws_port=port)
+
+        with pytest.raises(control.LocalCloudError) as error:
+            control.up(settings)
+
+    message = str(error.value)
+    assert f"port {port}" in message
+    assert "ARRIVAL_AWS_PORT" in message
+    assert "\n" not in message

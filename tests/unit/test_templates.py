@@ -1,0 +1,51 @@
+"""The templates stay deployable to real AWS (cfn-lint), and packaging is reproducible."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+from cfnlint.api import lint_all
+
+from localcloud.deploy import _zip_directory, load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = [ROOT / "template.yaml", ROOT / "tests/integration/failure_functions/template.yaml"]
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda path: path.parent.name)
+def test_template_passes_cfn_lint(template: Path) -> None:
+    # Errors and warnings only: informational rules are opinions (retention, deletion policies).
+    matches = [
+        match for match in lint_all(template.read_text()) if match.rule.severity in {"error", "warning"}
+    ]
+    assert [str(match) for match in matches] == []
+
+
+def test_short_form_intrinsics_load_as_their_long_form() -> None:
+    template = load_template(ROOT / "template.yaml")
+    queue = template["Resources"]["RawBucket"]["Properties"]["NotificationConfiguration"]
+    assert queue["QueueConfigurations"][0]["Queue"] == {"Fn::GetAtt": ["IngestQueue", "Arn"]}
+    assert template["Resources"]["IngestFunction"]["Properties"]["Timeout"] == {"Ref": "IngestTimeoutSeconds"}
+
+
+def test_timeouts_and_retries_are_parameters() -> None:
+    parameters = load_template(ROOT / "template.yaml")["Parameters"]
+    for name in ["IngestTimeoutSeconds", "IngestMaxReceiveCount", "IngestVisibilityTimeoutSeconds"]:
+        assert name in parameters
+
+
+def test_the_same_code_zips_to_the_same_bytes(tmp_path: Path) -> None:
+    source = tmp_path / "code"
+    (source / "pkg").mkdir(parents=True)
+    (source / "pkg" / "app.py").write_text("x = 1\n")
+    (source / "pkg" / "__pycache__").mkdir()
+    (source / "pkg" / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"junk")
+
+    _zip_directory(source, tmp_path / "one.zip")
+    (source / "pkg" / "app.py").touch()  # a new mtime must not change the archive
+    _zip_directory(source, tmp_path / "two.zip")
+
+    assert (tmp_path / "one.zip").read_bytes() == (tmp_path / "two.zip").read_bytes()
+    assert zipfile.ZipFile(tmp_path / "one.zip").namelist() == ["pkg/app.py"]
