@@ -51,3 +51,5 @@ build-IngestFunction:
 		--format requirements-txt > "$(ARTIFACTS_DIR)/requirements.txt"
 	if [ "$${ARRIVAL_VENDOR_LAMBDA_DEPS:-1}" != 0 ]; then \
 		python3 -m pip install --quiet -r "$(ARTIFACTS_DIR)/requirements.txt" -t "$(ARTIFACTS_DIR)"; fi
+
+build-ReconcileFunction: build-IngestFunction

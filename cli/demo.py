@@ -1,31 +1,25 @@
-"""`arrival demo`: drop a sample file into the raw bucket and follow it through the chain."""
+"""`arrival demo`: drop the sample dataset into the raw bucket and follow it through the chain."""
 
 from __future__ import annotations
 
-import io
 import json
 import time
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import boto3
 from botocore.exceptions import ClientError
 from rich.console import Console
 
+from cli.operations import put_contract
 from localcloud.deploy import stack_outputs
 
-
-def _sample_csv(rows: int = 200) -> bytes:
-    """A small deterministic dataset: two numeric features and a label."""
-    buffer = io.StringIO()
-    buffer.write("sepal_length,sepal_width,species\n")
-    for index in range(rows):
-        length = 4.5 + (index * 37 % 30) / 10
-        width = 2.0 + (index * 17 % 20) / 10
-        buffer.write(f"{length:.1f},{width:.1f},{'setosa' if width > length / 2 else 'versicolor'}\n")
-    return buffer.getvalue().encode()
+SAMPLES = Path(__file__).resolve().parent.parent / "contracts"
+T = TypeVar("T")
 
 
-def _wait_for(probe: Any, timeout: float, what: str) -> Any:
+def _wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
     deadline = time.monotonic() + timeout
     while (result := probe()) is None:
         if time.monotonic() > deadline:
@@ -34,42 +28,67 @@ def _wait_for(probe: Any, timeout: float, what: str) -> Any:
     return result
 
 
-def run_demo(stack_name: str, console: Console) -> None:
-    session = boto3.session.Session()
-    outputs = stack_outputs(session.client("cloudformation"), stack_name)
-    s3 = session.client("s3")
-    key = f"demo/sample-{int(time.time())}.csv"
-    started = time.monotonic()
+class Follower:
+    def __init__(self, stack_name: str, console: Console) -> None:
+        self.session = boto3.session.Session()
+        self.outputs = stack_outputs(self.session.client("cloudformation"), stack_name)
+        self.stack_name = stack_name
+        self.s3 = self.session.client("s3")
+        self.console = console
+        self.started = time.monotonic()
 
-    put = s3.put_object(Bucket=outputs["RawBucketName"], Key=key, Body=_sample_csv())
-    console.print(
-        f"[green]1[/green] uploaded s3://{outputs['RawBucketName']}/{key} (version {put['VersionId']})"
-    )
+    def stage(self, message: str) -> None:
+        self.console.print(f"[green]{time.monotonic() - self.started:6.2f} s[/green]  {message}")
 
-    def receipt() -> dict[str, Any] | None:
+    def accepted_entry(self, model: str, key: str) -> dict[str, Any] | None:
         try:
-            body = s3.get_object(Bucket=outputs["ProcessedBucketName"], Key=f"receipts/{key}.json")["Body"]
+            body = self.s3.get_object(
+                Bucket=self.outputs["ProcessedBucketName"], Key=f"{model}/accepted.json"
+            )
         except ClientError:
             return None
-        document: dict[str, Any] = json.loads(body.read())
-        return document
+        entries = [
+            entry for entry in json.loads(body["Body"].read())["datasets"] if entry["source"]["key"] == key
+        ]
+        return entries[0] if entries else None
 
-    document = _wait_for(receipt, 120, "ingest")
-    console.print(
-        f"[green]2[/green] S3 -> SQS -> ingest Lambda (run by LocalStack) "
-        f"in {time.monotonic() - started:.2f} s: receipt s3://{outputs['ProcessedBucketName']}/receipts/{key}.json"
+    def trainer(self) -> dict[str, Any] | None:
+        ec2: Any = self.session.client("ec2")
+        reservations = ec2.describe_instances(
+            Filters=[
+                {"Name": "tag:arrival:role", "Values": ["trainer"]},
+                {"Name": "tag:arrival:stack", "Values": [self.stack_name]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+            ]
+        )["Reservations"]
+        instances = [instance for reservation in reservations for instance in reservation["Instances"]]
+        return instances[0] if instances else None
+
+
+def run_demo(stack_name: str, console: Console, model: str = "iris") -> None:
+    follow = Follower(stack_name, console)
+    location = put_contract(SAMPLES / f"{model}.yaml", stack_name)
+    follow.stage(f"contract for model '{model}' in {location}")
+
+    key = f"{model}/sample-{int(time.time())}.csv"
+    put = follow.s3.put_object(
+        Bucket=follow.outputs["RawBucketName"],
+        Key=key,
+        Body=(SAMPLES / "samples" / f"{model}.csv").read_bytes(),
     )
-    console.print_json(data=document)
-    logs = session.client("logs")
-    group = f"/aws/lambda/{outputs['IngestFunctionName']}"
+    follow.stage(f"uploaded s3://{follow.outputs['RawBucketName']}/{key} (version {put['VersionId']})")
 
-    def log_line() -> str | None:
-        try:
-            events = logs.filter_log_events(logGroupName=group, filterPattern='"ingested"')["events"]
-        except ClientError:
-            return None
-        matching = [event["message"] for event in events if key in event["message"]]
-        return matching[0] if matching else None
-
-    console.print(f"[green]3[/green] the handler's log line in CloudWatch Logs ({group}):")
-    console.print_json(_wait_for(log_line, 30, "the ingest log line"))
+    entry = _wait_for(lambda: follow.accepted_entry(model, key), 120, "ingest")
+    follow.stage(
+        f"validated against the contract and accepted: {entry['rows']} rows "
+        f"({entry['duplicate_rows_dropped']} duplicates dropped) -> "
+        f"s3://{follow.outputs['ProcessedBucketName']}/{entry['processed_key']}"
+    )
+    follow.stage(
+        f"training job queued on {follow.outputs['TrainingQueueUrl'].rsplit('/', 1)[-1]} (group '{model}')"
+    )
+    instance = _wait_for(follow.trainer, 60, "a trainer instance")
+    follow.stage(
+        f"trainer instance {instance['InstanceId']} ({instance['State']['Name']}) started by the reconciler"
+    )
+    console.print_json(data={"model": model, "dataset": entry, "trainer": instance["InstanceId"]})

@@ -78,6 +78,28 @@ def deploy(
         console.print(f"  {key}: {value}")
 
 
+contract_app = typer.Typer(no_args_is_help=True, help="Data contracts: what each model accepts.")
+app.add_typer(contract_app, name="contract")
+
+
+@contract_app.command("put")
+def contract_put(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="the contract, <model>.yaml")],
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Validate a contract and upload it to the stack's config bucket: the model is live, no redeploy."""
+    from pydantic import ValidationError
+
+    from cli import operations
+
+    try:
+        location = operations.put_contract(file, stack_name)
+    except ValidationError as error:
+        errors.print(f"[red]error:[/red] {file} is not a valid contract:\n{error}")
+        raise typer.Exit(1) from error
+    console.print(f"contract uploaded to {location}")
+
+
 @app.command()
 def demo(stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival") -> None:
     """Drop a sample file into the raw bucket and follow it through the chain."""

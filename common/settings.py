@@ -1,6 +1,6 @@
 """Every setting arrival reads, parsed from the environment at first use (never at import).
 
-One class per deployable where they differ: the local-cloud tooling, and the ingest function.
+One class per deployable where they differ: the local-cloud tooling, and the pipeline's functions.
 The AWS endpoint is never a setting of ours: boto3 reads ``AWS_ENDPOINT_URL`` itself, so the same
 code talks to LocalStack or to AWS.
 """
@@ -51,12 +51,21 @@ class LocalCloudSettings(BaseSettings):
         return hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:16]
 
 
-class IngestSettings(BaseSettings):
-    """What the ingest function reads from its environment (set by template.yaml)."""
+class PipelineSettings(BaseSettings):
+    """What the pipeline's functions read from their environment (set by template.yaml's Globals)."""
 
-    model_config = SettingsConfigDict(extra="ignore")
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False)
 
+    stack_name: str = Field(validation_alias="ARRIVAL_STACK_NAME")
     processed_bucket: str = Field(validation_alias="PROCESSED_BUCKET")
+    quarantine_bucket: str = Field(validation_alias="QUARANTINE_BUCKET")
+    config_bucket: str = Field(validation_alias="CONFIG_BUCKET")
+    training_queue_url: str = Field(validation_alias="TRAINING_QUEUE_URL")
+    trainer_launch_template_id: str = Field(validation_alias="TRAINER_LAUNCH_TEMPLATE_ID")
+    event_bus_name: str = Field(validation_alias="EVENT_BUS_NAME")
+    reconcile_lease_seconds: float = Field(default=30.0, validation_alias="RECONCILE_LEASE_SECONDS")
+    chunk_rows: int = Field(default=100_000, validation_alias="INGEST_CHUNK_ROWS")
+    scratch_dir: Path = Field(default=Path("/tmp"), validation_alias="INGEST_SCRATCH_DIR")  # noqa: S108  # Lambda's only writable disk
 
 
 @cache
@@ -65,5 +74,5 @@ def get_local_cloud_settings() -> LocalCloudSettings:
 
 
 @cache
-def get_ingest_settings() -> IngestSettings:
-    return IngestSettings()  # type: ignore[call-arg]  # filled from the environment
+def get_pipeline_settings() -> PipelineSettings:
+    return PipelineSettings()  # type: ignore[call-arg]  # filled from the environment

@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes import S3Event, SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.ingest import RawObject, ingest_object
+from common.ingest import RawObject, ingest_object, prepare_invocation
 from common.observability import logger, metrics, tracer
 
 
@@ -18,13 +18,15 @@ def ingest_record(record: SQSRecord) -> None:
     # S3 sends an s3:TestEvent when notifications are configured; it has no Records.
     for s3_record in S3Event(record.json_body).records if "Records" in record.json_body else []:
         key = unquote_plus(s3_record.s3.get_object.key)
+        logger.set_correlation_id(f"s3://{s3_record.s3.bucket.name}/{key}")
         ingest_object(RawObject(s3_record.s3.bucket.name, key, s3_record.s3.get_object.version_id))
 
 
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
-@metrics.log_metrics
+@metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    prepare_invocation(context)
     processor = BatchProcessor(event_type=EventType.SQS)
     return process_partial_response(
         event=event, record_handler=ingest_record, processor=processor, context=context

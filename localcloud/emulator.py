@@ -45,7 +45,7 @@ def _uv() -> str:
 def _executor_fingerprint() -> str:
     digest = hashlib.sha256()
     for path in sorted(EXECUTOR_PACKAGE.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix in {".py", ".toml"}:
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix in {".py", ".toml", ".json"}:
             digest.update(path.relative_to(EXECUTOR_PACKAGE).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -117,6 +117,11 @@ def localstack_service(settings: LocalCloudSettings, venv_python: Path) -> Servi
         "SKIP_SSL_CERT_DOWNLOAD": "1",
         "DISABLE_EVENTS": "1",
         "FILESYSTEM_ROOT": str(state),
+        # LocalStack takes itself for a container where /.dockerenv exists (as on many CI hosts) and
+        # then ignores FILESYSTEM_ROOT, putting its state under the temp dir, which it empties at
+        # start. A temp dir per cloud keeps two clouds (a person's and the tests') apart.
+        "TMPDIR": str(state / "tmp"),
+        "LOCALSTACK_VOLUME_DIR": str(state / "volume"),
         "LAMBDA_RUNTIME_EXECUTOR": EXECUTOR_NAME,
         "ARRIVAL_LAMBDA_VENV_CACHE": str(settings.cache_dir / "lambda-venvs"),
         "ARRIVAL_UV": _uv(),

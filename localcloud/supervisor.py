@@ -103,6 +103,9 @@ class Supervisor:
     def _start(self, service: Service) -> None:
         log_path = self.paths.service_log(service.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        for variable in ("TMPDIR", "LOCALSTACK_VOLUME_DIR"):
+            if variable in service.env:
+                Path(service.env[variable]).mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             self.children[service.name] = subprocess.Popen(
                 service.argv,

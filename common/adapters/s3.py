@@ -1,13 +1,18 @@
-"""The only place the ingest path touches S3."""
+"""The only place arrival's Lambda code touches S3."""
 
 from __future__ import annotations
 
 import json
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import boto3
+from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -28,6 +33,18 @@ class ObjectInfo:
     size: int
 
 
+class PreconditionFailedError(Exception):
+    """A conditional write lost a race: someone else wrote the object first."""
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _is_missing(error: ClientError) -> bool:
+    return _error_code(error) in {"NoSuchKey", "404", "NotFound"}
+
+
 def head_object(bucket: str, key: str, version_id: str | None = None) -> ObjectInfo:
     if version_id:
         head = s3_client().head_object(Bucket=bucket, Key=key, VersionId=version_id)
@@ -42,7 +59,90 @@ def head_object(bucket: str, key: str, version_id: str | None = None) -> ObjectI
     )
 
 
-def put_json(bucket: str, key: str, document: dict[str, Any]) -> None:
+def open_object(info: ObjectInfo) -> BinaryIO:
+    """A stream of exactly the version that was announced, read as it arrives."""
+    if info.version_id:
+        body = s3_client().get_object(Bucket=info.bucket, Key=info.key, VersionId=info.version_id)["Body"]
+    else:
+        body = s3_client().get_object(Bucket=info.bucket, Key=info.key)["Body"]
+    return body  # type: ignore[return-value]  # StreamingBody reads like a binary file
+
+
+def download(info: ObjectInfo, destination: Path) -> None:
+    extra = {"VersionId": info.version_id} if info.version_id else None
+    s3_client().download_file(info.bucket, info.key, str(destination), ExtraArgs=extra)
+
+
+def upload(path: Path, bucket: str, key: str) -> None:
+    s3_client().upload_file(str(path), bucket, key)
+
+
+def copy_object(source: ObjectInfo, bucket: str, key: str) -> None:
+    copy_source: dict[str, str] = {"Bucket": source.bucket, "Key": source.key}
+    if source.version_id:
+        copy_source["VersionId"] = source.version_id
+    s3_client().copy_object(Bucket=bucket, Key=key, CopySource=copy_source)  # type: ignore[arg-type]
+
+
+def get_bytes(bucket: str, key: str) -> tuple[bytes, str] | None:
+    """The object's bytes and ETag, or None if there is no such object."""
+    try:
+        response = s3_client().get_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if _is_missing(error):
+            return None
+        raise
+    return response["Body"].read(), response["ETag"]
+
+
+def put_json(bucket: str, key: str, document: Any) -> None:
     s3_client().put_object(
         Bucket=bucket, Key=key, Body=json.dumps(document).encode(), ContentType="application/json"
     )
+
+
+def put_bytes(bucket: str, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+    s3_client().put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+
+def put_json_if(bucket: str, key: str, document: Any, *, etag: str | None) -> str:
+    """Write only if the object is still at `etag` (or still absent when etag is None): S3's
+    conditional writes are arrival's compare-and-swap, since DynamoDB is not available offline.
+    Returns the new ETag."""
+    body = json.dumps(document, sort_keys=True).encode()
+    try:
+        if etag is None:
+            response = s3_client().put_object(
+                Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json"
+            )
+        else:
+            response = s3_client().put_object(
+                Bucket=bucket, Key=key, Body=body, IfMatch=etag, ContentType="application/json"
+            )
+    except ClientError as error:
+        if _error_code(error) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+            raise PreconditionFailedError(f"s3://{bucket}/{key}") from error
+        raise
+    return response["ETag"]
+
+
+def update_json(bucket: str, key: str, change: Callable[[Any | None], Any], attempts: int = 20) -> Any:
+    """Read-modify-write of a JSON object under optimistic concurrency: `change` gets the current
+    document (None if absent) and returns the new one, or the same object to leave it unchanged."""
+    for attempt in range(attempts):
+        current = get_bytes(bucket, key)
+        document = json.loads(current[0]) if current else None
+        updated = change(document)
+        if updated is document:
+            return document
+        try:
+            put_json_if(bucket, key, updated, etag=current[1] if current else None)
+        except PreconditionFailedError:
+            time.sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 5)))  # noqa: S311  # jitter, not crypto
+            continue
+        return updated
+    raise PreconditionFailedError(f"s3://{bucket}/{key}: gave up after {attempts} concurrent updates")
+
+
+def delete(bucket: str, key: str) -> None:
+    s3_client().delete_object(Bucket=bucket, Key=key)

@@ -1,59 +1,158 @@
-"""The ingest handler in-process, against moto: parsing, URL-decoding, partial batch failures."""
+"""The ingest handler in-process against moto: parsing, the accept/quarantine paths, exactly-once.
+(The same paths run through LocalStack in tests/e2e.)"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from common.adapters.s3 import s3_client
-from common.settings import get_ingest_settings
+from common.adapters import ec2, events, s3, sqs
+from common.settings import get_pipeline_settings
 from handlers import handle_ingest
+from tests import datasets
 from tests.unit.conftest import FakeLambdaContext, load_event
 
 RAW = "arrival-raw-000000000000-us-east-1"
-PROCESSED = "processed"
+
+
+@dataclass
+class FakeStack:
+    s3: Any
+    sqs: Any
+    ec2: Any
+    queue_url: str
+
+    def event_for(self, key: str, version_id: str | None = None) -> dict[str, Any]:
+        event = load_event("ingest_sqs_s3_object_created")
+        body = json.loads(event["Records"][0]["body"])
+        body["Records"][0]["s3"]["object"]["key"] = key.replace(" ", "+")
+        if version_id:
+            body["Records"][0]["s3"]["object"]["versionId"] = version_id
+        event["Records"][0]["body"] = json.dumps(body)
+        return event
+
+    def accepted(self, model: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(
+                self.s3.get_object(Bucket="unit-processed", Key=f"{model}/accepted.json")["Body"].read()
+            )  # type: ignore[no-any-return]
+        except self.s3.exceptions.NoSuchKey:
+            return None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        messages = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get(
+            "Messages", []
+        )
+        return [json.loads(message["Body"]) for message in messages]
+
+
+def _clear_clients() -> None:
+    for cached in (s3.s3_client, sqs.sqs_client, ec2.ec2_client, events.events_client, get_pipeline_settings):
+        cached.cache_clear()
 
 
 @pytest.fixture
-def buckets(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    monkeypatch.setenv("PROCESSED_BUCKET", PROCESSED)
-    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
-    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Arrival")
-    get_ingest_settings.cache_clear()
-    s3_client.cache_clear()
+def stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[FakeStack]:
+    _clear_clients()
     with mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket=RAW)
-        s3.create_bucket(Bucket=PROCESSED)
-        yield s3
-    s3_client.cache_clear()
-    get_ingest_settings.cache_clear()
+        s3_client = boto3.client("s3")
+        for bucket in (RAW, "unit-processed", "unit-quarantine", "unit-config"):
+            s3_client.create_bucket(Bucket=bucket)
+        s3_client.put_bucket_versioning(Bucket=RAW, VersioningConfiguration={"Status": "Enabled"})
+        sqs_client = boto3.client("sqs")
+        queue_url = sqs_client.create_queue(QueueName="training.fifo", Attributes={"FifoQueue": "true"})[
+            "QueueUrl"
+        ]
+        boto3.client("events").create_event_bus(Name="bus")
+        ec2_client = boto3.client("ec2")
+        image = ec2_client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        template = ec2_client.create_launch_template(
+            LaunchTemplateName="trainer", LaunchTemplateData={"ImageId": image, "UserData": "ZWNobw=="}
+        )["LaunchTemplate"]["LaunchTemplateId"]
+        for name, value in {
+            "ARRIVAL_STACK_NAME": "unit",
+            "PROCESSED_BUCKET": "unit-processed",
+            "QUARANTINE_BUCKET": "unit-quarantine",
+            "CONFIG_BUCKET": "unit-config",
+            "TRAINING_QUEUE_URL": queue_url,
+            "TRAINER_LAUNCH_TEMPLATE_ID": template,
+            "EVENT_BUS_NAME": "bus",
+            "INGEST_SCRATCH_DIR": str(tmp_path),
+            "POWERTOOLS_TRACE_DISABLED": "1",
+            "POWERTOOLS_METRICS_NAMESPACE": "Arrival",
+            "AWS_LAMBDA_FUNCTION_NAME": "arrival-IngestFunction",
+        }.items():
+            monkeypatch.setenv(name, value)
+        s3_client.put_object(
+            Bucket="unit-config", Key="contracts/iris.yaml", Body=datasets.contract_yaml("iris", "iris")
+        )
+        yield FakeStack(s3_client, sqs_client, ec2_client, queue_url)
+    _clear_clients()
 
 
-def test_an_object_is_ingested_under_its_decoded_key(buckets, lambda_context: FakeLambdaContext) -> None:  # type: ignore[no-untyped-def]
-    # GIVEN an object whose key has a space, which S3 notifications send as '+'
-    buckets.put_object(Bucket=RAW, Key="iris/iris data.csv", Body=b"a,b\n1,2\n")
-    event = load_event("ingest_sqs_s3_object_created")
+def _upload(stack: FakeStack, key: str, body: bytes) -> dict[str, Any]:
+    version = stack.s3.put_object(Bucket=RAW, Key=key, Body=body)["VersionId"]
+    return stack.event_for(key, version)
 
-    # WHEN the handler gets the batch (one S3 record and one s3:TestEvent)
+
+def test_a_valid_file_is_accepted_dispatched_and_gets_a_trainer(
+    stack: FakeStack, lambda_context: FakeLambdaContext
+) -> None:
+    event = _upload(stack, "iris/iris data.csv", datasets.to_csv(datasets.iris_frame(50)))
+
     response = handle_ingest.handler(event, lambda_context)
 
-    # THEN nothing failed, and the receipt names the decoded key
     assert response == {"batchItemFailures": []}
-    receipt = json.loads(
-        buckets.get_object(Bucket=PROCESSED, Key="receipts/iris/iris data.csv.json")["Body"].read()
+    accepted = stack.accepted("iris")
+    assert accepted is not None
+    assert [entry["source"]["key"] for entry in accepted["datasets"]] == ["iris/iris data.csv"]
+    assert stack.jobs() == [{"model": "iris"}]
+    assert len(ec2.live_instances("trainer", "unit")) == 1
+
+
+def test_a_duplicate_delivery_and_a_renamed_copy_change_nothing(
+    stack: FakeStack, lambda_context: FakeLambdaContext
+) -> None:
+    body = datasets.to_csv(datasets.iris_frame(50))
+    first = _upload(stack, "iris/a.csv", body)
+    handle_ingest.handler(first, lambda_context)
+    stack.jobs()
+
+    handle_ingest.handler(first, lambda_context)
+    handle_ingest.handler(_upload(stack, "iris/b.csv", body), lambda_context)
+
+    accepted = stack.accepted("iris")
+    assert accepted is not None
+    assert len(accepted["datasets"]) == 1
+    assert stack.jobs() == []
+    assert len(ec2.live_instances("trainer", "unit")) == 1
+
+
+def test_an_invalid_file_is_quarantined_not_failed(
+    stack: FakeStack, lambda_context: FakeLambdaContext
+) -> None:
+    event = _upload(stack, "iris/bad.csv", b"a,b\n1,2\n")
+
+    response = handle_ingest.handler(event, lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    report = json.loads(
+        stack.s3.get_object(Bucket="unit-quarantine", Key="iris/bad.csv.report.json")["Body"].read()
     )
-    assert receipt["key"] == "iris/iris data.csv"
-    assert receipt["size"] == 8
+    assert report["rule"] == "missing_columns"
+    assert stack.accepted("iris") is None
+    assert stack.jobs() == []
 
 
-def test_a_record_that_fails_is_reported_alone(buckets, lambda_context: FakeLambdaContext) -> None:  # type: ignore[no-untyped-def]
-    # GIVEN a notification for an object that does not exist
-    event = load_event("ingest_sqs_s3_object_created")
+def test_a_record_that_fails_is_reported_alone(stack: FakeStack, lambda_context: FakeLambdaContext) -> None:
+    # GIVEN a notification for an object that does not exist, and an s3:TestEvent
+    event = stack.event_for("iris/vanished.csv")
 
     response = handle_ingest.handler(event, lambda_context)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from common.settings import IngestSettings, LocalCloudSettings
+from common.settings import LocalCloudSettings, PipelineSettings
 
 
 def test_local_cloud_settings_come_from_arrival_variables(
@@ -27,7 +27,7 @@ def test_two_state_directories_mark_their_processes_differently(tmp_path: Path) 
     assert first.cloud_id != second.cloud_id
 
 
-def test_ingest_settings_name_the_missing_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipeline_settings_name_the_missing_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PROCESSED_BUCKET", raising=False)
     with pytest.raises(ValidationError, match="PROCESSED_BUCKET"):
-        IngestSettings()  # type: ignore[call-arg]
+        PipelineSettings()  # type: ignore[call-arg]

@@ -1,0 +1,79 @@
+"""Deterministic datasets and contracts for tests: any model name, any size."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+CONTRACTS = Path(__file__).resolve().parent.parent / "contracts"
+SPECIES = ["setosa", "versicolor", "virginica"]
+
+
+def contract_yaml(base: str, model: str, **limits: Any) -> bytes:
+    """The example contract `base`, renamed to `model`, with some limits overridden."""
+    document = yaml.safe_load((CONTRACTS / f"{base}.yaml").read_text())
+    document["model"] = model
+    document.setdefault("limits", {}).update(limits)
+    return yaml.safe_dump(document).encode()
+
+
+def iris_frame(rows: int = 150, seed: int = 0) -> pd.DataFrame:
+    generator = np.random.default_rng(seed)
+    species = generator.integers(0, 3, rows)
+    centre = np.array([[5.0, 3.4, 1.5, 0.25], [5.9, 2.8, 4.3, 1.3], [6.6, 3.0, 5.6, 2.0]])[species]
+    values = np.clip(centre + generator.normal(0, 0.3, (rows, 4)), 0.1, None).round(2)
+    frame = pd.DataFrame(values, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
+    frame["species"] = [SPECIES[index] for index in species]
+    return frame
+
+
+def house_frame(rows: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Categorical features, with missing values that the CSV writes as NA."""
+    generator = np.random.default_rng(seed)
+    area = generator.uniform(30, 250, rows).round(1)
+    frame = pd.DataFrame(
+        {
+            "area_m2": area,
+            "rooms": np.clip((area / 25).round(), 1, 12),
+            "year_built": generator.integers(1900, 2024, rows).astype(float),
+            "district": generator.choice(["north", "south", "east", "west", "centre"], rows),
+            "heating": generator.choice(["gas", "electric", "heat_pump", "oil"], rows).astype(object),
+        }
+    )
+    frame.loc[generator.random(rows) < 0.1, "year_built"] = np.nan
+    frame.loc[generator.random(rows) < 0.1, "heating"] = None
+    frame["price"] = (area * 3000 + generator.normal(0, 20000, rows)).round(0)
+    return frame
+
+
+def to_csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False, na_rep="NA").encode()
+
+
+def to_csv_gz(frame: pd.DataFrame) -> bytes:
+    return gzip.compress(to_csv(frame), mtime=0)
+
+
+def to_parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def gzip_bomb(decompressed_bytes: int) -> bytes:
+    """A small .csv.gz that inflates to `decompressed_bytes` of well-formed rows."""
+    header = b"sepal_length,sepal_width,petal_length,petal_width,species\n"
+    row = b"5.1,3.5,1.4,0.2,setosa\n"
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as archive:
+        archive.write(header)
+        block = row * (1 << 16)
+        for _ in range(decompressed_bytes // len(block) + 1):
+            archive.write(block)
+    return buffer.getvalue()

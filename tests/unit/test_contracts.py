@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from common.contracts import DataFormat, Task, data_format_of, parse_contract
+
+CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
+
+
+@pytest.mark.parametrize("path", sorted(CONTRACTS.glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_example_contract_parses(path: Path) -> None:
+    contract = parse_contract(path.read_text())
+    assert contract.model == path.stem
+    assert contract.target not in contract.features
+
+
+def test_features_are_the_columns_but_the_target() -> None:
+    contract = parse_contract((CONTRACTS / "house-prices.yaml").read_text())
+    assert contract.task is Task.regression
+    assert contract.features == ["area_m2", "rooms", "year_built", "district", "heating"]
+
+
+def test_the_hash_changes_with_any_rule() -> None:
+    text = (CONTRACTS / "iris.yaml").read_text()
+    assert parse_contract(text).content_hash == parse_contract(text).content_hash
+    assert (
+        parse_contract(text).content_hash != parse_contract(text.replace("max: 15", "max: 16")).content_hash
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("target: species", "target: colour"), "target 'colour' is not one of the columns"),
+        (("task: classification", "task: clustering"), "task"),
+        (("{type: numeric, min: 0, max: 15}", "{type: number}"), "sepal_length"),
+        (("model: iris", "model: Iris_Flowers"), "lowercase"),
+    ],
+)
+def test_a_bad_contract_is_refused_naming_what_is_wrong(change: tuple[str, str], message: str) -> None:
+    text = (CONTRACTS / "iris.yaml").read_text().replace(*change, 1)
+    with pytest.raises(ValidationError, match=message):
+        parse_contract(text)
+
+
+def test_a_regression_target_must_be_numeric() -> None:
+    text = (CONTRACTS / "iris.yaml").read_text().replace("task: classification", "task: regression")
+    with pytest.raises(ValidationError, match="regression target must be numeric"):
+        parse_contract(text)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("m/a.csv", DataFormat.csv),
+        ("m/a.CSV.GZ", DataFormat.csv_gz),
+        ("m/a.parquet", DataFormat.parquet),
+        ("m/a.txt", None),
+        ("m/a.gz", None),
+    ],
+)
+def test_the_format_comes_from_the_suffix(key: str, expected: DataFormat | None) -> None:
+    assert data_format_of(key) == expected
