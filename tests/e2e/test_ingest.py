@@ -169,6 +169,21 @@ def test_a_report_names_columns_and_counts_rows(pipeline: Pipeline, unique: str)
     assert violation["columns"] == ["sepal_width"]
     assert violation["rows"] == 3
 
+    # AND a DatasetQuarantined event went out on the pipeline's event bus
+    def quarantined_event() -> dict[str, object] | None:
+        messages = pipeline.sqs.receive_message(
+            QueueUrl=pipeline.outputs["PipelineEventsQueueUrl"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+        ).get("Messages", [])
+        for message in messages:
+            event = json.loads(message["Body"])
+            if event["detail-type"] == "DatasetQuarantined" and event["detail"]["model"] == model:
+                return event  # type: ignore[no-any-return]
+        return None
+
+    event = eventually(quarantined_event, 30, interval=0, what="a DatasetQuarantined event")
+    assert event["source"] == "arrival"
+    assert event["detail"]["rule"] == "out_of_range"  # type: ignore[index]
+
 
 def test_a_file_for_a_model_without_contract_is_quarantined(pipeline: Pipeline, unique: str) -> None:
     key = f"nobody-{unique}/data.csv"
