@@ -45,11 +45,11 @@ test: install lint
 # The functions' requirements come from the `lambda` dependency group of uv.lock, so they are pinned
 # and a function never borrows a package only the project's environment has.
 build-IngestFunction:
-	mkdir -p "$(ARTIFACTS_DIR)"
-	cp -r common handlers "$(ARTIFACTS_DIR)/"
-	uv export --frozen --only-group lambda --no-hashes --no-emit-project --no-header \
+	@mkdir -p "$(ARTIFACTS_DIR)"
+	@cp -r common handlers "$(ARTIFACTS_DIR)/"
+	@uv export --frozen --only-group lambda --no-hashes --no-emit-project --no-header \
 		--format requirements-txt > "$(ARTIFACTS_DIR)/requirements.txt"
-	if [ "$${ARRIVAL_VENDOR_LAMBDA_DEPS:-1}" != 0 ]; then \
+	@if [ "$${ARRIVAL_VENDOR_LAMBDA_DEPS:-1}" != 0 ]; then \
 		python3 -m pip install --quiet -r "$(ARTIFACTS_DIR)/requirements.txt" -t "$(ARTIFACTS_DIR)"; fi
 
 build-ReconcileFunction: build-IngestFunction

@@ -71,7 +71,7 @@ def run(repeats: int) -> str:
     os.environ.update(
         AWS_ENDPOINT_URL=settings.aws_endpoint_url,
         AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
+        AWS_SECRET_ACCESS_KEY="test",  # noqa: S106  # LocalStack accepts any credentials
         AWS_DEFAULT_REGION=settings.region,
     )
     control.up(settings)
@@ -79,7 +79,11 @@ def run(repeats: int) -> str:
         outputs = deploy_stack(
             ROOT / "template.yaml",
             STACK,
-            {"IngestTimeoutSeconds": "900", "IngestVisibilityTimeoutSeconds": "960", "IngestMemorySize": "1024"},
+            {
+                "IngestTimeoutSeconds": "900",
+                "IngestVisibilityTimeoutSeconds": "960",
+                "IngestMemorySize": "1024",
+            },
         )
         s3, logs = boto3.client("s3"), boto3.client("logs")
         s3.put_object(

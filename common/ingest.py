@@ -6,15 +6,16 @@ training.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import pandas as pd
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -87,33 +88,33 @@ def _check_before_reading(info: s3.ObjectInfo, data_format: DataFormat, contract
 
 
 def _chunks(
-    info: s3.ObjectInfo, data_format: DataFormat, contract: DataContract, scratch: Path, chunk_rows: int
-) -> tuple[Any, tabular.MeteredReader | None, Path | None]:
-    limit = contract.limits.max_file_bytes
+    stream: BinaryIO, local: Path, data_format: DataFormat, contract: DataContract, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
     if data_format is DataFormat.parquet:
-        # Parquet keeps its schema in a footer, so it needs the whole file; the size check bounds it.
-        local = scratch / "source.parquet"
-        s3.download(info, local)
-        return tabular.parquet_chunks(local, chunk_rows), None, local
-    metered = tabular.MeteredReader(s3.open_object(info), limit, Rule.file_too_large, hashing=True)
-    plain = tabular.decompressed(io.BufferedReader(metered), data_format, limit)
-    return tabular.csv_chunks(plain, contract, chunk_rows), metered, None
+        # Parquet keeps its schema in a footer: it is read from disk, batch by batch.
+        return tabular.parquet_chunks(local, chunk_rows)
+    plain = tabular.decompressed(stream, data_format, contract.limits.max_file_bytes)
+    return tabular.csv_chunks(plain, contract, chunk_rows)
 
 
 def convert(
     info: s3.ObjectInfo, data_format: DataFormat, contract: DataContract, scratch: Path, chunk_rows: int
 ) -> ConvertedDataset:
     """Stream the file chunk by chunk through cleaning, validation and de-duplication into Parquet,
-    so memory stays bounded whatever the file's size."""
-    chunks, metered, local = _chunks(info, data_format, contract, scratch, chunk_rows)
+    so memory stays bounded whatever the file's size. The object is first copied to local disk
+    (the size check bounds it): reading it from S3 at the pace of validation kept one connection
+    open for minutes, and a slow reader's connection gets reset."""
+    local = scratch / "source"
+    s3.download(info, local)
     deduplicate = tabular.DuplicateRowFilter()
     output = scratch / "processed.parquet"
     sink = tabular.ParquetSink(output, contract)
     rows_read = 0
     try:
-        for chunk in chunks:
-            rows_read += len(chunk)
-            sink.write(deduplicate(validate(tabular.strip_whitespace(chunk), contract)))
+        with local.open("rb") as stream:
+            for chunk in _chunks(stream, local, data_format, contract, chunk_rows):
+                rows_read += len(chunk)
+                sink.write(deduplicate(validate(tabular.strip_whitespace(chunk), contract)))
     finally:
         sink.close()
     if rows_read == 0:
@@ -124,13 +125,16 @@ def convert(
             f"{sink.rows} distinct rows; the contract needs at least {contract.limits.min_rows}",
             rows=sink.rows,
         )
-    if metered is not None:
-        metered.drain()
-        content_hash = metered.sha256
-    else:
-        assert local is not None
-        content_hash = hashlib.sha256(local.read_bytes()).hexdigest()
+    content_hash = _sha256_of(local)
     return ConvertedDataset(output, content_hash, rows_read, sink.rows, deduplicate.dropped)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _metric(name: str, model: str | None) -> None:

@@ -34,6 +34,12 @@ class LocalCloudSettings(BaseSettings):
         description="virtualenvs shared by every local cloud on this machine",
     )
     aws_port: int = Field(default=4566, description="LocalStack's gateway port")
+    mlflow_port: int = Field(default=5000, description="the MLflow tracking server's port")
+    mlflow_backend_store_uri: str | None = Field(
+        default=None,
+        description="MLflow's database; SQLite in the state directory if unset (or postgresql://...)",
+    )
+    mlflow_artifact_bucket: str = "arrival-mlflow-artifacts"
     region: str = "us-east-1"
     localstack_python: str | None = Field(
         default=None, description="interpreter (>= 3.12) for LocalStack; found automatically if unset"
@@ -44,6 +50,10 @@ class LocalCloudSettings(BaseSettings):
     @property
     def aws_endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.aws_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
 
     @property
     def cloud_id(self) -> str:
@@ -66,6 +76,24 @@ class PipelineSettings(BaseSettings):
     reconcile_lease_seconds: float = Field(default=30.0, validation_alias="RECONCILE_LEASE_SECONDS")
     chunk_rows: int = Field(default=100_000, validation_alias="INGEST_CHUNK_ROWS")
     scratch_dir: Path = Field(default=Path("/tmp"), validation_alias="INGEST_SCRATCH_DIR")  # noqa: S108  # Lambda's only writable disk
+
+
+class WorkerSettings(BaseSettings):
+    """The EC2 training worker's knobs (ARRIVAL_WORKER_*); resource names come from the stack's outputs."""
+
+    model_config = SettingsConfigDict(env_prefix="ARRIVAL_WORKER_", extra="ignore")
+
+    quiet_seconds: float = Field(default=2.0, description="train once a model's data list is this still")
+    idle_seconds: float = Field(default=120.0, description="terminate the instance after this long idle")
+    max_attempts: int = Field(default=3, ge=1, description="failures of a job before its dead-letter queue")
+    visibility_seconds: int = Field(default=60, ge=5, description="job lease; extended while training")
+    poll_seconds: int = Field(default=1, ge=0, le=20)
+    workspace_root: Path | None = Field(default=None, description="where scratch DVC workspaces go")
+
+
+@cache
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()
 
 
 @cache

@@ -6,7 +6,6 @@ Everything here works on streams and DataFrames; where the bytes come from is th
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import zlib
 from collections.abc import Iterator
@@ -25,15 +24,14 @@ CHUNK_ROWS = 100_000
 
 
 class MeteredReader(io.RawIOBase):
-    """Passes bytes through while hashing and counting them, and stops the read once more than
-    `limit` bytes have come through, so a gzip bomb is stopped while it inflates."""
+    """Passes bytes through while counting them, and stops the read once more than `limit` bytes
+    have come through, so a gzip bomb is stopped while it inflates."""
 
-    def __init__(self, inner: BinaryIO, limit: int, rule: Rule, *, hashing: bool = False) -> None:
+    def __init__(self, inner: BinaryIO, limit: int, rule: Rule) -> None:
         self.inner = inner
         self.limit = limit
         self.rule = rule
         self.bytes_read = 0
-        self._digest = hashlib.sha256() if hashing else None
 
     def readable(self) -> bool:
         return True
@@ -43,19 +41,8 @@ class MeteredReader(io.RawIOBase):
         self.bytes_read += len(data)
         if self.bytes_read > self.limit:
             raise reject(self.rule, f"more than {self.limit} bytes ({self.rule.value.replace('_', ' ')})")
-        if self._digest is not None:
-            self._digest.update(data)
         buffer[: len(data)] = data
         return len(data)
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    @property
-    def sha256(self) -> str:
-        assert self._digest is not None, "created without hashing"
-        return self._digest.hexdigest()
 
 
 def decompressed(stream: BinaryIO, data_format: DataFormat, limit: int) -> BinaryIO:

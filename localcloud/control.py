@@ -36,7 +36,7 @@ class UpResult:
 
 
 def _port_settings(settings: LocalCloudSettings) -> dict[str, int]:
-    return {"ARRIVAL_AWS_PORT": settings.aws_port}
+    return {"ARRIVAL_AWS_PORT": settings.aws_port, "ARRIVAL_MLFLOW_PORT": settings.mlflow_port}
 
 
 def _environment(settings: LocalCloudSettings) -> dict[str, str]:
@@ -45,6 +45,7 @@ def _environment(settings: LocalCloudSettings) -> dict[str, str]:
         "ARRIVAL_STATE_DIR": str(settings.state_dir.resolve()),
         "ARRIVAL_CACHE_DIR": str(settings.cache_dir.resolve()),
         "ARRIVAL_AWS_PORT": str(settings.aws_port),
+        "ARRIVAL_MLFLOW_PORT": str(settings.mlflow_port),
         "ARRIVAL_REGION": settings.region,
         CLOUD_ID_VARIABLE: settings.cloud_id,
     }
@@ -97,7 +98,7 @@ def down(settings: LocalCloudSettings) -> bool:
     """Stop the supervisor and wait until every process has exited and every port is closed.
     Returns whether a supervisor was running."""
     paths = StatePaths(settings.state_dir)
-    ports = read_state(paths).get("ports", [settings.aws_port])
+    ports = read_state(paths).get("ports", [settings.aws_port, settings.mlflow_port])
     pid = running_pid(paths)
     if pid is not None:
         terminate([pid], settings.shutdown_timeout_seconds)
@@ -122,6 +123,9 @@ def status(settings: LocalCloudSettings) -> dict[str, Any]:
         "status": state.get("status", "stopped"),
         "pid": pid,
         "state_dir": str(settings.state_dir),
-        "endpoints": state.get("endpoints", {"aws": settings.aws_endpoint_url}),
+        "endpoints": state.get(
+            "endpoints", {"aws": settings.aws_endpoint_url, "mlflow": settings.mlflow_url}
+        ),
+        "mlflow_artifact_bucket": settings.mlflow_artifact_bucket,
         "services": state.get("services", {}),
     }

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +27,15 @@ EXECUTOR_NAME = "arrival-process"
 
 @dataclass(frozen=True)
 class Service:
-    """A long-running process the supervisor owns."""
+    """A long-running process the supervisor owns. Without a health URL, it is healthy once it has
+    stayed up for a moment."""
 
     name: str
     argv: list[str]
     env: dict[str, str]
-    health_url: str
+    health_url: str | None
     ports: list[int] = field(default_factory=list)
+    before_start: Callable[[], None] | None = None
 
 
 def _uv() -> str:

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any
 
 from common.settings import LocalCloudSettings, get_local_cloud_settings
-from localcloud import emulator
+from localcloud import emulator, instance_agent, tracking_server
 from localcloud.emulator import Service
 from localcloud.processes import (
     CLOUD_ID_VARIABLE,
@@ -120,14 +120,18 @@ class Supervisor:
 
     def _wait_healthy(self, service: Service) -> str | None:
         """None when healthy, else why not."""
-        deadline = time.monotonic() + self.settings.startup_timeout_seconds
+        started = time.monotonic()
+        deadline = started + self.settings.startup_timeout_seconds
         child = self.children[service.name]
         while time.monotonic() < deadline and not self.stopping:
             if child.poll() is not None:
                 return f"{service.name} exited with status {child.returncode} while starting:\n" + _log_tail(
                     self.paths.service_log(service.name)
                 )
-            if _healthy(service.health_url):
+            if service.health_url is None:
+                if time.monotonic() - started > 1.0:
+                    return None
+            elif _healthy(service.health_url):
                 return None
             time.sleep(0.2)
         return f"{service.name} was not healthy at {service.health_url} in time"
@@ -138,7 +142,8 @@ class Supervisor:
             "status": status,
             "error": error,
             "state_dir": str(self.paths.root),
-            "endpoints": {"aws": self.settings.aws_endpoint_url},
+            "endpoints": {"aws": self.settings.aws_endpoint_url, "mlflow": self.settings.mlflow_url},
+            "mlflow_artifact_bucket": self.settings.mlflow_artifact_bucket,
             "services": {
                 name: {"pid": child.pid, "alive": child.poll() is None}
                 for name, child in self.children.items()
@@ -153,6 +158,8 @@ class Supervisor:
         _write_state(self.paths, self._state("starting"))
         try:
             for service in self.services:
+                if service.before_start is not None:
+                    service.before_start()
                 self._start(service)
                 if error := self._wait_healthy(service):
                     LOG.error("%s", error)
@@ -204,7 +211,11 @@ def main() -> int:
             LOG.error("another supervisor holds %s", paths.lock)
             return 3
         venv_python = emulator.ensure_virtualenv(settings)
-        services = [emulator.localstack_service(settings, venv_python)]
+        services = [
+            emulator.localstack_service(settings, venv_python),
+            tracking_server.mlflow_service(settings),
+            instance_agent.agent_service(settings),
+        ]
         return Supervisor(settings, services).run()
 
 

@@ -57,3 +57,7 @@ def run_from_template(launch_template_id: str, role: str, stack: str, client_tok
         TagSpecifications=[tag_specification],
     )
     return response["Instances"][0]["InstanceId"]
+
+
+def terminate(instance_id: str) -> None:
+    ec2_client().terminate_instances(InstanceIds=[instance_id])

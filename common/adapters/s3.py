@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.exceptions import ClientError
@@ -57,15 +57,6 @@ def head_object(bucket: str, key: str, version_id: str | None = None) -> ObjectI
         etag=head["ETag"].strip('"'),
         size=head["ContentLength"],
     )
-
-
-def open_object(info: ObjectInfo) -> BinaryIO:
-    """A stream of exactly the version that was announced, read as it arrives."""
-    if info.version_id:
-        body = s3_client().get_object(Bucket=info.bucket, Key=info.key, VersionId=info.version_id)["Body"]
-    else:
-        body = s3_client().get_object(Bucket=info.bucket, Key=info.key)["Body"]
-    return body  # type: ignore[return-value]  # StreamingBody reads like a binary file
 
 
 def download(info: ObjectInfo, destination: Path) -> None:

@@ -36,3 +36,39 @@ def pending_messages(queue_url: str) -> int:
     return int(attributes.get("ApproximateNumberOfMessages", 0)) + int(
         attributes.get("ApproximateNumberOfMessagesNotVisible", 0)
     )
+
+
+def receive(
+    queue_url: str, *, wait_seconds: int, visibility_seconds: int, max_messages: int = 10
+) -> list[dict[str, Any]]:
+    response = sqs_client().receive_message(
+        QueueUrl=queue_url,
+        MaxNumberOfMessages=max_messages,
+        WaitTimeSeconds=wait_seconds,
+        VisibilityTimeout=visibility_seconds,
+        MessageSystemAttributeNames=["All"],
+        MessageAttributeNames=["All"],
+    )
+    return list(response.get("Messages", []))  # type: ignore[arg-type]
+
+
+def delete(queue_url: str, receipt_handle: str) -> None:
+    sqs_client().delete_message(QueueUrl=queue_url, ReceiptHandle=receipt_handle)
+
+
+def extend_visibility(queue_url: str, receipt_handle: str, seconds: int) -> None:
+    sqs_client().change_message_visibility(
+        QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+    )
+
+
+def send_fifo_with_reason(
+    queue_url: str, body: str, *, group_id: str, deduplication_id: str, reason: str
+) -> None:
+    sqs_client().send_message(
+        QueueUrl=queue_url,
+        MessageBody=body,
+        MessageGroupId=group_id,
+        MessageDeduplicationId=deduplication_id,
+        MessageAttributes={"failure_reason": {"DataType": "String", "StringValue": reason[:4000]}},
+    )

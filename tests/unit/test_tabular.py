@@ -46,16 +46,6 @@ def test_a_truncated_gzip_is_unreadable() -> None:
     assert rejected.value.rule is Rule.unreadable
 
 
-def test_the_metered_reader_hashes_what_passes_through() -> None:
-    import hashlib
-
-    payload = b"abc" * 100_000
-    metered = tabular.MeteredReader(io.BytesIO(payload), limit=10**9, rule=Rule.file_too_large, hashing=True)
-    io.BufferedReader(metered).read(1000)
-    metered.drain()
-    assert metered.sha256 == hashlib.sha256(payload).hexdigest()
-
-
 def test_duplicate_rows_are_dropped_across_chunks_keeping_the_first() -> None:
     deduplicate = tabular.DuplicateRowFilter()
     first = pd.DataFrame({"a": [1.0, 2.0, 2.0], "b": ["x", "y", "y"]})

@@ -1,0 +1,141 @@
+"""The only place arrival talks to MLflow: runs, the model registry, and the champion alias."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+CHAMPION = "champion"
+# What loading the model needs, pinned to what trained it. Passed explicitly: inferring them costs
+# about 6 s per log_model (a subprocess that imports the model).
+_REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "cloudpickle")
+
+
+@cache
+def client() -> MlflowClient:
+    # MLFLOW_TRACKING_URI comes from the environment (the instance agent, or the user's shell).
+    return MlflowClient()
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+
+def pip_requirements() -> list[str]:
+    return [f"{package}=={version(package)}" for package in _REQUIREMENTS]
+
+
+def start_run(model_name: str, tags: dict[str, str]) -> str:
+    experiment = mlflow.set_experiment(model_name)
+    run = client().create_run(experiment.experiment_id, tags=tags)
+    return str(run.info.run_id)
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status=status)
+
+
+def run_status(run_id: str) -> str:
+    return str(client().get_run(run_id).info.status)
+
+
+def log_run(
+    run_id: str,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+    artifacts: list[tuple[str, Path]] | None = None,
+) -> None:
+    """Params, metrics, tags and (folder, file or directory) artifacts, in one batch each."""
+    with mlflow.start_run(run_id=run_id):
+        if params:
+            mlflow.log_params({key: str(value) for key, value in params.items()})
+        if metrics:
+            mlflow.log_metrics(metrics)
+        if tags:
+            mlflow.set_tags(tags)
+        for folder, path in artifacts or []:
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=folder)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=folder or None)
+
+
+def log_and_register_model(
+    run_id: str, name: str, model: Any, example: pd.DataFrame, version_tags: dict[str, str]
+) -> str:
+    """Log the model with its signature and an input example, and register a new version."""
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, model.predict(example)),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            # cloudpickle, not skops: a skops load runs a trusted-types check that imports all of
+            # scikit-learn (3-4 s). These models are our own trainer's output, not untrusted input.
+            serialization_format="cloudpickle",
+            registered_model_name=name,
+        )
+    registered = str(info.registered_model_version)
+    for key, value in version_tags.items():
+        client().set_model_version_tag(name, registered, key, value)
+    return registered
+
+
+def champion(name: str) -> ModelVersion | None:
+    try:
+        found = client().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as error:
+        if error.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+            return None
+        raise
+    return ModelVersion(name, str(found.version), str(found.run_id), dict(found.tags))
+
+
+def load_model(name: str, model_version: str) -> Any:
+    return mlflow.sklearn.load_model(f"models:/{name}/{model_version}")
+
+
+def promote(name: str, model_version: str, reason: str) -> None:
+    client().set_model_version_tag(name, model_version, "promotion", reason)
+    client().set_registered_model_alias(name, CHAMPION, model_version)
+
+
+def reject(name: str, model_version: str, reason: str) -> None:
+    client().set_model_version_tag(name, model_version, "rejected", reason)
+
+
+def versions_with_tag(name: str, key: str, value: str) -> list[ModelVersion]:
+    try:
+        found = client().search_model_versions(f"name = '{name}' and tags.`{key}` = '{value}'")
+    except MlflowException:
+        return []
+    return [ModelVersion(name, str(v.version), str(v.run_id), dict(v.tags)) for v in found]
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    return dict(client().get_run(run_id).data.metrics)
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    return dict(client().get_run(run_id).data.params)
+
+
+def download_run_artifacts(run_id: str, path: str, destination: Path) -> Path:
+    return Path(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(destination))
+    )

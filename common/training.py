@@ -1,0 +1,140 @@
+"""Training as pure steps: the deterministic holdout, the estimator a contract asks for, metrics, and
+the champion/challenger gate. No I/O here; the DVC stages and the worker do that."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    GradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, root_mean_squared_error
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from common.contracts import CategoricalColumn, DataContract, Task, TrainingSettings
+
+SEED = 20261127
+# A fixed key, so a row lands in the same split in every run, for every model version.
+_HOLDOUT_HASH_KEY = "arrival-holdout"
+MISSING_CATEGORY = "__missing__"
+
+_FAMILIES: dict[tuple[Task, str], Any] = {
+    (Task.classification, "random_forest"): RandomForestClassifier,
+    (Task.regression, "random_forest"): RandomForestRegressor,
+    # The classic estimators, not HistGradientBoosting*: skl2onnx 1.20 cannot convert those fitted by
+    # scikit-learn 1.9 ("Expected an int, got a boolean"), and every family must export to ONNX.
+    (Task.classification, "gradient_boosting"): GradientBoostingClassifier,
+    (Task.regression, "gradient_boosting"): GradientBoostingRegressor,
+    (Task.classification, "linear"): LogisticRegression,
+    (Task.regression, "linear"): LinearRegression,
+}
+_DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "random_forest": {"n_estimators": 100, "n_jobs": 2},
+    "gradient_boosting": {"n_estimators": 200},
+    "linear": {},
+}
+
+
+class UnknownFamilyError(ValueError):
+    pass
+
+
+def holdout_mask(frame: pd.DataFrame, fraction: float) -> np.ndarray:
+    """True for holdout rows, chosen by a hash of each row's content: the same row is in the same
+    split in every training, so a challenger and the champion are judged on the same rows."""
+    hashes = pd.util.hash_pandas_object(frame, index=False, hash_key=_HOLDOUT_HASH_KEY.ljust(16)[:16])
+    return (hashes.to_numpy() % 10_000) < int(fraction * 10_000)
+
+
+def build_model(contract: DataContract, params: dict[str, Any] | None = None) -> Pipeline:
+    family = contract.training.family
+    estimator_class = _FAMILIES.get((contract.task, family))
+    if estimator_class is None:
+        known = sorted({name for _, name in _FAMILIES})
+        raise UnknownFamilyError(f"unknown model family {family!r}; known: {', '.join(known)}")
+    settings = {**_DEFAULT_PARAMS[family], **contract.training.params, **(params or {})}
+    if "random_state" in estimator_class().get_params():
+        settings.setdefault("random_state", SEED)
+    numeric = [
+        name for name in contract.features if not isinstance(contract.columns[name], CategoricalColumn)
+    ]
+    categorical = [name for name in contract.features if name not in numeric]
+    numeric_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+    if family == "linear":
+        numeric_steps.append(("scale", StandardScaler()))
+    categories = [[*contract.columns[name].categories, MISSING_CATEGORY] for name in categorical]  # type: ignore[union-attr]
+    preprocess = ColumnTransformer(
+        [
+            ("numeric", Pipeline(numeric_steps), numeric),
+            # Missing categories arrive as MISSING_CATEGORY (features_of), a category of its own.
+            (
+                "categorical",
+                OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False),
+                categorical,
+            ),
+        ],
+        sparse_threshold=0,
+    )
+    return Pipeline([("preprocess", preprocess), ("estimator", estimator_class(**settings))])
+
+
+def features_of(frame: pd.DataFrame, contract: DataContract) -> pd.DataFrame:
+    """The feature columns, with categorical ones as plain objects (sklearn and ONNX want str/None)."""
+    features = frame[contract.features].copy()
+    for name in contract.features:
+        if isinstance(contract.columns[name], CategoricalColumn):
+            features[name] = features[name].astype(object).where(features[name].notna(), MISSING_CATEGORY)
+    return features
+
+
+METRICS = {
+    "accuracy": lambda truth, predicted: accuracy_score(truth, predicted),
+    "f1_macro": lambda truth, predicted: f1_score(truth, predicted, average="macro"),
+    "rmse": lambda truth, predicted: root_mean_squared_error(truth, predicted),
+    "mae": lambda truth, predicted: mean_absolute_error(truth, predicted),
+    "r2": lambda truth, predicted: r2_score(truth, predicted),
+}
+_TASK_METRICS = {Task.classification: ["accuracy", "f1_macro"], Task.regression: ["rmse", "mae", "r2"]}
+
+
+def score(contract: DataContract, truth: pd.Series, predicted: np.ndarray) -> dict[str, float]:
+    names = _TASK_METRICS[contract.task]
+    if contract.training.metric not in names:
+        raise ValueError(
+            f"metric {contract.training.metric!r} does not fit a {contract.task} task; use one of {names}"
+        )
+    return {name: float(METRICS[name](truth, predicted)) for name in names}
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+
+
+def gate(settings: TrainingSettings, challenger: float, champion: float | None) -> GateDecision:
+    """Promote only a challenger that clears the floor and beats the champion by the margin."""
+    better_sign = 1 if settings.direction == "maximize" else -1
+    metric = settings.metric
+    if settings.floor is not None and better_sign * (challenger - settings.floor) < 0:
+        return GateDecision(False, f"{metric} {challenger:.6g} does not clear the floor {settings.floor:.6g}")
+    if champion is None:
+        return GateDecision(True, f"first model; {metric} {challenger:.6g} clears the floor")
+    improvement = better_sign * (challenger - champion)
+    if improvement <= settings.promotion_margin:
+        return GateDecision(
+            False,
+            f"{metric} {challenger:.6g} vs champion {champion:.6g}: improvement {improvement:.6g} "
+            f"is not above the margin {settings.promotion_margin:.6g}",
+        )
+    return GateDecision(True, f"{metric} {challenger:.6g} beats champion {champion:.6g} by {improvement:.6g}")

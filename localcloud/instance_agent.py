@@ -1,0 +1,216 @@
+"""The EC2 instance agent: LocalStack's EC2 only records instances, so this "boots" them.
+
+It watches LocalStack for instances carrying arrival's role tag and runs the command their user
+data names, if it is an allow-listed arrival role (nothing else from user data ever runs on the host).
+Each process learns its instance id from an instance-metadata stub on localhost, as from IMDS on EC2.
+An instance that is stopped or terminated ends its process; a process that exits terminates its
+instance. So the reconciler's RunInstances call is what really starts a trainer.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from common.settings import LocalCloudSettings, get_local_cloud_settings
+from localcloud.emulator import Service
+from localcloud.processes import die_with_parent
+
+LOG = logging.getLogger("arrival.instance_agent")
+ROLE_TAG = "arrival:role"
+# The only commands user data may start, by role: the executable, then its exact argument shape.
+ALLOWED_COMMANDS = {
+    "trainer": re.compile(r"^arrival-worker --role trainer( --stack [a-z0-9][a-z0-9-]{0,127})?$"),
+    "server": re.compile(r"^arrival-worker --role server( --stack [a-z0-9][a-z0-9-]{0,127})?$"),
+}
+LIVE = {"pending", "running"}
+
+
+def command_from_user_data(user_data: str, role: str) -> list[str] | None:
+    """The user data's last command line, if it is the allow-listed command for the role."""
+    lines = [line.strip() for line in user_data.splitlines()]
+    commands = [line for line in lines if line and not line.startswith("#")]
+    pattern = ALLOWED_COMMANDS.get(role)
+    if not commands or pattern is None or not pattern.match(commands[-1]):
+        return None
+    return shlex.split(commands[-1])
+
+
+class _MetadataHandler(BaseHTTPRequestHandler):
+    """IMDSv2's two calls boto3 and the worker make: a session token, then metadata paths."""
+
+    server: _MetadataServer
+
+    def do_PUT(self) -> None:  # http.server's naming
+        self._answer("local-imds-token" if self.path == "/latest/api/token" else None)
+
+    def do_GET(self) -> None:
+        self._answer(self.server.metadata.get(self.path.removeprefix("/latest/meta-data/")))
+
+    def _answer(self, body: str | None) -> None:
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write((body or "").encode())
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep request logs quiet
+        pass
+
+
+class _MetadataServer(ThreadingHTTPServer):
+    def __init__(self, metadata: dict[str, str]) -> None:
+        super().__init__(("127.0.0.1", 0), _MetadataHandler)
+        self.metadata = metadata
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+@dataclass
+class BootedInstance:
+    instance_id: str
+    process: subprocess.Popen[bytes]
+    metadata: _MetadataServer
+
+
+class InstanceAgent:
+    def __init__(self, settings: LocalCloudSettings) -> None:
+        self.settings = settings
+        self.ec2: Any = boto3.client(
+            "ec2",
+            endpoint_url=settings.aws_endpoint_url,
+            region_name=settings.region,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",  # noqa: S106  # LocalStack accepts any credentials
+        )
+        self.booted: dict[str, BootedInstance] = {}
+        self.finished: set[str] = set()
+        self.stopping = False
+        self.bin_dir = Path(sys.executable).parent
+
+    def _instances(self) -> list[dict[str, Any]]:
+        reservations = self.ec2.describe_instances(Filters=[{"Name": "tag-key", "Values": [ROLE_TAG]}])
+        return [
+            instance for reservation in reservations["Reservations"] for instance in reservation["Instances"]
+        ]
+
+    def _environment(self, metadata_url: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "AWS_ENDPOINT_URL": self.settings.aws_endpoint_url,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": self.settings.region,
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": metadata_url,
+            "MLFLOW_TRACKING_URI": self.settings.mlflow_url,
+            "DVC_NO_ANALYTICS": "1",
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def boot(self, instance: dict[str, Any]) -> None:
+        instance_id = instance["InstanceId"]
+        tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+        attribute = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        encoded = attribute.get("UserData", {}).get("Value", "")
+        user_data = base64.b64decode(encoded).decode(errors="replace") if encoded else ""
+        command = command_from_user_data(user_data, tags.get(ROLE_TAG, ""))
+        if command is None:
+            LOG.warning("instance %s: user data names no allow-listed command; not booting it", instance_id)
+            self.finished.add(instance_id)
+            return
+        metadata = _MetadataServer({"instance-id": instance_id, "placement/region": self.settings.region})
+        threading.Thread(target=metadata.serve_forever, daemon=True).start()
+        log_path = self.settings.state_dir / "logs" / f"instance-{instance_id}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [str(self.bin_dir / command[0]), *command[1:]],
+                env=self._environment(metadata.url),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # spawned from the agent's only thread
+            )
+        self.booted[instance_id] = BootedInstance(instance_id, process, metadata)
+        LOG.info("booted %s (%s): pid %d", instance_id, " ".join(command), process.pid)
+
+    def _halt(self, booted: BootedInstance) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(booted.process.pid, signal.SIGTERM)
+        try:
+            booted.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(booted.process.pid, signal.SIGKILL)
+            booted.process.wait()
+        booted.metadata.shutdown()
+
+    def reconcile_once(self) -> None:
+        states = {instance["InstanceId"]: instance["State"]["Name"] for instance in self._instances()}
+        for instance_id, booted in list(self.booted.items()):
+            if states.get(instance_id) not in LIVE:
+                LOG.info("instance %s is %s: ending its process", instance_id, states.get(instance_id))
+                self._halt(booted)
+            elif booted.process.poll() is not None:
+                LOG.info(
+                    "instance %s: process exited (%s); terminating it", instance_id, booted.process.returncode
+                )
+                booted.metadata.shutdown()
+                self.ec2.terminate_instances(InstanceIds=[instance_id])
+            else:
+                continue
+            del self.booted[instance_id]
+            self.finished.add(instance_id)
+        for instance in self._instances():
+            instance_id = instance["InstanceId"]
+            if (
+                instance["State"]["Name"] in LIVE
+                and instance_id not in self.booted
+                and instance_id not in self.finished
+            ):
+                self.boot(instance)
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        while not self.stopping:
+            try:
+                self.reconcile_once()
+            except Exception:  # the agent must outlive a failed poll (e.g. LocalStack busy)
+                LOG.exception("instance agent poll failed")
+            time.sleep(0.3)
+        for booted in self.booted.values():
+            self._halt(booted)
+
+
+def agent_service(settings: LocalCloudSettings) -> Service:
+    return Service(
+        name="instance-agent",
+        argv=[sys.executable, "-m", "localcloud.instance_agent"],
+        env=dict(os.environ),
+        health_url=None,
+    )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    InstanceAgent(get_local_cloud_settings()).run()
+
+
+if __name__ == "__main__":
+    main()

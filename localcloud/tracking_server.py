@@ -1,0 +1,67 @@
+"""The MLflow tracking server as a service of the supervisor: one worker, SQLite in the state
+directory by default (PostgreSQL by ARRIVAL_MLFLOW_BACKEND_STORE_URI), artifacts in LocalStack S3
+behind the server's artifact proxy, so clients need no S3 settings of their own."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import boto3
+from botocore.exceptions import ClientError
+
+from common.settings import LocalCloudSettings
+from localcloud.emulator import Service
+
+
+def _ensure_artifact_bucket(settings: LocalCloudSettings) -> None:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=settings.aws_endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",  # noqa: S106  # LocalStack accepts any credentials
+    )
+    try:
+        s3.head_bucket(Bucket=settings.mlflow_artifact_bucket)
+    except ClientError:
+        s3.create_bucket(Bucket=settings.mlflow_artifact_bucket)
+
+
+def mlflow_service(settings: LocalCloudSettings) -> Service:
+    store = settings.state_dir / "mlflow"
+    store.mkdir(parents=True, exist_ok=True)
+    backend = settings.mlflow_backend_store_uri or f"sqlite:///{(store / 'mlflow.db').resolve()}"
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "MLFLOW_S3_ENDPOINT_URL": settings.aws_endpoint_url,
+        "AWS_ENDPOINT_URL": settings.aws_endpoint_url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": settings.region,
+        # `mlflow server` starts its workers by name, so the virtualenv's bin must be on PATH.
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    return Service(
+        name="mlflow",
+        argv=[
+            str(bin_dir / "mlflow"),
+            "server",
+            "--workers",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(settings.mlflow_port),
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            f"s3://{settings.mlflow_artifact_bucket}/",
+        ],
+        env=env,
+        health_url=f"{settings.mlflow_url}/health",
+        ports=[settings.mlflow_port],
+        before_start=lambda: _ensure_artifact_bucket(settings),
+    )

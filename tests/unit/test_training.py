@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from common import training
+from common.contracts import DataContract, TrainingSettings, parse_contract
+from common.onnx_export import parity, to_onnx_bytes
+from tests import datasets
+
+
+@pytest.fixture(scope="module")
+def iris() -> DataContract:
+    return parse_contract(datasets.contract_yaml("iris", "iris"))
+
+
+@pytest.fixture(scope="module")
+def houses() -> DataContract:
+    return parse_contract(datasets.contract_yaml("house-prices", "houses"))
+
+
+def test_the_holdout_depends_on_row_content_only() -> None:
+    frame = datasets.iris_frame(2000)
+    mask = training.holdout_mask(frame, 0.2)
+    shuffled = frame.sample(frac=1, random_state=1)
+    assert 0.15 < mask.mean() < 0.25
+    assert (training.holdout_mask(shuffled, 0.2) == mask[shuffled.index.to_numpy()]).all()
+
+
+@pytest.mark.parametrize("contract_name", ["iris", "houses"])
+def test_each_task_trains_and_exports_an_onnx_model_that_agrees(
+    contract_name: str, request: pytest.FixtureRequest
+) -> None:
+    contract: DataContract = request.getfixturevalue(contract_name)
+    frame = datasets.iris_frame(300) if contract_name == "iris" else datasets.house_frame(300)
+    model = training.build_model(
+        contract, {"n_estimators": 20} if contract.training.family == "random_forest" else {}
+    )
+    features = training.features_of(frame, contract)
+    model.fit(features, frame[contract.target])
+
+    metrics = training.score(contract, frame[contract.target], model.predict(features))
+    agreement = parity(model, to_onnx_bytes(model, contract), features, contract)
+
+    assert contract.training.metric in metrics
+    if contract_name == "iris":
+        assert agreement["onnx_label_agreement"] == 1.0
+    else:
+        assert agreement["onnx_max_relative_difference"] < 1e-4
+
+
+def test_the_same_data_trains_the_same_model(iris: DataContract) -> None:
+    frame = datasets.iris_frame(200)
+    features = training.features_of(frame, iris)
+    first = training.build_model(iris).fit(features, frame["species"]).predict_proba(features)
+    second = training.build_model(iris).fit(features, frame["species"]).predict_proba(features)
+    assert (first == second).all()
+
+
+def test_an_unknown_family_is_named(iris: DataContract) -> None:
+    broken = iris.model_copy(update={"training": TrainingSettings(family="quantum_forest")})
+    with pytest.raises(training.UnknownFamilyError, match="quantum_forest"):
+        training.build_model(broken)
+
+
+MAXIMIZE = TrainingSettings(metric="f1_macro", direction="maximize", promotion_margin=0.01, floor=0.5)
+MINIMIZE = TrainingSettings(metric="rmse", direction="minimize", promotion_margin=100, floor=50_000)
+
+
+@pytest.mark.parametrize(
+    ("settings", "challenger", "champion", "promote"),
+    [
+        (MAXIMIZE, 0.6, None, True),  # the first model only has to clear the floor
+        (MAXIMIZE, 0.4, None, False),
+        (MAXIMIZE, 0.9, 0.85, True),
+        (MAXIMIZE, 0.855, 0.85, False),  # better, but not by the margin
+        (MAXIMIZE, 0.8, 0.85, False),
+        (MINIMIZE, 40_000, 45_000, True),
+        (MINIMIZE, 44_950, 45_000, False),
+        (MINIMIZE, 60_000, None, False),  # a minimised metric must stay under its floor
+    ],
+)
+def test_the_gate(
+    settings: TrainingSettings, challenger: float, champion: float | None, promote: bool
+) -> None:
+    decision = training.gate(settings, challenger, champion)
+    assert decision.promote is promote
+    assert decision.reason
+
+
+def test_categorical_missing_values_become_their_own_category(houses: DataContract) -> None:
+    frame = datasets.house_frame(50)
+    features = training.features_of(frame, houses)
+    assert features["heating"].isna().sum() == 0
+    assert (features["heating"] == training.MISSING_CATEGORY).sum() == frame["heating"].isna().sum()
+    assert isinstance(features["heating"].iloc[0], str)
+    assert pd.api.types.is_float_dtype(features["year_built"])

@@ -1,0 +1,160 @@
+"""`arrival-worker`: the training worker an EC2 instance's user data starts.
+
+It long-polls the training queue. A job names only a model; after the model's accepted-data list
+has been still for a quiet period, it trains once on the whole list and acknowledges every job that
+training covered, so a burst of uploads gives one model version. Failing jobs are retried, then moved
+to the dead-letter queue with their reason. Idle for long enough, it terminates its own instance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+from collections import defaultdict
+from typing import Annotated, Any
+
+import typer
+
+from common.adapters import ec2, events, instance, s3, sqs
+from common.adapters.stack import stack_outputs
+from common.ingest import accepted_list_key
+from common.settings import WorkerSettings, get_worker_settings
+from worker.train_model import StackResources, train_model
+
+LOG = logging.getLogger("arrival.worker")
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+class VisibilityHeartbeat:
+    """Keeps jobs leased while a long training runs, so no other trainer takes them meanwhile."""
+
+    def __init__(self, queue_url: str, messages: list[dict[str, Any]], seconds: int) -> None:
+        self.queue_url, self.messages, self.seconds = queue_url, messages, seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            for message in self.messages:
+                sqs.extend_visibility(self.queue_url, message["ReceiptHandle"], self.seconds)
+
+    def __enter__(self) -> VisibilityHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Trainer:
+    def __init__(self, settings: WorkerSettings, outputs: dict[str, str]) -> None:
+        self.settings = settings
+        self.queue_url = outputs["TrainingQueueUrl"]
+        self.dead_letter_url = outputs["TrainingDeadLetterQueueUrl"]
+        self.resources = StackResources(
+            processed_bucket=outputs["ProcessedBucketName"],
+            config_bucket=outputs["ConfigBucketName"],
+            event_bus_name=outputs["EventBusName"],
+            dvc_remote_url=outputs["DvcRemoteUrl"],
+        )
+
+    def wait_until_quiet(self, model: str) -> None:
+        """Until the model's accepted list has not changed for the quiet period: each new file
+        changes it, so this is "no new job for this model for the quiet period"."""
+        key = accepted_list_key(model)
+        last_etag, still_since = None, time.monotonic()
+        while True:
+            found = s3.get_bytes(self.resources.processed_bucket, key)
+            etag = found[1] if found else None
+            if etag != last_etag:
+                last_etag, still_since = etag, time.monotonic()
+            elif time.monotonic() - still_since >= self.settings.quiet_seconds:
+                return
+            time.sleep(min(0.2, self.settings.quiet_seconds))
+
+    def handle(self, model: str, messages: list[dict[str, Any]]) -> None:
+        with VisibilityHeartbeat(self.queue_url, messages, self.settings.visibility_seconds):
+            try:
+                self.wait_until_quiet(model)
+                outcome = train_model(model, self.resources, self.settings.workspace_root)
+            except Exception as error:
+                LOG.exception("training %s failed", model)
+                self.failed(model, messages, error)
+                return
+        LOG.info("trained %s: %s", model, outcome)
+        for message in messages:
+            sqs.delete(self.queue_url, message["ReceiptHandle"])
+
+    def failed(self, model: str, messages: list[dict[str, Any]], error: Exception) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        for message in messages:
+            attempts = int(message["Attributes"].get("ApproximateReceiveCount", "1"))
+            if attempts < self.settings.max_attempts:
+                sqs.extend_visibility(self.queue_url, message["ReceiptHandle"], 0)
+                continue
+            sqs.send_fifo_with_reason(
+                self.dead_letter_url,
+                message["Body"],
+                group_id=model,
+                deduplication_id=message["MessageId"],
+                reason=reason,
+            )
+            sqs.delete(self.queue_url, message["ReceiptHandle"])
+            events.publish(
+                self.resources.event_bus_name,
+                "TrainingFailed",
+                {
+                    "name": model,
+                    "attempts": attempts,
+                    "failure_reason": reason,
+                    "trace": traceback.format_exc()[-2000:],
+                },
+            )
+            LOG.error(
+                "job for %s moved to the dead-letter queue after %d attempts: %s", model, attempts, reason
+            )
+
+    def receive(self, wait_seconds: int) -> dict[str, list[dict[str, Any]]]:
+        by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for message in sqs.receive(
+            self.queue_url, wait_seconds=wait_seconds, visibility_seconds=self.settings.visibility_seconds
+        ):
+            by_model[json.loads(message["Body"])["model"]].append(message)
+        return by_model
+
+    def run(self) -> None:
+        last_work = time.monotonic()
+        while True:
+            jobs = self.receive(self.settings.poll_seconds)
+            if not jobs and time.monotonic() - last_work >= self.settings.idle_seconds:
+                jobs = self.receive(1)  # one last look before the instance goes away
+                if not jobs:
+                    return
+            for model, messages in jobs.items():
+                self.handle(model, messages)
+            if jobs:
+                last_work = time.monotonic()
+
+
+@app.command()
+def main(
+    role: Annotated[str, typer.Option(help="what this instance is for")] = "trainer",
+    stack: Annotated[str, typer.Option(envvar="ARRIVAL_STACK_NAME", help="the deployed stack")] = "arrival",
+) -> None:
+    """Run the worker until it has been idle for ARRIVAL_WORKER_IDLE_SECONDS, then terminate the instance."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if role != "trainer":
+        raise typer.BadParameter(f"unknown role {role!r}; this worker knows 'trainer'")
+    Trainer(get_worker_settings(), stack_outputs(stack)).run()
+    instance_id = instance.own_instance_id()
+    if instance_id:
+        LOG.info("idle: terminating instance %s", instance_id)
+        ec2.terminate(instance_id)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,102 @@
+"""`arrival-train`: the stages of the DVC pipeline (dvc.yaml). A data scientist's `dvc repro` and the
+worker's run call these same commands, in a workspace holding params.yaml, contract.yaml and
+data/accepted.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import joblib
+import pandas as pd
+import typer
+import yaml
+
+from common import training
+from common.adapters import s3
+from common.contracts import DataContract, Task, parse_contract
+from common.onnx_export import parity, to_onnx_bytes
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+Workspace = Annotated[Path, typer.Option(help="the DVC workspace")]
+
+
+def _contract(workspace: Path) -> DataContract:
+    return parse_contract((workspace / "contract.yaml").read_bytes())
+
+
+def _params(workspace: Path) -> dict[str, Any]:
+    params: dict[str, Any] = yaml.safe_load((workspace / "params.yaml").read_text())
+    return params
+
+
+@app.command()
+def prepare(workspace: Workspace = Path()) -> None:
+    """Gather the accepted datasets, drop rows repeated across them, split off the holdout."""
+    contract, params = _contract(workspace), _params(workspace)
+    accepted = json.loads((workspace / "data" / "accepted.json").read_text())
+    scratch = workspace / "data" / "downloads"
+    scratch.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for entry in accepted["datasets"]:
+        local = scratch / f"{entry['content_hash']}.parquet"
+        info = s3.head_object(accepted["bucket"], entry["processed_key"])
+        s3.download(info, local)
+        frames.append(pd.read_parquet(local))
+    dataset = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+    in_holdout = training.holdout_mask(dataset, params["holdout_fraction"])
+    dataset[~in_holdout].to_parquet(workspace / "data" / "train.parquet", index=False)
+    dataset[in_holdout].to_parquet(workspace / "data" / "holdout.parquet", index=False)
+    for local in scratch.iterdir():
+        local.unlink()
+    scratch.rmdir()
+    summary = {
+        "rows": len(dataset),
+        "train_rows": int((~in_holdout).sum()),
+        "holdout_rows": int(in_holdout.sum()),
+    }
+    (workspace / "data" / "prepare.json").write_text(json.dumps(summary, indent=2))
+    typer.echo(f"prepared {summary} for {contract.model}")
+
+
+@app.command()
+def train(workspace: Workspace = Path()) -> None:
+    """Fit the model family the contract names, with fixed seeds."""
+    contract, params = _contract(workspace), _params(workspace)
+    frame = pd.read_parquet(workspace / "data" / "train.parquet")
+    model = training.build_model(contract, params.get("estimator_params"))
+    model.fit(training.features_of(frame, contract), frame[contract.target])
+    (workspace / "model").mkdir(exist_ok=True)
+    joblib.dump(model, workspace / "model" / "model.joblib")
+    typer.echo(f"trained {contract.training.family} on {len(frame)} rows")
+
+
+@app.command()
+def evaluate(workspace: Workspace = Path()) -> None:
+    """Score the model on the holdout, export it to ONNX and check ONNX agrees with it."""
+    contract = _contract(workspace)
+    frame = pd.read_parquet(workspace / "data" / "holdout.parquet")
+    model = joblib.load(workspace / "model" / "model.joblib")
+    features = training.features_of(frame, contract)
+    predicted = model.predict(features)
+    metrics = training.score(contract, frame[contract.target], predicted)
+    onnx_bytes = to_onnx_bytes(model, contract)
+    (workspace / "model" / "model.onnx").write_bytes(onnx_bytes)
+    metrics.update(parity(model, onnx_bytes, features, contract))
+    (workspace / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    plots = workspace / "plots"
+    plots.mkdir(exist_ok=True)
+    if contract.task is Task.classification:
+        pd.DataFrame({"actual": frame[contract.target], "predicted": predicted}).to_csv(
+            plots / "confusion.csv", index=False
+        )
+    else:
+        pd.DataFrame({"actual": frame[contract.target], "predicted": predicted}).to_csv(
+            plots / "predictions.csv", index=False
+        )
+    typer.echo(f"holdout metrics: {metrics}")
+
+
+if __name__ == "__main__":
+    app()

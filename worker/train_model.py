@@ -1,0 +1,220 @@
+"""One training of one model: a DVC workspace built from the model's accepted data, `dvc repro`, the
+MLflow run and registered version, and the champion/challenger gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pandas as pd
+import yaml
+
+from common import training
+from common.adapters import dvc_workspace, events, s3, tracking
+from common.contracts import DataContract, parse_contract
+from common.ingest import accepted_list_hash, accepted_list_key, contract_key
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WORKSPACE_FILES = [
+    "dvc.yaml",
+    "dvc.lock",
+    "params.yaml",
+    "contract.yaml",
+    "data/accepted.json",
+    "data/accepted.json.dvc",
+]
+
+
+@dataclass(frozen=True)
+class StackResources:
+    processed_bucket: str
+    config_bucket: str
+    event_bus_name: str
+    dvc_remote_url: str
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    model: str
+    version: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+    run_id: str
+    trained: bool = True  # False when this data list was already trained (a repeated job)
+
+
+def _code_fingerprint() -> str:
+    """Stages depend on the code that runs them; in a scratch workspace that code is the installed
+    package, so its fingerprint is what the stages declare."""
+    digest = hashlib.sha256()
+    for path in sorted([*(PROJECT_ROOT / "common").rglob("*.py"), *(PROJECT_ROOT / "worker").rglob("*.py")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def write_workspace(workspace: Path, contract_bytes: bytes, accepted: dict[str, Any], bucket: str) -> None:
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    contract = parse_contract(contract_bytes)
+    params["estimator_params"] = {**params.get("estimator_params", {}), **contract.training.params}
+    (workspace / "data").mkdir(parents=True, exist_ok=True)
+    (workspace / "dvc.yaml").write_text((PROJECT_ROOT / "dvc.yaml").read_text())
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
+    (workspace / "contract.yaml").write_bytes(contract_bytes)
+    (workspace / "code.json").write_text(json.dumps({"fingerprint": _code_fingerprint()}))
+    (workspace / "data" / "accepted.json").write_text(
+        json.dumps({"bucket": bucket, **accepted}, indent=2, sort_keys=True)
+    )
+
+
+def lineage_tags(accepted: dict[str, Any], contract: DataContract, list_hash: str) -> dict[str, str]:
+    sources = [
+        f"s3://{entry['source']['bucket']}/{entry['source']['key']}?versionId={entry['source']['version_id']}"
+        for entry in accepted["datasets"]
+    ]
+    return {
+        "accepted_list_hash": list_hash,
+        "contract_hash": contract.content_hash,
+        "lineage.sources": json.dumps(sources),
+        "lineage.content_hashes": json.dumps([entry["content_hash"] for entry in accepted["datasets"]]),
+        "lineage.files": str(len(sources)),
+    }
+
+
+@lru_cache(maxsize=8)
+def _champion_model(name: str, version: str) -> Any:
+    """A warm trainer keeps recent champions loaded: loading one is the slow part of the gate."""
+    return tracking.load_model(name, version)
+
+
+def _champion_metric(
+    contract: DataContract, holdout: pd.DataFrame
+) -> tuple[tracking.ModelVersion | None, float | None]:
+    champion = tracking.champion(contract.model)
+    if champion is None:
+        return None, None
+    model = _champion_model(champion.name, champion.version)
+    predicted = model.predict(training.features_of(holdout, contract))
+    return champion, training.score(contract, holdout[contract.target], predicted)[contract.training.metric]
+
+
+def _already_trained(model: str, list_hash: str) -> TrainingOutcome | None:
+    existing = tracking.versions_with_tag(model, "accepted_list_hash", list_hash)
+    if not existing:
+        return None
+    version = existing[0]
+    promoted = "promotion" in version.tags
+    return TrainingOutcome(
+        model, version.version, promoted, version.tags.get("rejected", ""), {}, version.run_id, trained=False
+    )
+
+
+def train_model(model: str, resources: StackResources, workspace_root: Path | None = None) -> TrainingOutcome:
+    contract_found = s3.get_bytes(resources.config_bucket, contract_key(model))
+    accepted_found = s3.get_bytes(resources.processed_bucket, accepted_list_key(model))
+    if contract_found is None or accepted_found is None:
+        raise LookupError(f"model {model!r} has no contract or no accepted data")
+    contract = parse_contract(contract_found[0])
+    accepted = json.loads(accepted_found[0])
+    list_hash = accepted_list_hash(accepted)
+    if done := _already_trained(model, list_hash):
+        return done
+    tags = lineage_tags(accepted, contract, list_hash)
+    run_id = tracking.start_run(model, tags)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"arrival-{model}-", dir=workspace_root) as scratch:
+            outcome = _train_in(
+                Path(scratch), model, contract, contract_found[0], accepted, resources, run_id, tags
+            )
+    except BaseException:
+        tracking.end_run(run_id, "FAILED")
+        raise
+    tracking.end_run(run_id)
+    return outcome
+
+
+def _train_in(
+    workspace: Path,
+    model: str,
+    contract: DataContract,
+    contract_bytes: bytes,
+    accepted: dict[str, Any],
+    resources: StackResources,
+    run_id: str,
+    tags: dict[str, str],
+) -> TrainingOutcome:
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    write_workspace(workspace, contract_bytes, accepted, resources.processed_bucket)
+    dvc_workspace.init(workspace, f"{resources.dvc_remote_url}/{model}")
+    dvc_workspace.track(workspace, "data/accepted.json")
+    dvc_workspace.reproduce(workspace)
+    timings["timing.repro_seconds"] = time.monotonic() - started
+    dvc_workspace.push(workspace)
+    metrics = json.loads((workspace / "metrics.json").read_text())
+    prepared = json.loads((workspace / "data" / "prepare.json").read_text())
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    holdout = pd.read_parquet(workspace / "data" / "holdout.parquet")
+    fitted = joblib.load(workspace / "model" / "model.joblib")
+
+    champion, champion_metric = _champion_metric(contract, holdout)
+    decision = training.gate(contract.training, metrics[contract.training.metric], champion_metric)
+    logged_metrics = {**metrics, **{f"data.{key}": float(value) for key, value in prepared.items()}}
+    if champion_metric is not None:
+        logged_metrics[f"champion.{contract.training.metric}"] = champion_metric
+    log_started = time.monotonic()
+    tracking.log_run(
+        run_id,
+        params={
+            "model": model,
+            "task": contract.task.value,
+            "family": contract.training.family,
+            "metric": contract.training.metric,
+            "holdout_fraction": params["holdout_fraction"],
+            **{f"estimator.{key}": value for key, value in params["estimator_params"].items()},
+        },
+        metrics={**logged_metrics, **timings},
+        tags={
+            **tags,
+            "gate.decision": "promote" if decision.promote else "reject",
+            "gate.reason": decision.reason,
+        },
+        # The workspace's files are what `arrival reproduce` rebuilds the run from.
+        artifacts=[
+            *[
+                (str(Path("workspace") / Path(name).parent).rstrip("/."), workspace / name)
+                for name in WORKSPACE_FILES
+            ],
+            ("onnx", workspace / "model" / "model.onnx"),
+            ("plots", workspace / "plots"),
+        ],
+    )
+    example = training.features_of(holdout.head(5), contract)
+    version = tracking.log_and_register_model(
+        run_id, model, fitted, example, {"accepted_list_hash": tags["accepted_list_hash"]}
+    )
+    tracking.log_run(run_id, metrics={"timing.log_register_seconds": time.monotonic() - log_started})
+
+    detail = {
+        "name": model,
+        "version": version,
+        "metrics": metrics,
+        "champion_version": champion.version if champion else None,
+        "reason": decision.reason,
+        "run_id": run_id,
+        "lineage": json.loads(tags["lineage.sources"]),
+    }
+    if decision.promote:
+        tracking.promote(model, version, decision.reason)
+        events.publish(resources.event_bus_name, "ModelPromoted", detail)
+    else:
+        tracking.reject(model, version, decision.reason)
+        events.publish(resources.event_bus_name, "ModelRejected", detail)
+    return TrainingOutcome(model, version, decision.promote, decision.reason, metrics, run_id)
