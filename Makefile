@@ -5,9 +5,10 @@ export UV_COMPILE_BYTECODE := 1
 
 # The local cloud the demo talks to. Tests start their own on free ports.
 ARRIVAL_AWS_PORT ?= 4566
-export ARRIVAL_AWS_PORT
+ARRIVAL_MLFLOW_PORT ?= 5000
+export ARRIVAL_AWS_PORT ARRIVAL_MLFLOW_PORT
 DEMO_ENV := AWS_ENDPOINT_URL=http://127.0.0.1:$(ARRIVAL_AWS_PORT) AWS_ACCESS_KEY_ID=test \
-	AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1
+	AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 MLFLOW_TRACKING_URI=http://127.0.0.1:$(ARRIVAL_MLFLOW_PORT)
 
 .PHONY: help install demo test test-unit lint up down
 
@@ -29,6 +30,7 @@ down:
 demo: up
 	$(DEMO_ENV) uv run arrival deploy
 	$(DEMO_ENV) uv run arrival demo
+	$(DEMO_ENV) uv run arrival status
 
 lint: install
 	uv run ruff check .

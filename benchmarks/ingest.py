@@ -67,7 +67,11 @@ def accepted_count(s3: Any, bucket: str) -> int:
 
 def run(repeats: int) -> str:
     state = Path(tempfile.mkdtemp(prefix="arrival-bench-"))
-    settings = LocalCloudSettings(state_dir=state, aws_port=free_port())
+    # Trainer instances are recorded but not booted: this measures ingest alone, not ingest
+    # competing with training for the same two cores.
+    settings = LocalCloudSettings(
+        state_dir=state, aws_port=free_port(), mlflow_port=free_port(), agent_roles=[]
+    )
     os.environ.update(
         AWS_ENDPOINT_URL=settings.aws_endpoint_url,
         AWS_ACCESS_KEY_ID="test",
@@ -115,7 +119,12 @@ def run(repeats: int) -> str:
                 walls.append(time.monotonic() - started)
                 report = None
                 while report is None:
-                    for event in logs.filter_log_events(logGroupName=group).get("events", []):
+                    try:
+                        found = logs.filter_log_events(logGroupName=group).get("events", [])
+                    except logs.exceptions.ResourceNotFoundException:  # logs land just after the result
+                        found = []
+                    time.sleep(0.2)
+                    for event in found:
                         match = REPORT.search(event["message"])
                         if match and match.group(1) not in seen_requests:
                             seen_requests.add(match.group(1))

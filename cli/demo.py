@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,21 +67,20 @@ class Follower:
 
 
 def run_demo(stack_name: str, console: Console, model: str = "iris") -> None:
+    from common.adapters import tracking
+
     follow = Follower(stack_name, console)
     location = put_contract(SAMPLES / f"{model}.yaml", stack_name)
     follow.stage(f"contract for model '{model}' in {location}")
 
     key = f"{model}/sample-{int(time.time())}.csv"
-    put = follow.s3.put_object(
-        Bucket=follow.outputs["RawBucketName"],
-        Key=key,
-        Body=(SAMPLES / "samples" / f"{model}.csv").read_bytes(),
-    )
+    body = (SAMPLES / "samples" / f"{model}.csv").read_bytes()
+    put = follow.s3.put_object(Bucket=follow.outputs["RawBucketName"], Key=key, Body=body)
     follow.stage(f"uploaded s3://{follow.outputs['RawBucketName']}/{key} (version {put['VersionId']})")
 
     entry = _wait_for(lambda: follow.accepted_entry(model, key), 120, "ingest")
     follow.stage(
-        f"validated against the contract and accepted: {entry['rows']} rows "
+        f"ingest Lambda: valid against the contract; {entry['rows']} rows "
         f"({entry['duplicate_rows_dropped']} duplicates dropped) -> "
         f"s3://{follow.outputs['ProcessedBucketName']}/{entry['processed_key']}"
     )
@@ -89,6 +89,25 @@ def run_demo(stack_name: str, console: Console, model: str = "iris") -> None:
     )
     instance = _wait_for(follow.trainer, 60, "a trainer instance")
     follow.stage(
-        f"trainer instance {instance['InstanceId']} ({instance['State']['Name']}) started by the reconciler"
+        f"trainer {instance['InstanceId']} running (started by the reconciler, booted by the local EC2 agent)"
     )
-    console.print_json(data={"model": model, "dataset": entry, "trainer": instance["InstanceId"]})
+    run = _wait_for(lambda: tracking.latest_run(model), 120, "an MLflow run")
+    follow.stage(f"MLflow run {run.run_id} is {run.status} (DVC: prepare, train, evaluate)")
+
+    decision = _wait_for(lambda: tracking.decided_version_with_source(model, key), 300, "a judged version")
+    verdict = decision.tags.get("promotion") or decision.tags.get("rejected")
+    follow.stage(f"version {decision.version} registered; gate: {verdict}")
+    champion = tracking.champion(model)
+    follow.stage(f"champion of '{model}': version {champion.version if champion else None}")
+    console.print_json(
+        data={
+            "model": model,
+            "champion": champion.version if champion else None,
+            "metrics": {
+                name: value
+                for name, value in tracking.run_metrics(decision.run_id).items()
+                if not name.startswith(("timing.", "data."))
+            },
+            "mlflow_ui": f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/models/{model}",
+        }
+    )

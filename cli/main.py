@@ -54,12 +54,18 @@ def down() -> None:
 def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:
     """Show whether the local cloud runs, and its endpoints."""
     report = control.status(get_local_cloud_settings())
+    if report["running"]:
+        from cli import operations
+
+        report["models"] = operations.champions(report["endpoints"]["mlflow"])
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     console.print(f"status: {report['status']}" + (f" (pid {report['pid']})" if report["pid"] else ""))
     for name, url in report["endpoints"].items():
         console.print(f"  {name}: {url}")
+    for model in report.get("models", []):
+        console.print(f"  model {model['name']}: champion version {model['champion']}")
 
 
 @app.command()
@@ -98,6 +104,29 @@ def contract_put(
         errors.print(f"[red]error:[/red] {file} is not a valid contract:\n{error}")
         raise typer.Exit(1) from error
     console.print(f"contract uploaded to {location}")
+
+
+@app.command()
+def reproduce(
+    version: Annotated[str, typer.Argument(help="a version number, or an alias such as 'champion'")],
+    model: Annotated[str, typer.Option(help="the registered model")] = "iris",
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Rebuild a model version from what its run logged (dvc pull, the pipeline) and check its metrics."""
+    from cli import operations
+
+    result = operations.reproduce(model, version, stack_name)
+    for name, logged in sorted(result.logged.items()):
+        console.print(f"  {name}: logged {logged!r}, reproduced {result.reproduced.get(name)!r}")
+    if not result.matches:
+        errors.print(
+            f"[red]{model} version {result.version}: metrics differ by more than {result.tolerance}[/red]"
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"[green]{model} version {result.version} reproduced: every metric matches"
+        f" to {result.tolerance}[/green]"
+    )
 
 
 @app.command()

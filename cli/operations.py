@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
 from common.contracts import parse_contract
 from common.ingest import contract_key
 from localcloud.deploy import stack_outputs
+
+if TYPE_CHECKING:
+    from worker.train_model import Reproduction
 
 
 def put_contract(path: Path, stack_name: str) -> str:
@@ -20,3 +25,28 @@ def put_contract(path: Path, stack_name: str) -> str:
     key = contract_key(contract.model)
     session.client("s3").put_object(Bucket=bucket, Key=key, Body=text, ContentType="application/yaml")
     return f"s3://{bucket}/{key}"
+
+
+def reproduce(model: str, version: str, stack_name: str) -> Reproduction:
+    from worker.train_model import reproduce as reproduce_version
+
+    remote = stack_outputs(boto3.client("cloudformation"), stack_name)["DvcRemoteUrl"]
+    return reproduce_version(model, version, remote)
+
+
+def champions(tracking_uri: str) -> list[dict[str, Any]]:
+    """Each registered model and its champion version, from the tracking server."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
+    from common.adapters import tracking
+
+    models = []
+    for name in tracking.registered_models():
+        champion = tracking.champion(name)
+        models.append(
+            {
+                "name": name,
+                "champion": champion.version if champion else None,
+                "metrics": tracking.run_metrics(champion.run_id) if champion else {},
+            }
+        )
+    return models

@@ -68,10 +68,12 @@ class Lease:
 
 
 def _recent_launch(lease: Lease) -> str | None:
+    """The instance launched moments ago, if DescribeInstances may simply not list it yet."""
     launch = lease.document.get("last_launch") or {}
-    if launch and time.time() - launch.get("at", 0) < LAUNCH_GRACE_SECONDS:
-        return str(launch["instance_id"])
-    return None
+    if not launch or time.time() - launch.get("at", 0) >= LAUNCH_GRACE_SECONDS:
+        return None
+    state = ec2.instance_state(str(launch["instance_id"]))
+    return str(launch["instance_id"]) if state is None or state in ec2.LIVE_STATES else None
 
 
 def ensure_trainer(settings: PipelineSettings, wait_seconds: float = 20.0) -> ReconcileOutcome:

@@ -40,6 +40,13 @@ class LocalCloudSettings(BaseSettings):
         description="MLflow's database; SQLite in the state directory if unset (or postgresql://...)",
     )
     mlflow_artifact_bucket: str = "arrival-mlflow-artifacts"
+    agent_roles: list[str] = Field(
+        default_factory=lambda: ["trainer", "server"],
+        description="instance roles the EC2 agent boots; others are only recorded, as LocalStack does",
+    )
+    agent_stacks: list[str] | None = Field(
+        default=None, description="stacks whose instances the EC2 agent boots; all if unset"
+    )
     region: str = "us-east-1"
     localstack_python: str | None = Field(
         default=None, description="interpreter (>= 3.12) for LocalStack; found automatically if unset"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -47,6 +48,13 @@ def _environment(settings: LocalCloudSettings) -> dict[str, str]:
         "ARRIVAL_AWS_PORT": str(settings.aws_port),
         "ARRIVAL_MLFLOW_PORT": str(settings.mlflow_port),
         "ARRIVAL_REGION": settings.region,
+        "ARRIVAL_AGENT_ROLES": json.dumps(settings.agent_roles),
+        **(
+            {"ARRIVAL_AGENT_STACKS": json.dumps(settings.agent_stacks)}
+            if settings.agent_stacks is not None
+            else {}
+        ),
+        "ARRIVAL_MLFLOW_ARTIFACT_BUCKET": settings.mlflow_artifact_bucket,
         CLOUD_ID_VARIABLE: settings.cloud_id,
     }
 

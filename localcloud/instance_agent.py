@@ -33,6 +33,7 @@ from localcloud.processes import die_with_parent
 
 LOG = logging.getLogger("arrival.instance_agent")
 ROLE_TAG = "arrival:role"
+STACK_TAG = "arrival:stack"
 # The only commands user data may start, by role: the executable, then its exact argument shape.
 ALLOWED_COMMANDS = {
     "trainer": re.compile(r"^arrival-worker --role trainer( --stack [a-z0-9][a-z0-9-]{0,127})?$"),
@@ -129,7 +130,18 @@ class InstanceAgent:
         attribute = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
         encoded = attribute.get("UserData", {}).get("Value", "")
         user_data = base64.b64decode(encoded).decode(errors="replace") if encoded else ""
-        command = command_from_user_data(user_data, tags.get(ROLE_TAG, ""))
+        role, stack = tags.get(ROLE_TAG, ""), tags.get(STACK_TAG, "")
+        stacks = self.settings.agent_stacks
+        if role not in self.settings.agent_roles or (stacks is not None and stack not in stacks):
+            LOG.info(
+                "instance %s (%s of %s) is only recorded: ARRIVAL_AGENT_ROLES/STACKS",
+                instance_id,
+                role,
+                stack,
+            )
+            self.finished.add(instance_id)
+            return
+        command = command_from_user_data(user_data, role)
         if command is None:
             LOG.warning("instance %s: user data names no allow-listed command; not booting it", instance_id)
             self.finished.add(instance_id)

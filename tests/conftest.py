@@ -18,6 +18,15 @@ from localcloud.deploy import deploy_stack
 from localcloud.processes import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+INGEST_STACK = "arrival-ingest"
+TRAINING_STACK = "arrival-train"
+# Short enough that a test sees a quiet period end, a lease lapse and an idle trainer go away.
+WORKER_SETTINGS = {
+    "ARRIVAL_WORKER_QUIET_SECONDS": "1",
+    "ARRIVAL_WORKER_IDLE_SECONDS": "20",
+    "ARRIVAL_WORKER_VISIBILITY_SECONDS": "10",
+    "ARRIVAL_WORKER_MAX_ATTEMPTS": "2",
+}
 
 # Short timeouts and retries, so failure paths reach their dead-letter queues in seconds.
 TEST_STACK_PARAMETERS = {
@@ -43,7 +52,11 @@ class LocalCloud:
 @pytest.fixture(scope="session")
 def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
     state_dir = tmp_path_factory.mktemp("cloud")
-    settings = LocalCloudSettings(state_dir=state_dir, aws_port=free_port())
+    # The agent boots trainers of the training stack only; the ingest tests' stacks keep their
+    # instances as records, and a stand-in consumes their jobs (tests/e2e/conftest.py).
+    settings = LocalCloudSettings(
+        state_dir=state_dir, aws_port=free_port(), mlflow_port=free_port(), agent_stacks=[TRAINING_STACK]
+    )
     saved = dict(os.environ)
     os.environ.update(
         {
@@ -51,6 +64,8 @@ def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",
             "AWS_DEFAULT_REGION": settings.region,
+            "MLFLOW_TRACKING_URI": settings.mlflow_url,
+            **WORKER_SETTINGS,
         }
     )
     os.environ.pop("AWS_PROFILE", None)
@@ -64,9 +79,15 @@ def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud
 
 
 @pytest.fixture(scope="session")
-def arrival_stack(local_cloud: LocalCloud) -> dict[str, str]:
-    """The production template, deployed once with short test timeouts; returns its outputs."""
-    return local_cloud.deploy(PROJECT_ROOT / "template.yaml", "arrival-test", TEST_STACK_PARAMETERS)
+def ingest_stack(local_cloud: LocalCloud) -> dict[str, str]:
+    """The production template, deployed once with short test timeouts; its trainers are not booted."""
+    return local_cloud.deploy(PROJECT_ROOT / "template.yaml", INGEST_STACK, TEST_STACK_PARAMETERS)
+
+
+@pytest.fixture(scope="session")
+def training_stack(local_cloud: LocalCloud) -> dict[str, str]:
+    """The production template again, whose trainer instances the agent boots."""
+    return local_cloud.deploy(PROJECT_ROOT / "template.yaml", TRAINING_STACK, TEST_STACK_PARAMETERS)
 
 
 @pytest.fixture

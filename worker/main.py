@@ -94,7 +94,8 @@ class Trainer:
         for message in messages:
             attempts = int(message["Attributes"].get("ApproximateReceiveCount", "1"))
             if attempts < self.settings.max_attempts:
-                sqs.extend_visibility(self.queue_url, message["ReceiptHandle"], 0)
+                # Back off before the retry: a transient cause (a busy endpoint) gets time to pass.
+                sqs.extend_visibility(self.queue_url, message["ReceiptHandle"], min(2**attempts, 60))
                 continue
             sqs.send_fifo_with_reason(
                 self.dead_letter_url,

@@ -51,7 +51,7 @@ class TrainingOutcome:
     trained: bool = True  # False when this data list was already trained (a repeated job)
 
 
-def _code_fingerprint() -> str:
+def code_fingerprint() -> str:
     """Stages depend on the code that runs them; in a scratch workspace that code is the installed
     package, so its fingerprint is what the stages declare."""
     digest = hashlib.sha256()
@@ -68,7 +68,7 @@ def write_workspace(workspace: Path, contract_bytes: bytes, accepted: dict[str, 
     (workspace / "dvc.yaml").write_text((PROJECT_ROOT / "dvc.yaml").read_text())
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
     (workspace / "contract.yaml").write_bytes(contract_bytes)
-    (workspace / "code.json").write_text(json.dumps({"fingerprint": _code_fingerprint()}))
+    (workspace / "code.json").write_text(json.dumps({"fingerprint": code_fingerprint()}))
     (workspace / "data" / "accepted.json").write_text(
         json.dumps({"bucket": bucket, **accepted}, indent=2, sort_keys=True)
     )
@@ -218,3 +218,40 @@ def _train_in(
         tracking.reject(model, version, decision.reason)
         events.publish(resources.event_bus_name, "ModelRejected", detail)
     return TrainingOutcome(model, version, decision.promote, decision.reason, metrics, run_id)
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    model: str
+    version: str
+    logged: dict[str, float]
+    reproduced: dict[str, float]
+    tolerance: float
+
+    @property
+    def differences(self) -> dict[str, float]:
+        return {
+            name: abs(self.reproduced.get(name, float("nan")) - value) for name, value in self.logged.items()
+        }
+
+    @property
+    def matches(self) -> bool:
+        return all(difference <= self.tolerance for difference in self.differences.values())
+
+
+def reproduce(model: str, version: str, dvc_remote_url: str, tolerance: float = 1e-9) -> Reproduction:
+    """Rebuild a version's workspace from what its run logged, `dvc pull`, rerun every stage, and
+    compare the holdout metrics with the logged ones."""
+    found = tracking.model_version(model, version)
+    with tempfile.TemporaryDirectory(prefix=f"arrival-reproduce-{model}-") as scratch:
+        downloaded = tracking.download_run_artifacts(found.run_id, "workspace", Path(scratch))
+        workspace = Path(scratch) / "workspace"
+        if downloaded != workspace:
+            downloaded.rename(workspace)
+        dvc_workspace.init(workspace, f"{dvc_remote_url}/{model}")
+        dvc_workspace.pull(workspace)
+        dvc_workspace.reproduce(workspace, force=True)
+        reproduced = json.loads((workspace / "metrics.json").read_text())
+    logged_metrics = tracking.run_metrics(found.run_id)
+    logged = {name: logged_metrics[name] for name in reproduced if name in logged_metrics}
+    return Reproduction(model, found.version, logged, reproduced, tolerance)

@@ -61,3 +61,15 @@ def run_from_template(launch_template_id: str, role: str, stack: str, client_tok
 
 def terminate(instance_id: str) -> None:
     ec2_client().terminate_instances(InstanceIds=[instance_id])
+
+
+def instance_state(instance_id: str) -> str | None:
+    """The instance's state name, or None if EC2 does not (yet) know the id."""
+    try:
+        reservations = ec2_client().describe_instances(InstanceIds=[instance_id])["Reservations"]
+    except ec2_client().exceptions.ClientError as error:
+        if "InvalidInstanceID" in str(error):
+            return None
+        raise
+    instances = [instance for reservation in reservations for instance in reservation["Instances"]]
+    return instances[0]["State"]["Name"] if instances else None

@@ -106,6 +106,19 @@ def champion(name: str) -> ModelVersion | None:
     return ModelVersion(name, str(found.version), str(found.run_id), dict(found.tags))
 
 
+def model_version(name: str, version_or_alias: str) -> ModelVersion:
+    """A version by number, or by alias ("champion")."""
+    if version_or_alias.isdigit():
+        found = client().get_model_version(name, version_or_alias)
+    else:
+        found = client().get_model_version_by_alias(name, version_or_alias)
+    return ModelVersion(name, str(found.version), str(found.run_id), dict(found.tags))
+
+
+def registered_models() -> list[str]:
+    return sorted(model.name for model in client().search_registered_models())
+
+
 def load_model(name: str, model_version: str) -> Any:
     return mlflow.sklearn.load_model(f"models:/{name}/{model_version}")
 
@@ -139,3 +152,33 @@ def download_run_artifacts(run_id: str, path: str, destination: Path) -> Path:
     return Path(
         mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(destination))
     )
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    status: str
+
+
+def latest_run(experiment_name: str) -> RunState | None:
+    experiment = client().get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = client().search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return RunState(runs[0].info.run_id, runs[0].info.status) if runs else None
+
+
+def decided_version_with_source(name: str, source_key: str) -> ModelVersion | None:
+    """The version trained on data that includes this raw object, once the gate has tagged it."""
+    try:
+        versions = client().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    for found in versions:
+        if "promotion" not in found.tags and "rejected" not in found.tags:
+            continue
+        if source_key in client().get_run(str(found.run_id)).data.tags.get("lineage.sources", ""):
+            return ModelVersion(name, str(found.version), str(found.run_id), dict(found.tags))
+    return None

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LocalCloud
+from tests.conftest import INGEST_STACK, LocalCloud
 from tests.helpers import eventually
 
 
@@ -132,5 +132,5 @@ def _pipeline(local_cloud: LocalCloud, stack_name: str, outputs: dict[str, str])
 
 
 @pytest.fixture(scope="session")
-def pipeline(local_cloud: LocalCloud, arrival_stack: dict[str, str]) -> Iterator[Pipeline]:
-    yield from _pipeline(local_cloud, "arrival-test", arrival_stack)
+def pipeline(local_cloud: LocalCloud, ingest_stack: dict[str, str]) -> Iterator[Pipeline]:
+    yield from _pipeline(local_cloud, INGEST_STACK, ingest_stack)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from tests import datasets
-from tests.conftest import PROJECT_ROOT, TEST_STACK_PARAMETERS, LocalCloud
+from tests.conftest import INGEST_STACK, PROJECT_ROOT, TEST_STACK_PARAMETERS, LocalCloud
 from tests.e2e.conftest import Pipeline, _pipeline
 from tests.helpers import eventually
 
@@ -247,7 +247,7 @@ def test_a_contract_uploaded_with_the_cli_adds_a_model_without_redeploying(
     contract = tmp_path / f"{model}.yaml"
     contract.write_bytes(datasets.contract_yaml("house-prices", model))
 
-    result = CliRunner().invoke(app, ["contract", "put", str(contract), "--stack-name", "arrival-test"])
+    result = CliRunner().invoke(app, ["contract", "put", str(contract), "--stack-name", INGEST_STACK])
     assert result.exit_code == 0, result.output
 
     pipeline.upload(f"{model}/houses.csv", datasets.to_csv(datasets.house_frame(120)))

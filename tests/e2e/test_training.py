@@ -1,0 +1,303 @@
+"""Training end to end: uploads start a trainer instance (booted by the local EC2 agent), which runs
+the DVC pipeline, logs to the MLflow server, registers a version and moves `champion` only when the
+challenger is better."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from cli.main import app
+from localcloud.processes import CLOUD_ID_VARIABLE
+from tests import datasets
+from tests.conftest import TRAINING_STACK, LocalCloud
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.e2e
+
+
+class EventCollector:
+    """Every pipeline event on the stack's events queue, kept by (detail-type, model)."""
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self._sqs, self._queue_url = sqs, queue_url
+        self._events: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for message in self._sqs.receive_message(
+                QueueUrl=self._queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            ).get("Messages", []):
+                event = json.loads(message["Body"])
+                name = event["detail"].get("name") or event["detail"].get("model") or ""
+                with self._lock:
+                    self._events[(event["detail-type"], name)].append(event)
+                self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def of(self, detail_type: str, model: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._events[(detail_type, model)])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class Chain:
+    def __init__(self, cloud: LocalCloud, outputs: dict[str, str]) -> None:
+        self.cloud, self.outputs = cloud, outputs
+        self.s3, self.ec2 = cloud.client("s3"), cloud.client("ec2")
+        self.mlflow = MlflowClient(cloud.settings.mlflow_url)
+        self.events = EventCollector(cloud.client("sqs"), outputs["PipelineEventsQueueUrl"])
+
+    def put_contract(self, model: str, body: bytes) -> None:
+        self.s3.put_object(Bucket=self.outputs["ConfigBucketName"], Key=f"contracts/{model}.yaml", Body=body)
+
+    def upload(self, key: str, body: bytes) -> None:
+        self.s3.put_object(Bucket=self.outputs["RawBucketName"], Key=key, Body=body)
+
+    def versions(self, model: str) -> list[Any]:
+        try:
+            return sorted(
+                self.mlflow.search_model_versions(f"name = '{model}'"), key=lambda v: int(v.version)
+            )
+        except Exception:  # the registered model does not exist yet
+            return []
+
+    def wait_versions(self, model: str, count: int, timeout: float = 240) -> list[Any]:
+        def enough() -> list[Any] | None:
+            found = self.versions(model)
+            decided = [v for v in found if "promotion" in v.tags or "rejected" in v.tags]
+            return found if len(decided) >= count else None
+
+        return eventually(enough, timeout, interval=0.5, what=f"{count} decided version(s) of {model}")
+
+    def champion(self, model: str) -> str | None:
+        try:
+            return str(self.mlflow.get_model_version_by_alias(model, "champion").version)
+        except Exception:
+            return None
+
+    def trainers(self, states: tuple[str, ...] = ("pending", "running")) -> list[dict[str, Any]]:
+        reservations = self.ec2.describe_instances(
+            Filters=[
+                {"Name": "tag:arrival:role", "Values": ["trainer"]},
+                {"Name": "tag:arrival:stack", "Values": [TRAINING_STACK]},
+                {"Name": "instance-state-name", "Values": list(states)},
+            ]
+        )["Reservations"]
+        return [instance for reservation in reservations for instance in reservation["Instances"]]
+
+
+@pytest.fixture(scope="session")
+def chain(local_cloud: LocalCloud, training_stack: dict[str, str]) -> Iterator[Chain]:
+    chain = Chain(local_cloud, training_stack)
+    yield chain
+    chain.events.stop()
+
+
+def _iris(rows: int, seed: int, noise: float = 0.3) -> pd.DataFrame:
+    frame = datasets.iris_frame(rows, seed)
+    generator = pd.Series(range(rows)).sample(frac=1, random_state=seed).to_numpy()
+    numeric = frame.columns[:4]
+    frame[numeric] = frame[numeric] + (generator[:, None] % 7 - 3) * noise / 3
+    return frame.round(2)
+
+
+def test_an_upload_trains_registers_and_promotes_a_first_champion(chain: Chain, unique: str) -> None:
+    # GIVEN a new model and no trainer
+    model = f"first-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("iris", model))
+
+    # WHEN its first dataset lands
+    chain.upload(f"{model}/day-1.csv", datasets.to_csv(_iris(200, seed=1)))
+
+    # THEN a version is registered and becomes the champion
+    version = chain.wait_versions(model, 1)[0]
+    assert chain.champion(model) == version.version
+    run = chain.mlflow.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["f1_macro"] > 0.6
+    assert run.data.metrics["onnx_label_agreement"] == 1.0
+    assert json.loads(run.data.tags["lineage.sources"])[0].startswith(
+        f"s3://{chain.outputs['RawBucketName']}/{model}/day-1.csv?versionId="
+    )
+    # AND the run's artifacts are in the S3 artifact bucket behind the tracking server
+    artifacts = chain.s3.list_objects_v2(Bucket=chain.cloud.settings.mlflow_artifact_bucket).get(
+        "Contents", []
+    )
+    keys = [item["Key"] for item in artifacts if version.run_id in item["Key"]]
+    assert any(key.endswith("onnx/model.onnx") for key in keys), keys
+    assert any(key.endswith("workspace/dvc.lock") for key in keys), keys
+    # AND ModelPromoted went out with the name, version, metrics and lineage
+    promoted = eventually(lambda: chain.events.of("ModelPromoted", model), 30, what="ModelPromoted")[0][
+        "detail"
+    ]
+    assert promoted["version"] == version.version
+    assert promoted["metrics"]["f1_macro"] == run.data.metrics["f1_macro"]
+    assert promoted["lineage"] == json.loads(run.data.tags["lineage.sources"])
+
+
+def test_a_better_dataset_moves_the_champion_and_a_worse_one_does_not(chain: Chain, unique: str) -> None:
+    model = f"gate-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("iris", model))
+    chain.upload(f"{model}/small-noisy.csv", datasets.to_csv(_iris(60, seed=2, noise=1.5)))
+    first = chain.wait_versions(model, 1)[0]
+    assert chain.champion(model) == first.version
+
+    # A better dataset: much more, cleaner data
+    chain.upload(f"{model}/large-clean.csv", datasets.to_csv(_iris(600, seed=3, noise=0.2)))
+    second = chain.wait_versions(model, 2)[-1]
+    assert "promotion" in second.tags, second.tags
+    assert chain.champion(model) == second.version
+
+    # A worse dataset: twice as many rows again, with their labels shuffled
+    shuffled = _iris(1200, seed=4, noise=0.2)
+    shuffled["species"] = shuffled["species"].sample(frac=1, random_state=5).to_numpy()
+    chain.upload(f"{model}/shuffled.csv", datasets.to_csv(shuffled))
+    third = chain.wait_versions(model, 3)[-1]
+    assert "rejected" in third.tags, third.tags
+    assert "champion" in third.tags["rejected"]
+    assert chain.champion(model) == second.version
+    rejected = eventually(lambda: chain.events.of("ModelRejected", model), 30, what="ModelRejected")
+    assert rejected[0]["detail"]["version"] == third.version
+
+
+def test_ten_uploads_in_a_burst_give_one_version_with_all_ten_files(chain: Chain, unique: str) -> None:
+    model = f"burst-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("iris", model))
+    for part in range(10):
+        chain.upload(f"{model}/part-{part}.csv", datasets.to_csv(_iris(40, seed=100 + part)))
+
+    version = chain.wait_versions(model, 1)[0]
+    sources = json.loads(chain.mlflow.get_run(version.run_id).data.tags["lineage.sources"])
+    assert sorted(source.split("?")[0].rsplit("/", 1)[-1] for source in sources) == [
+        f"part-{n}.csv" for n in range(10)
+    ]
+    # Every job the burst queued was covered by that one training: no second version appears.
+    sqs = chain.cloud.client("sqs")
+
+    def queue_empty() -> bool:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=chain.outputs["TrainingQueueUrl"],
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return all(value == "0" for value in attributes.values())
+
+    assert eventually(queue_empty, 60, what="the training queue to empty")
+    assert len(chain.versions(model)) == 1
+
+
+def _worker_pids(cloud: LocalCloud) -> list[int]:
+    marker = f"{CLOUD_ID_VARIABLE}={cloud.settings.cloud_id}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or b"arrival-worker" not in (proc / "cmdline").read_bytes():
+                continue
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_worker_killed_mid_training_is_replaced_and_the_job_completes_once(
+    chain: Chain, unique: str
+) -> None:
+    model = f"crash-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("iris", model))
+
+    def running_runs() -> list[Any]:
+        experiments = chain.mlflow.search_experiments(filter_string=f"name = '{model}'")
+        if not experiments:
+            return []
+        runs = chain.mlflow.search_runs([experiment.experiment_id for experiment in experiments])
+        return [run for run in runs if run.info.status == "RUNNING"]
+
+    chain.upload(f"{model}/data.csv", datasets.to_csv(_iris(300, seed=7)))
+
+    # WHEN the worker is killed while its MLflow run is RUNNING
+    running = eventually(running_runs, 180, interval=0.1, what="a RUNNING run")[0]
+    killed = _worker_pids(chain.cloud)
+    assert killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+
+    # THEN a new trainer finishes the job, exactly once
+    versions = chain.wait_versions(model, 1, timeout=300)
+    assert len(versions) == 1
+    assert versions[0].run_id != running.info.run_id
+    assert chain.champion(model) == versions[0].version
+    assert not set(_worker_pids(chain.cloud)) & set(killed)
+
+
+def test_a_job_that_always_fails_lands_in_the_dead_letter_queue_with_its_reason(
+    chain: Chain, unique: str
+) -> None:
+    model = f"doomed-{unique}"
+    contract = datasets.contract_yaml("iris", model).replace(
+        b"family: random_forest", b"family: quantum_forest"
+    )
+    chain.put_contract(model, contract)
+    chain.upload(f"{model}/data.csv", datasets.to_csv(_iris(100, seed=8)))
+
+    sqs = chain.cloud.client("sqs")
+
+    def dead_letter() -> dict[str, Any] | None:
+        for message in sqs.receive_message(
+            QueueUrl=chain.outputs["TrainingDeadLetterQueueUrl"],
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            MessageAttributeNames=["All"],
+            VisibilityTimeout=0,
+        ).get("Messages", []):
+            if json.loads(message["Body"])["model"] == model:
+                return message  # type: ignore[no-any-return]
+        return None
+
+    message = eventually(dead_letter, 240, interval=0, what="the job in the dead-letter queue")
+    assert "quantum_forest" in message["MessageAttributes"]["failure_reason"]["StringValue"]
+    failed = eventually(lambda: chain.events.of("TrainingFailed", model), 30, what="TrainingFailed")[0]
+    assert "quantum_forest" in failed["detail"]["failure_reason"]
+    assert chain.versions(model) == []
+
+
+def test_reproduce_rebuilds_the_champion_with_matching_metrics(chain: Chain, unique: str) -> None:
+    model = f"repro-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("house-prices", model))
+    chain.upload(f"{model}/houses.csv", datasets.to_csv(datasets.house_frame(400, seed=9)))
+    chain.wait_versions(model, 1)
+
+    result = CliRunner().invoke(
+        app, ["reproduce", "champion", "--model", model, "--stack-name", TRAINING_STACK]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "every metric matches" in result.output
+
+
+def test_an_idle_trainer_terminates_its_own_instance(chain: Chain) -> None:
+    # Runs last in this module: once nothing is queued, the trainer goes away after its idle time.
+    eventually(
+        lambda: chain.trainers(("pending", "running", "stopping", "shutting-down", "terminated")),
+        30,
+        what="a trainer",
+    )
+    assert eventually(lambda: chain.trainers() == [], 120, interval=1, what="no live trainer")
+    assert chain.trainers(("terminated",))
