@@ -220,7 +220,11 @@ def accept_dataset(dataset: dict[str, Any]) -> dict[str, Any]:
 
 
 def _accept(
-    settings: PipelineSettings, info: s3.ObjectInfo, contract: DataContract, converted: ConvertedDataset
+    settings: PipelineSettings,
+    info: s3.ObjectInfo,
+    contract: DataContract,
+    converted: ConvertedDataset,
+    started_at: float,
 ) -> IngestResult:
     model = contract.model
     processed_key = f"{model}/data/{converted.content_hash}.parquet"
@@ -235,6 +239,7 @@ def _accept(
         "rows": converted.rows_written,
         "duplicate_rows_dropped": converted.duplicate_rows,
         "contract_hash": contract.content_hash,
+        "ingest_started_at": started_at,
         "accepted_at": time.time(),
     }
     result = accept_dataset(dataset={**lineage, "attempt": attempt})
@@ -257,6 +262,7 @@ def _accept(
 
 
 def ingest_object(raw: RawObject) -> IngestResult:
+    started_at = time.time()
     settings = get_pipeline_settings()
     if raw.key.endswith("/"):
         logger.info("ignored a folder marker", extra={"key": raw.key})
@@ -276,7 +282,7 @@ def ingest_object(raw: RawObject) -> IngestResult:
             raise reject(Rule.no_contract, f"no data contract for model {model!r} (expected {where})")
         _check_before_reading(info, data_format, contract)
         converted = convert(info, data_format, contract, scratch, settings.chunk_rows)
-        return _accept(settings, info, contract, converted)
+        return _accept(settings, info, contract, converted, started_at)
     except DatasetRejectedError as rejected:
         return quarantine(settings, info, model, rejected, contract)
     finally:

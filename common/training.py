@@ -22,10 +22,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from common.contracts import CategoricalColumn, DataContract, Task, TrainingSettings
+from common.splits import holdout_mask
+
+__all__ = ["MISSING_CATEGORY", "SEED", "build_model", "features_of", "gate", "holdout_mask", "score"]
 
 SEED = 20261127
-# A fixed key, so a row lands in the same split in every run, for every model version.
-_HOLDOUT_HASH_KEY = "arrival-holdout"
 MISSING_CATEGORY = "__missing__"
 
 _FAMILIES: dict[tuple[Task, str], Any] = {
@@ -49,19 +50,24 @@ class UnknownFamilyError(ValueError):
     pass
 
 
-def holdout_mask(frame: pd.DataFrame, fraction: float) -> np.ndarray:
-    """True for holdout rows, chosen by a hash of each row's content: the same row is in the same
-    split in every training, so a challenger and the champion are judged on the same rows."""
-    hashes = pd.util.hash_pandas_object(frame, index=False, hash_key=_HOLDOUT_HASH_KEY.ljust(16)[:16])
-    return (hashes.to_numpy() % 10_000) < int(fraction * 10_000)
+def check_training_settings(contract: DataContract) -> None:
+    """Fail before any work with a reason a person can act on: an unknown family or a metric that
+    does not fit the task."""
+    family = contract.training.family
+    if (contract.task, family) not in _FAMILIES:
+        known = sorted({name for _, name in _FAMILIES})
+        raise UnknownFamilyError(f"unknown model family {family!r}; known: {', '.join(known)}")
+    if contract.training.metric not in _TASK_METRICS[contract.task]:
+        raise ValueError(
+            f"metric {contract.training.metric!r} does not fit a {contract.task} task; "
+            f"use one of {_TASK_METRICS[contract.task]}"
+        )
 
 
 def build_model(contract: DataContract, params: dict[str, Any] | None = None) -> Pipeline:
+    check_training_settings(contract)
     family = contract.training.family
-    estimator_class = _FAMILIES.get((contract.task, family))
-    if estimator_class is None:
-        known = sorted({name for _, name in _FAMILIES})
-        raise UnknownFamilyError(f"unknown model family {family!r}; known: {', '.join(known)}")
+    estimator_class = _FAMILIES[(contract.task, family)]
     settings = {**_DEFAULT_PARAMS[family], **contract.training.params, **(params or {})}
     if "random_state" in estimator_class().get_params():
         settings.setdefault("random_state", SEED)

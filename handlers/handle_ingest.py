@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_plus
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes import S3Event, SQSRecord
@@ -15,6 +16,7 @@ from common.observability import logger, metrics, tracer
 
 
 def ingest_record(record: SQSRecord) -> None:
+    metrics.add_metric(name="NotificationsProcessed", unit=MetricUnit.Count, value=1)
     # S3 sends an s3:TestEvent when notifications are configured; it has no Records.
     for s3_record in S3Event(record.json_body).records if "Records" in record.json_body else []:
         key = unquote_plus(s3_record.s3.get_object.key)

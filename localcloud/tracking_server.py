@@ -41,6 +41,9 @@ def mlflow_service(settings: LocalCloudSettings) -> Service:
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": settings.region,
+        # arrival runs no server-side MLflow jobs; without this the server keeps four huey
+        # consumers (about 230 MB each) polling for them.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         # `mlflow server` starts its workers by name, so the virtualenv's bin must be on PATH.
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }

@@ -25,6 +25,8 @@ from common.settings import WorkerSettings, get_worker_settings
 from worker.train_model import StackResources, train_model
 
 LOG = logging.getLogger("arrival.worker")
+# When this process started: with the instance's launch time, it gives the boot time in benchmarks.
+WORKER_STARTED_AT = time.time()
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
@@ -79,8 +81,14 @@ class Trainer:
     def handle(self, model: str, messages: list[dict[str, Any]]) -> None:
         with VisibilityHeartbeat(self.queue_url, messages, self.settings.visibility_seconds):
             try:
+                received_at = time.time()
                 self.wait_until_quiet(model)
-                outcome = train_model(model, self.resources, self.settings.workspace_root)
+                moments = {
+                    "timing.worker_started_at": WORKER_STARTED_AT,
+                    "timing.job_received_at": received_at,
+                    "timing.quiet_ended_at": time.time(),
+                }
+                outcome = train_model(model, self.resources, self.settings.workspace_root, moments)
             except Exception as error:
                 LOG.exception("training %s failed", model)
                 self.failed(model, messages, error)

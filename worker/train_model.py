@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ WORKSPACE_FILES = [
     "dvc.lock",
     "params.yaml",
     "contract.yaml",
+    "code.json",
     "data/accepted.json",
     "data/accepted.json.dvc",
 ]
@@ -116,12 +118,20 @@ def _already_trained(model: str, list_hash: str) -> TrainingOutcome | None:
     )
 
 
-def train_model(model: str, resources: StackResources, workspace_root: Path | None = None) -> TrainingOutcome:
+def train_model(
+    model: str,
+    resources: StackResources,
+    workspace_root: Path | None = None,
+    moments: dict[str, float] | None = None,
+) -> TrainingOutcome:
+    """Train, log, register and judge one version on the model's current accepted data. `moments`
+    (epoch seconds of the job's earlier steps) are logged with the run, for the chain's timing."""
     contract_found = s3.get_bytes(resources.config_bucket, contract_key(model))
     accepted_found = s3.get_bytes(resources.processed_bucket, accepted_list_key(model))
     if contract_found is None or accepted_found is None:
         raise LookupError(f"model {model!r} has no contract or no accepted data")
     contract = parse_contract(contract_found[0])
+    training.check_training_settings(contract)
     accepted = json.loads(accepted_found[0])
     list_hash = accepted_list_hash(accepted)
     if done := _already_trained(model, list_hash):
@@ -131,7 +141,15 @@ def train_model(model: str, resources: StackResources, workspace_root: Path | No
     try:
         with tempfile.TemporaryDirectory(prefix=f"arrival-{model}-", dir=workspace_root) as scratch:
             outcome = _train_in(
-                Path(scratch), model, contract, contract_found[0], accepted, resources, run_id, tags
+                Path(scratch),
+                model,
+                contract,
+                contract_found[0],
+                accepted,
+                resources,
+                run_id,
+                tags,
+                moments or {},
             )
     except BaseException:
         tracking.end_run(run_id, "FAILED")
@@ -149,8 +167,9 @@ def _train_in(
     resources: StackResources,
     run_id: str,
     tags: dict[str, str],
+    moments: dict[str, float],
 ) -> TrainingOutcome:
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {**moments, "timing.training_started_at": time.time()}
     started = time.monotonic()
     write_workspace(workspace, contract_bytes, accepted, resources.processed_bucket)
     dvc_workspace.init(workspace, f"{resources.dvc_remote_url}/{model}")
@@ -160,13 +179,18 @@ def _train_in(
     dvc_workspace.push(workspace)
     metrics = json.loads((workspace / "metrics.json").read_text())
     prepared = json.loads((workspace / "data" / "prepare.json").read_text())
+    trained = json.loads((workspace / "model" / "train.json").read_text())
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     holdout = pd.read_parquet(workspace / "data" / "holdout.parquet")
     fitted = joblib.load(workspace / "model" / "model.joblib")
 
     champion, champion_metric = _champion_metric(contract, holdout)
     decision = training.gate(contract.training, metrics[contract.training.metric], champion_metric)
-    logged_metrics = {**metrics, **{f"data.{key}": float(value) for key, value in prepared.items()}}
+    logged_metrics = {
+        **metrics,
+        **{f"data.{key}": float(value) for key, value in prepared.items()},
+        **{f"train.{key}": float(value) for key, value in trained.items()},
+    }
     if champion_metric is not None:
         logged_metrics[f"champion.{contract.training.metric}"] = champion_metric
     log_started = time.monotonic()
@@ -200,7 +224,14 @@ def _train_in(
     version = tracking.log_and_register_model(
         run_id, model, fitted, example, {"accepted_list_hash": tags["accepted_list_hash"]}
     )
-    tracking.log_run(run_id, metrics={"timing.log_register_seconds": time.monotonic() - log_started})
+    tracking.log_run(
+        run_id,
+        metrics={
+            "timing.log_register_seconds": time.monotonic() - log_started,
+            "timing.registered_at": time.time(),
+            "worker.peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+    )
 
     detail = {
         "name": model,
@@ -217,6 +248,7 @@ def _train_in(
     else:
         tracking.reject(model, version, decision.reason)
         events.publish(resources.event_bus_name, "ModelRejected", detail)
+    tracking.log_run(run_id, metrics={"timing.decided_at": time.time()})
     return TrainingOutcome(model, version, decision.promote, decision.reason, metrics, run_id)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,14 @@ import pytest
 from pytest_socket import disable_socket
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+
+def pytest_configure() -> None:
+    # What template.yaml's Globals give every function; powertools reads them when the handlers'
+    # shared logger and metrics are created, at import.
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "arrival")
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Arrival")
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")
 
 
 def pytest_runtest_setup() -> None:

@@ -1,0 +1,209 @@
+"""Chain benchmark: upload -> champion promoted, with a trainer already running (warm) and with none
+(cold: the reconciler starts one and the local EC2 agent boots it), for 5,000 rows and 1 M rows x 20
+features. Reports medians by stage, from the timestamps the ingest Lambda and the worker record.
+
+Starts its own local cloud on free ports with the product's default worker settings.
+
+    uv run python benchmarks/training.py [--runs 5] [--large-runs 3] [--skip-large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common.settings import LocalCloudSettings  # noqa: E402
+from localcloud import control  # noqa: E402
+from localcloud.deploy import deploy_stack  # noqa: E402
+from localcloud.processes import free_port  # noqa: E402
+
+STACK = "arrival-chain-bench"
+STAGES = ["event delivery", "ingest", "queue", "boot", "quiet period", "train", "log and register", "promote"]
+
+
+def wide_contract(model: str) -> bytes:
+    """20 numeric features and a 3-class target, trained with a bounded random forest."""
+    columns: dict[str, Any] = {f"x{index:02d}": {"type": "numeric"} for index in range(20)}
+    columns["label"] = {"type": "categorical", "categories": ["a", "b", "c"]}
+    return yaml.safe_dump(
+        {
+            "model": model,
+            "task": "classification",
+            "target": "label",
+            "columns": columns,
+            "limits": {"min_rows": 10, "max_file_bytes": 400 * 2**20},
+            "training": {
+                "family": "random_forest",
+                "metric": "f1_macro",
+                "floor": 0.4,
+                "params": {"n_estimators": 50, "max_depth": 12},
+            },
+        }
+    ).encode()
+
+
+def wide_csv(rows: int, seed: int) -> bytes:
+    generator = np.random.default_rng(seed)
+    features = generator.normal(0, 1, (rows, 20)).round(4)
+    score = features[:, 0] + 0.5 * features[:, 1] - 0.5 * features[:, 2] + generator.normal(0, 0.5, rows)
+    frame = pd.DataFrame(features, columns=[f"x{index:02d}" for index in range(20)])
+    frame["label"] = np.select([score < -0.5, score < 0.5], ["a", "b"], "c")
+    return frame.to_csv(index=False).encode()
+
+
+class Bench:
+    def __init__(self, outputs: dict[str, str], mlflow_url: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.outputs = outputs
+        self.s3, self.ec2 = boto3.client("s3"), boto3.client("ec2")
+        self.mlflow = MlflowClient(mlflow_url)
+
+    def live_trainers(self) -> list[str]:
+        reservations = self.ec2.describe_instances(
+            Filters=[
+                {"Name": "tag:arrival:stack", "Values": [STACK]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+            ]
+        )["Reservations"]
+        return [
+            instance["InstanceId"] for reservation in reservations for instance in reservation["Instances"]
+        ]
+
+    def stop_trainers(self) -> None:
+        live = self.live_trainers()
+        if live:
+            self.ec2.terminate_instances(InstanceIds=live)
+        while self.live_trainers():
+            time.sleep(0.2)
+
+    def champion(self, model: str) -> Any:
+        try:
+            return self.mlflow.get_model_version_by_alias(model, "champion")
+        except Exception:
+            return None
+
+    def one_run(self, rows: int, seed: int) -> dict[str, float]:
+        model = f"bench-{uuid.uuid4().hex[:8]}"
+        self.s3.put_object(
+            Bucket=self.outputs["ConfigBucketName"], Key=f"contracts/{model}.yaml", Body=wide_contract(model)
+        )
+        body = wide_csv(rows, seed)
+        uploaded = time.time()
+        self.s3.put_object(Bucket=self.outputs["RawBucketName"], Key=f"{model}/data.csv", Body=body)
+        while (champion := self.champion(model)) is None:
+            if time.time() - uploaded > 3600:
+                raise TimeoutError(model)
+            time.sleep(0.2)
+        promoted = time.time()
+        metrics = self.mlflow.get_run(champion.run_id).data.metrics
+        accepted = json.loads(
+            self.s3.get_object(Bucket=self.outputs["ProcessedBucketName"], Key=f"{model}/accepted.json")[
+                "Body"
+            ].read()
+        )["datasets"][0]
+        started_work = max(accepted["accepted_at"], metrics["timing.worker_started_at"])
+        trained_until = metrics["timing.training_started_at"] + metrics["timing.repro_seconds"]
+        return {
+            "total": promoted - uploaded,
+            "event delivery": accepted["ingest_started_at"] - uploaded,
+            "ingest": accepted["accepted_at"] - accepted["ingest_started_at"],
+            "boot": max(0.0, metrics["timing.worker_started_at"] - accepted["accepted_at"]),
+            "queue": metrics["timing.job_received_at"] - started_work,
+            "quiet period": metrics["timing.quiet_ended_at"] - metrics["timing.job_received_at"],
+            "train": trained_until - metrics["timing.quiet_ended_at"],
+            "log and register": metrics["timing.registered_at"] - trained_until,
+            "promote": metrics["timing.decided_at"] - metrics["timing.registered_at"],
+            "fit alone": metrics["train.fit_seconds"],
+            "fit peak MB": metrics["train.peak_rss_mb"],
+            "worker peak MB": metrics["worker.peak_rss_mb"],
+        }
+
+
+def _row(label: str, runs: list[dict[str, float]]) -> str:
+    median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    stages = " | ".join(f"{median[stage]:.2f}" for stage in STAGES)
+    ratio = median["total"] / median["fit alone"]
+    peak = max(run["fit peak MB"] + run["worker peak MB"] for run in runs)
+    return (
+        f"| {label} | {len(runs)} | **{median['total']:.2f}** | {stages} | {median['fit alone']:.2f} | "
+        f"{ratio:.1f}x | {peak:.0f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--large-runs", type=int, default=3)
+    parser.add_argument("--skip-large", action="store_true")
+    arguments = parser.parse_args()
+
+    state = Path(tempfile.mkdtemp(prefix="arrival-chain-bench-"))
+    settings = LocalCloudSettings(state_dir=state, aws_port=free_port(), mlflow_port=free_port())
+    os.environ.update(
+        AWS_ENDPOINT_URL=settings.aws_endpoint_url,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",  # noqa: S106  # LocalStack accepts any credentials
+        AWS_DEFAULT_REGION=settings.region,
+        MLFLOW_TRACKING_URI=settings.mlflow_url,
+        ARRIVAL_WORKER_IDLE_SECONDS="3600",  # warm runs find the trainer still up
+    )
+    control.up(settings)
+    rows = []
+    try:
+        outputs = deploy_stack(
+            ROOT / "template.yaml",
+            STACK,
+            {"IngestTimeoutSeconds": "900", "IngestVisibilityTimeoutSeconds": "960"},
+        )
+        bench = Bench(outputs, settings.mlflow_url)
+        cases = [("5,000 rows", 5_000, arguments.runs)]
+        if not arguments.skip_large:
+            cases.append(("1 M rows x 20", 1_000_000, arguments.large_runs))
+        for label, size, runs in cases:
+            for mode in ("cold", "warm"):
+                results = []
+                for run in range(runs):
+                    if mode == "cold":
+                        bench.stop_trainers()
+                    elif run == 0 and not bench.live_trainers():
+                        bench.one_run(size, seed=999)  # bring a trainer up (not measured)
+                    results.append(bench.one_run(size, seed=run))
+                    print(label, mode, {k: round(v, 2) for k, v in results[-1].items()}, flush=True)  # noqa: T201
+                rows.append(_row(f"{label}, {mode} trainer", results))
+    finally:
+        control.down(settings)
+    header = (
+        "# Chain benchmark: upload -> champion\n\n"
+        f"`uv run python benchmarks/training.py` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+        "default worker settings (quiet period 2 s). A new model each run, so each promotion is a first "
+        "champion. Medians in seconds; stages from the timestamps the ingest Lambda and the worker record. "
+        "`boot` is 0 for a warm trainer; for a cold one it runs from acceptance to the worker process "
+        "starting (reconciler, RunInstances, the agent booting it). Peak memory: the fit stage's process "
+        "plus the worker's, both at their peaks (they run at the same time).\n\n"
+        f"| case | runs | total | {' | '.join(STAGES)} | fit alone | total / fit | peak MB |\n"
+        f"|---|---|---|{'---|' * len(STAGES)}---|---|---|\n"
+    )
+    output = ROOT / "benchmarks" / "results" / "training.md"
+    output.write_text(header + "\n".join(rows) + "\n")
+    print(f"wrote {output}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
