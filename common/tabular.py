@@ -110,7 +110,9 @@ class DuplicateRowFilter:
         positions[positions == len(self._seen)] = 0
         seen_before = (self._seen[positions] == hashes) if len(self._seen) else np.zeros(len(hashes), bool)
         keep = first_in_chunk & ~seen_before
-        self._seen = np.union1d(self._seen, hashes[keep])
+        # Both parts are sorted and distinct: a stable sort (timsort) merges the two runs in linear
+        # time, where np.union1d would hash everything seen so far again, on every chunk.
+        self._seen = np.sort(np.concatenate([self._seen, np.sort(hashes[keep])]), kind="stable")
         self.dropped += int((~keep).sum())
         kept: pd.DataFrame = frame[keep]
         return kept
