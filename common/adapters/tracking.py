@@ -124,8 +124,9 @@ def load_model(name: str, model_version: str) -> Any:
 
 
 def promote(name: str, model_version: str, reason: str) -> None:
-    client().set_model_version_tag(name, model_version, "promotion", reason)
+    # The alias first: whoever sees the promotion tag must find the alias already moved.
     client().set_registered_model_alias(name, CHAMPION, model_version)
+    client().set_model_version_tag(name, model_version, "promotion", reason)
 
 
 def reject(name: str, model_version: str, reason: str) -> None:
