@@ -112,6 +112,8 @@ class Bench:
                 raise TimeoutError(model)
             time.sleep(0.2)
         promoted = time.time()
+        while self.mlflow.get_run(champion.run_id).info.status != "FINISHED":  # the last timings land
+            time.sleep(0.2)
         metrics = self.mlflow.get_run(champion.run_id).data.metrics
         accepted = json.loads(
             self.s3.get_object(Bucket=self.outputs["ProcessedBucketName"], Key=f"{model}/accepted.json")[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import version
@@ -10,6 +11,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -59,37 +61,38 @@ def log_run(
     tags: dict[str, str] | None = None,
     artifacts: list[tuple[str, Path]] | None = None,
 ) -> None:
-    """Params, metrics, tags and (folder, file or directory) artifacts, in one batch each."""
-    with mlflow.start_run(run_id=run_id):
-        if params:
-            mlflow.log_params({key: str(value) for key, value in params.items()})
-        if metrics:
-            mlflow.log_metrics(metrics)
-        if tags:
-            mlflow.set_tags(tags)
-        for folder, path in artifacts or []:
-            if path.is_dir():
-                mlflow.log_artifacts(str(path), artifact_path=folder)
-            else:
-                mlflow.log_artifact(str(path), artifact_path=folder or None)
+    """Params, metrics, tags and (folder, file or directory) artifacts. Through the client, not the
+    fluent `start_run(run_id=...)`, whose exit would mark the run FINISHED while it still trains."""
+    timestamp = int(time.time() * 1000)
+    client().log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), timestamp, 0) for key, value in (metrics or {}).items()],
+        params=[Param(key, str(value)) for key, value in (params or {}).items()],
+        tags=[RunTag(key, value) for key, value in (tags or {}).items()],
+    )
+    for folder, path in artifacts or []:
+        if path.is_dir():
+            client().log_artifacts(run_id, str(path), artifact_path=folder)
+        else:
+            client().log_artifact(run_id, str(path), artifact_path=folder or None)
 
 
 def log_and_register_model(
     run_id: str, name: str, model: Any, example: pd.DataFrame, version_tags: dict[str, str]
 ) -> str:
     """Log the model with its signature and an input example, and register a new version."""
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, model.predict(example)),
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            # cloudpickle, not skops: a skops load runs a trusted-types check that imports all of
-            # scikit-learn (3-4 s). These models are our own trainer's output, not untrusted input.
-            serialization_format="cloudpickle",
-            registered_model_name=name,
-        )
+    info = mlflow.sklearn.log_model(
+        model,
+        name="model",
+        signature=infer_signature(example, model.predict(example)),
+        input_example=example,
+        pip_requirements=pip_requirements(),
+        # cloudpickle, not skops: a skops load runs a trusted-types check that imports all of
+        # scikit-learn (3-4 s). These models are our own trainer's output, not untrusted input.
+        serialization_format="cloudpickle",
+        registered_model_name=name,
+        run_id=run_id,
+    )
     registered = str(info.registered_model_version)
     for key, value in version_tags.items():
         client().set_model_version_tag(name, registered, key, value)
