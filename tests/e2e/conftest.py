@@ -3,53 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from tests.conftest import INGEST_STACK, LocalCloud
-from tests.helpers import eventually
-
-
-class TrainingJobCollector:
-    """Stands in for the trainer (a later issue): once the reconciler has started a trainer instance,
-    it takes every job off the training queue and keeps it by model, so each test sees exactly which
-    jobs its own model got. Like a real trainer, it consumes nothing while no instance runs."""
-
-    def __init__(self, sqs: Any, queue_url: str, trainer_running: Callable[[], bool]) -> None:
-        self._sqs, self._queue_url = sqs, queue_url
-        self._trainer_running = trainer_running
-        self._jobs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self._trainer_running():
-                self._stop.wait(0.5)
-                continue
-            messages = self._sqs.receive_message(
-                QueueUrl=self._queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["All"]
-            ).get("Messages", [])
-            for message in messages:
-                body = json.loads(message["Body"])
-                with self._lock:
-                    self._jobs[body["model"]].append({"body": body, "attributes": message["Attributes"]})
-                self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
-
-    def jobs(self, model: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._jobs[model])
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+from tests.helpers import QueueDrain, eventually
 
 
 @dataclass
@@ -58,7 +19,10 @@ class Pipeline:
 
     cloud: LocalCloud
     outputs: dict[str, str]
-    jobs: TrainingJobCollector
+    # Stands in for the trainer (booted only on the training stack): once the reconciler has
+    # started an instance, it takes the jobs off the queue and keeps them by model. Like a real
+    # trainer, it consumes nothing while no instance runs.
+    jobs: QueueDrain
 
     def __post_init__(self) -> None:
         self.s3 = self.cloud.client("s3")
@@ -122,8 +86,11 @@ class Pipeline:
 def _pipeline(local_cloud: LocalCloud, stack_name: str, outputs: dict[str, str]) -> Iterator[Pipeline]:
     outputs = {**outputs, "StackName": stack_name}
     pipeline = Pipeline(local_cloud, outputs, jobs=None)  # type: ignore[arg-type]
-    pipeline.jobs = TrainingJobCollector(
-        local_cloud.client("sqs"), outputs["TrainingQueueUrl"], lambda: bool(pipeline.trainer_instances())
+    pipeline.jobs = QueueDrain(
+        local_cloud.client("sqs"),
+        outputs["TrainingQueueUrl"],
+        key_of=lambda body: body["model"],
+        active=lambda: bool(pipeline.trainer_instances()),
     )
     try:
         yield pipeline

@@ -51,7 +51,7 @@ def test_a_valid_csv_is_processed_accepted_and_dispatched_to_one_trainer(
     assert processed["sepal_length"].dtype == "float64"
 
     # AND one training job names the model, grouped by it
-    jobs = eventually(lambda: pipeline.jobs.jobs(model), 30, what="a training job")
+    jobs = eventually(lambda: pipeline.jobs.of(model), 30, what="a training job")
     assert [job["body"] for job in jobs] == [{"model": model}]
     assert jobs[0]["attributes"]["MessageGroupId"] == model
 
@@ -146,7 +146,7 @@ def test_a_bad_file_is_quarantined_with_a_report_and_never_dispatched(
     )
     assert pipeline.accepted(model) is None
     assert eventually(pipeline.ingest_idle, 60, what="the ingest queue to drain")
-    assert pipeline.jobs.jobs(model) == []
+    assert pipeline.jobs.of(model) == []
     # Quarantining did not feed the file back into ingest: one report, written once.
     versions = pipeline.s3.list_object_versions(
         Bucket=pipeline.outputs["QuarantineBucketName"], Prefix=f"{key}.report"
@@ -210,7 +210,7 @@ def test_the_same_event_twice_and_the_same_bytes_twice_count_once(pipeline: Pipe
     body = _iris_csv(lambda f: f)
     put = pipeline.upload(f"{model}/first.csv", body)
     pipeline.wait_accepted(model, 1)
-    eventually(lambda: pipeline.jobs.jobs(model), 30, what="the first training job")
+    eventually(lambda: pipeline.jobs.of(model), 30, what="the first training job")
 
     # WHEN S3 delivers the same event again, and the same bytes arrive under another name
     event = {
@@ -233,7 +233,7 @@ def test_the_same_event_twice_and_the_same_bytes_twice_count_once(pipeline: Pipe
     accepted = pipeline.accepted(model)
     assert accepted is not None
     assert [entry["source"]["key"] for entry in accepted["datasets"]] == [f"{model}/first.csv"]
-    assert len(pipeline.jobs.jobs(model)) == 1
+    assert len(pipeline.jobs.of(model)) == 1
 
 
 def test_a_contract_uploaded_with_the_cli_adds_a_model_without_redeploying(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,40 +20,9 @@ from cli.main import app
 from localcloud.processes import CLOUD_ID_VARIABLE
 from tests import datasets
 from tests.conftest import TRAINING_STACK, LocalCloud
-from tests.helpers import eventually
+from tests.helpers import QueueDrain, eventually
 
 pytestmark = pytest.mark.e2e
-
-
-class EventCollector:
-    """Every pipeline event on the stack's events queue, kept by (detail-type, model)."""
-
-    def __init__(self, sqs: Any, queue_url: str) -> None:
-        self._sqs, self._queue_url = sqs, queue_url
-        self._events: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for message in self._sqs.receive_message(
-                QueueUrl=self._queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
-            ).get("Messages", []):
-                event = json.loads(message["Body"])
-                name = event["detail"].get("name") or event["detail"].get("model") or ""
-                with self._lock:
-                    self._events[(event["detail-type"], name)].append(event)
-                self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
-
-    def of(self, detail_type: str, model: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._events[(detail_type, model)])
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 class Chain:
@@ -63,7 +30,15 @@ class Chain:
         self.cloud, self.outputs = cloud, outputs
         self.s3, self.ec2 = cloud.client("s3"), cloud.client("ec2")
         self.mlflow = MlflowClient(cloud.settings.mlflow_url)
-        self.events = EventCollector(cloud.client("sqs"), outputs["PipelineEventsQueueUrl"])
+        # Every pipeline event, kept by (detail-type, model).
+        self.events = QueueDrain(
+            cloud.client("sqs"),
+            outputs["PipelineEventsQueueUrl"],
+            key_of=lambda event: (
+                event["detail-type"],
+                event["detail"].get("name") or event["detail"].get("model"),
+            ),
+        )
 
     def put_contract(self, model: str, body: bytes) -> None:
         self.s3.put_object(Bucket=self.outputs["ConfigBucketName"], Key=f"contracts/{model}.yaml", Body=body)
@@ -148,9 +123,8 @@ def test_an_upload_trains_registers_and_promotes_a_first_champion(chain: Chain, 
     assert any(key.endswith("onnx/model.onnx") for key in keys), keys
     assert any(key.endswith("workspace/dvc.lock") for key in keys), keys
     # AND ModelPromoted went out with the name, version, metrics and lineage
-    promoted = eventually(lambda: chain.events.of("ModelPromoted", model), 30, what="ModelPromoted")[0][
-        "detail"
-    ]
+    promoted_events = eventually(lambda: chain.events.of(("ModelPromoted", model)), 30, what="ModelPromoted")
+    promoted = promoted_events[0]["body"]["detail"]
     assert promoted["version"] == version.version
     assert promoted["metrics"]["f1_macro"] == run.data.metrics["f1_macro"]
     assert promoted["lineage"] == json.loads(run.data.tags["lineage.sources"])
@@ -177,8 +151,8 @@ def test_a_better_dataset_moves_the_champion_and_a_worse_one_does_not(chain: Cha
     assert "rejected" in third.tags, third.tags
     assert "f1_macro" in third.tags["rejected"]  # the reason names the metric and the threshold it missed
     assert chain.champion(model) == second.version
-    rejected = eventually(lambda: chain.events.of("ModelRejected", model), 30, what="ModelRejected")
-    assert rejected[0]["detail"]["version"] == third.version
+    rejected = eventually(lambda: chain.events.of(("ModelRejected", model)), 30, what="ModelRejected")
+    assert rejected[0]["body"]["detail"]["version"] == third.version
 
 
 def test_ten_uploads_in_a_burst_give_one_version_with_all_ten_files(chain: Chain, unique: str) -> None:
@@ -276,8 +250,8 @@ def test_a_job_that_always_fails_lands_in_the_dead_letter_queue_with_its_reason(
 
     message = eventually(dead_letter, 240, interval=0, what="the job in the dead-letter queue")
     assert "quantum_forest" in message["MessageAttributes"]["failure_reason"]["StringValue"]
-    failed = eventually(lambda: chain.events.of("TrainingFailed", model), 30, what="TrainingFailed")[0]
-    assert "quantum_forest" in failed["detail"]["failure_reason"]
+    failed = eventually(lambda: chain.events.of(("TrainingFailed", model)), 30, what="TrainingFailed")[0]
+    assert "quantum_forest" in failed["body"]["detail"]["failure_reason"]
     assert chain.versions(model) == []
 
 
