@@ -190,9 +190,11 @@ def accepted_list_key(model: str) -> str:
 
 
 def accepted_list_hash(document: dict[str, Any]) -> str:
-    """Identifies the set of datasets a training would use; the training job's deduplication id."""
+    """Identifies the set of datasets a training would use; the training job's deduplication id.
+    The model is part of it: FIFO deduplication spans the whole queue, and two models may well
+    accept the same bytes."""
     hashes = sorted(entry["content_hash"] for entry in document["datasets"])
-    return hashlib.sha256(json.dumps(hashes).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([document["model"], hashes]).encode()).hexdigest()
 
 
 @idempotent_function(  # type: ignore[untyped-decorator]

@@ -158,3 +158,18 @@ def test_a_record_that_fails_is_reported_alone(stack: FakeStack, lambda_context:
 
     # THEN only that record is returned for retry; the test event is not
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+
+
+def test_two_models_accepting_the_same_bytes_each_get_a_job(
+    stack: FakeStack, lambda_context: FakeLambdaContext
+) -> None:
+    # FIFO deduplication spans the queue: the id must tell the models apart.
+    stack.s3.put_object(
+        Bucket="unit-config", Key="contracts/iris-b.yaml", Body=datasets.contract_yaml("iris", "iris-b")
+    )
+    body = datasets.to_csv(datasets.iris_frame(50))
+
+    handle_ingest.handler(_upload(stack, "iris/a.csv", body), lambda_context)
+    handle_ingest.handler(_upload(stack, "iris-b/a.csv", body), lambda_context)
+
+    assert sorted(job["model"] for job in stack.jobs()) == ["iris", "iris-b"]
