@@ -67,11 +67,24 @@ def wide_csv(rows: int, seed: int) -> bytes:
     return frame.to_csv(index=False).encode()
 
 
+def _worker_processes(cloud_id: str) -> list[int]:
+    marker = f"ARRIVAL_CLOUD_ID={cloud_id}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            is_worker = proc.name.isdigit() and b"arrival-worker" in (proc / "cmdline").read_bytes()
+            if is_worker and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 class Bench:
-    def __init__(self, outputs: dict[str, str], mlflow_url: str) -> None:
+    def __init__(self, outputs: dict[str, str], mlflow_url: str, cloud_id: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.outputs = outputs
+        self.outputs, self.cloud_id = outputs, cloud_id
         self.s3, self.ec2 = boto3.client("s3"), boto3.client("ec2")
         self.mlflow = MlflowClient(mlflow_url)
 
@@ -87,10 +100,12 @@ class Bench:
         ]
 
     def stop_trainers(self) -> None:
+        """Terminate every trainer and wait until the agent has ended their processes too, so no
+        dying worker takes the next run's job."""
         live = self.live_trainers()
         if live:
             self.ec2.terminate_instances(InstanceIds=live)
-        while self.live_trainers():
+        while self.live_trainers() or _worker_processes(self.cloud_id):
             time.sleep(0.2)
 
     def champion(self, model: str) -> Any:
@@ -174,7 +189,7 @@ def main() -> None:
             STACK,
             {"IngestTimeoutSeconds": "900", "IngestVisibilityTimeoutSeconds": "960"},
         )
-        bench = Bench(outputs, settings.mlflow_url)
+        bench = Bench(outputs, settings.mlflow_url, settings.cloud_id)
         cases = [("5,000 rows", 5_000, arguments.runs)]
         if not arguments.skip_large:
             cases.append(("1 M rows x 20", 1_000_000, arguments.large_runs))

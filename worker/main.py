@@ -8,12 +8,15 @@ to the dead-letter queue with their reason. Idle for long enough, it terminates 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import threading
 import time
 import traceback
 from collections import defaultdict
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -63,6 +66,7 @@ class Trainer:
             event_bus_name=outputs["EventBusName"],
             dvc_remote_url=outputs["DvcRemoteUrl"],
         )
+        self.held: list[dict[str, Any]] = []
 
     def wait_until_quiet(self, model: str) -> None:
         """Until the model's accepted list has not changed for the quiet period: each new file
@@ -129,11 +133,20 @@ class Trainer:
 
     def receive(self, wait_seconds: int) -> dict[str, list[dict[str, Any]]]:
         by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for message in sqs.receive(
+        self.held = sqs.receive(
             self.queue_url, wait_seconds=wait_seconds, visibility_seconds=self.settings.visibility_seconds
-        ):
+        )
+        for message in self.held:
             by_model[json.loads(message["Body"])["model"]].append(message)
         return by_model
+
+    def release_held(self, signum: int, frame: FrameType | None) -> None:
+        """On SIGTERM (the instance is being stopped): hand unfinished jobs back at once, instead of
+        leaving them invisible until their lease runs out."""
+        for message in self.held:
+            with contextlib.suppress(Exception):  # the message may be gone already; exiting matters
+                sqs.extend_visibility(self.queue_url, message["ReceiptHandle"], 0)
+        raise SystemExit(128 + signum)
 
     def run(self) -> None:
         last_work = time.monotonic()
@@ -145,6 +158,7 @@ class Trainer:
                     return
             for model, messages in jobs.items():
                 self.handle(model, messages)
+            self.held = []  # each was deleted, handed back for a retry, or dead-lettered
             if jobs:
                 last_work = time.monotonic()
 
@@ -158,7 +172,9 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if role != "trainer":
         raise typer.BadParameter(f"unknown role {role!r}; this worker knows 'trainer'")
-    Trainer(get_worker_settings(), stack_outputs(stack)).run()
+    trainer = Trainer(get_worker_settings(), stack_outputs(stack))
+    signal.signal(signal.SIGTERM, trainer.release_held)
+    trainer.run()
     instance_id = instance.own_instance_id()
     if instance_id:
         LOG.info("idle: terminating instance %s", instance_id)
