@@ -182,7 +182,7 @@ def main() -> None:
         ARRIVAL_WORKER_IDLE_SECONDS="3600",  # warm runs find the trainer still up
     )
     control.up(settings)
-    rows = []
+    rows: list[str] = []
     try:
         outputs = deploy_stack(
             ROOT / "template.yaml",
@@ -204,16 +204,22 @@ def main() -> None:
                     results.append(bench.one_run(size, seed=run))
                     print(label, mode, {k: round(v, 2) for k, v in results[-1].items()}, flush=True)  # noqa: T201
                 rows.append(_row(f"{label}, {mode} trainer", results))
+                _write(rows, arguments)  # after every case, so a stopped run keeps what it measured
     finally:
         control.down(settings)
+
+
+def _write(rows: list[str], arguments: argparse.Namespace) -> None:
     header = (
         "# Chain benchmark: upload -> champion\n\n"
-        f"`uv run python benchmarks/training.py` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-        "default worker settings (quiet period 2 s). A new model each run, so each promotion is a first "
-        "champion. Medians in seconds; stages from the timestamps the ingest Lambda and the worker record. "
-        "`boot` is 0 for a warm trainer; for a cold one it runs from acceptance to the worker process "
-        "starting (reconciler, RunInstances, the agent booting it). Peak memory: the fit stage's process "
-        "plus the worker's, both at their peaks (they run at the same time).\n\n"
+        f"`uv run python benchmarks/training.py --runs {arguments.runs} --large-runs {arguments.large_runs}` "
+        f"on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, default worker settings "
+        "(quiet period 2 s). "
+        "A new model each run, so each promotion is a first champion. Medians in seconds; stages from "
+        "the timestamps the ingest Lambda and the worker record. `boot` is 0 for a warm trainer; for a cold "
+        "one it runs from acceptance to the worker process starting (reconciler, RunInstances, the agent "
+        "booting it). Peak memory: the fit stage's process plus the worker's, both at their peaks (they "
+        "run at the same time).\n\n"
         f"| case | runs | total | {' | '.join(STAGES)} | fit alone | total / fit | peak MB |\n"
         f"|---|---|---|{'---|' * len(STAGES)}---|---|---|\n"
     )
