@@ -9,12 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import boto3
-from botocore.exceptions import ClientError
 from rich.console import Console
 
 from cli.operations import put_contract
-from localcloud.deploy import stack_outputs
+from common.adapters import ec2, s3
+from common.adapters.stack import stack_outputs
+from common.ingest import accepted_list_key
+from common.reconcile import TRAINER_ROLE
 
 SAMPLES = Path(__file__).resolve().parent.parent / "contracts"
 T = TypeVar("T")
@@ -30,11 +31,11 @@ def _wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
 
 
 class Follower:
+    """Watches the deployed stack from outside, as a user would, through arrival's adapters."""
+
     def __init__(self, stack_name: str, console: Console) -> None:
-        self.session = boto3.session.Session()
-        self.outputs = stack_outputs(self.session.client("cloudformation"), stack_name)
+        self.outputs = stack_outputs(stack_name)
         self.stack_name = stack_name
-        self.s3 = self.session.client("s3")
         self.console = console
         self.started = time.monotonic()
 
@@ -42,28 +43,17 @@ class Follower:
         self.console.print(f"[green]{time.monotonic() - self.started:6.2f} s[/green]  {message}")
 
     def accepted_entry(self, model: str, key: str) -> dict[str, Any] | None:
-        try:
-            body = self.s3.get_object(
-                Bucket=self.outputs["ProcessedBucketName"], Key=f"{model}/accepted.json"
-            )
-        except ClientError:
-            return None
-        entries = [
-            entry for entry in json.loads(body["Body"].read())["datasets"] if entry["source"]["key"] == key
-        ]
+        found = s3.get_bytes(self.outputs["ProcessedBucketName"], accepted_list_key(model))
+        entries = (
+            [entry for entry in json.loads(found[0])["datasets"] if entry["source"]["key"] == key]
+            if found
+            else []
+        )
         return entries[0] if entries else None
 
-    def trainer(self) -> dict[str, Any] | None:
-        ec2: Any = self.session.client("ec2")
-        reservations = ec2.describe_instances(
-            Filters=[
-                {"Name": "tag:arrival:role", "Values": ["trainer"]},
-                {"Name": "tag:arrival:stack", "Values": [self.stack_name]},
-                {"Name": "instance-state-name", "Values": ["pending", "running"]},
-            ]
-        )["Reservations"]
-        instances = [instance for reservation in reservations for instance in reservation["Instances"]]
-        return instances[0] if instances else None
+    def trainer(self) -> str | None:
+        live = ec2.live_instances(TRAINER_ROLE, self.stack_name)
+        return live[0] if live else None
 
 
 def run_demo(stack_name: str, console: Console, model: str = "iris") -> None:
@@ -75,8 +65,8 @@ def run_demo(stack_name: str, console: Console, model: str = "iris") -> None:
 
     key = f"{model}/sample-{int(time.time())}.csv"
     body = (SAMPLES / "samples" / f"{model}.csv").read_bytes()
-    put = follow.s3.put_object(Bucket=follow.outputs["RawBucketName"], Key=key, Body=body)
-    follow.stage(f"uploaded s3://{follow.outputs['RawBucketName']}/{key} (version {put['VersionId']})")
+    version_id = s3.put_bytes(follow.outputs["RawBucketName"], key, body, "text/csv")
+    follow.stage(f"uploaded s3://{follow.outputs['RawBucketName']}/{key} (version {version_id})")
 
     entry = _wait_for(lambda: follow.accepted_entry(model, key), 120, "ingest")
     follow.stage(
@@ -87,10 +77,8 @@ def run_demo(stack_name: str, console: Console, model: str = "iris") -> None:
     follow.stage(
         f"training job queued on {follow.outputs['TrainingQueueUrl'].rsplit('/', 1)[-1]} (group '{model}')"
     )
-    instance = _wait_for(follow.trainer, 60, "a trainer instance")
-    follow.stage(
-        f"trainer {instance['InstanceId']} running (started by the reconciler, booted by the local EC2 agent)"
-    )
+    instance_id = _wait_for(follow.trainer, 60, "a trainer instance")
+    follow.stage(f"trainer {instance_id} running (started by the reconciler, booted by the local EC2 agent)")
     run = _wait_for(lambda: tracking.latest_run(model), 120, "an MLflow run")
     follow.stage(f"MLflow run {run.run_id} is {run.status} (DVC: prepare, train, evaluate)")
 

@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3
-
+from common.adapters import s3
+from common.adapters.stack import stack_outputs
 from common.contracts import parse_contract
 from common.ingest import contract_key
-from localcloud.deploy import stack_outputs
 
 if TYPE_CHECKING:
     from worker.train_model import Reproduction
@@ -20,17 +19,16 @@ def put_contract(path: Path, stack_name: str) -> str:
     """Upload after validating, so a typo never reaches the pipeline. Returns the S3 address."""
     text = path.read_bytes()
     contract = parse_contract(text)
-    session = boto3.session.Session()
-    bucket = stack_outputs(session.client("cloudformation"), stack_name)["ConfigBucketName"]
+    bucket = stack_outputs(stack_name)["ConfigBucketName"]
     key = contract_key(contract.model)
-    session.client("s3").put_object(Bucket=bucket, Key=key, Body=text, ContentType="application/yaml")
+    s3.put_bytes(bucket, key, text, "application/yaml")
     return f"s3://{bucket}/{key}"
 
 
 def reproduce(model: str, version: str, stack_name: str) -> Reproduction:
     from worker.train_model import reproduce as reproduce_version
 
-    remote = stack_outputs(boto3.client("cloudformation"), stack_name)["DvcRemoteUrl"]
+    remote = stack_outputs(stack_name)["DvcRemoteUrl"]
     return reproduce_version(model, version, remote)
 
 

@@ -92,8 +92,13 @@ def put_json(bucket: str, key: str, document: Any) -> None:
     )
 
 
-def put_bytes(bucket: str, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
-    s3_client().put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+def put_bytes(
+    bucket: str, key: str, body: bytes, content_type: str = "application/octet-stream"
+) -> str | None:
+    """Returns the new object's version id (None in an unversioned bucket)."""
+    return (
+        s3_client().put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type).get("VersionId")
+    )
 
 
 def put_json_if(bucket: str, key: str, document: Any, *, etag: str | None) -> str:
