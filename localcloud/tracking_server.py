@@ -29,10 +29,18 @@ def _ensure_artifact_bucket(settings: LocalCloudSettings) -> None:
         s3.create_bucket(Bucket=settings.mlflow_artifact_bucket)
 
 
+def _fresh_local_store(settings: LocalCloudSettings, database: Path) -> None:
+    """LocalStack starts empty on every `arrival up` (its S3 does not persist), so the embedded
+    registry starts empty too: runs whose artifacts are gone would make every later gate fail."""
+    database.unlink(missing_ok=True)
+    _ensure_artifact_bucket(settings)
+
+
 def mlflow_service(settings: LocalCloudSettings) -> Service:
     store = settings.state_dir / "mlflow"
     store.mkdir(parents=True, exist_ok=True)
-    backend = settings.mlflow_backend_store_uri or f"sqlite:///{(store / 'mlflow.db').resolve()}"
+    database = (store / "mlflow.db").resolve()
+    backend = settings.mlflow_backend_store_uri or f"sqlite:///{database}"
     bin_dir = Path(sys.executable).parent
     env = {
         **os.environ,
@@ -66,5 +74,9 @@ def mlflow_service(settings: LocalCloudSettings) -> Service:
         env=env,
         health_url=f"{settings.mlflow_url}/health",
         ports=[settings.mlflow_port],
-        before_start=lambda: _ensure_artifact_bucket(settings),
+        before_start=(
+            (lambda: _fresh_local_store(settings, database))
+            if settings.mlflow_backend_store_uri is None
+            else (lambda: _ensure_artifact_bucket(settings))
+        ),
     )
