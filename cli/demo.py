@@ -94,7 +94,7 @@ def run_demo(stack_name: str, console: Console, model: str = "iris") -> None:
             "metrics": {
                 name: value
                 for name, value in tracking.run_metrics(decision.run_id).items()
-                if not name.startswith(("timing.", "data."))
+                if not name.startswith(("timing.", "data.", "train.", "worker."))
             },
             "mlflow_ui": f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/models/{model}",
         }
