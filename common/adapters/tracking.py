@@ -50,10 +50,6 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status=status)
 
 
-def run_status(run_id: str) -> str:
-    return str(client().get_run(run_id).info.status)
-
-
 def log_run(
     run_id: str,
     params: dict[str, Any] | None = None,
@@ -146,10 +142,6 @@ def versions_with_tag(name: str, key: str, value: str) -> list[ModelVersion]:
 
 def run_metrics(run_id: str) -> dict[str, float]:
     return dict(client().get_run(run_id).data.metrics)
-
-
-def run_params(run_id: str) -> dict[str, str]:
-    return dict(client().get_run(run_id).data.params)
 
 
 def download_run_artifacts(run_id: str, path: str, destination: Path) -> Path:
