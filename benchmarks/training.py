@@ -52,7 +52,7 @@ def wide_contract(model: str) -> bytes:
                 "family": "random_forest",
                 "metric": "f1_macro",
                 "floor": 0.4,
-                "params": {"n_estimators": 50, "max_depth": 12},
+                "params": {"n_estimators": 20, "max_depth": 12},
             },
         }
     ).encode()

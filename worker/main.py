@@ -25,6 +25,7 @@ from common.adapters import ec2, events, instance, s3, sqs
 from common.adapters.stack import stack_outputs
 from common.ingest import accepted_list_key
 from common.settings import WorkerSettings, get_worker_settings
+from worker.stage_server import stage_server
 from worker.train_model import StackResources, train_model
 
 LOG = logging.getLogger("arrival.worker")
@@ -69,18 +70,21 @@ class Trainer:
         self.held: list[dict[str, Any]] = []
 
     def wait_until_quiet(self, model: str) -> None:
-        """Until the model's accepted list has not changed for the quiet period: each new file
-        changes it, so this is "no new job for this model for the quiet period"."""
-        key = accepted_list_key(model)
-        last_etag, still_since = None, time.monotonic()
+        """Until the model's accepted list has been still for the quiet period. Each new file changes
+        it, and its entry records when (`accepted_at`, stamped by the ingest function), so the time a
+        job spent in the queue or waiting for its trainer to boot counts toward the period."""
+        key, quiet = accepted_list_key(model), self.settings.quiet_seconds
         while True:
             found = s3.get_bytes(self.resources.processed_bucket, key)
-            etag = found[1] if found else None
-            if etag != last_etag:
-                last_etag, still_since = etag, time.monotonic()
-            elif time.monotonic() - still_since >= self.settings.quiet_seconds:
+            if found is None:
+                return  # nothing accepted: the training says so, with the model's name
+            datasets = json.loads(found[0])["datasets"]
+            last_change = max((entry["accepted_at"] for entry in datasets), default=0.0)
+            # min(): a clock behind the ingest function's must not stretch the wait past one period.
+            remaining = min(quiet, last_change + quiet - time.time())
+            if remaining <= 0:
                 return
-            time.sleep(min(0.2, self.settings.quiet_seconds))
+            time.sleep(min(0.2, remaining))
 
     def handle(self, model: str, messages: list[dict[str, Any]]) -> None:
         with VisibilityHeartbeat(self.queue_url, messages, self.settings.visibility_seconds):
@@ -174,7 +178,8 @@ def main(
         raise typer.BadParameter(f"unknown role {role!r}; this worker knows 'trainer'")
     trainer = Trainer(get_worker_settings(), stack_outputs(stack))
     signal.signal(signal.SIGTERM, trainer.release_held)
-    trainer.run()
+    with stage_server():
+        trainer.run()
     instance_id = instance.own_instance_id()
     if instance_id:
         LOG.info("idle: terminating instance %s", instance_id)

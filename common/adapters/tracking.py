@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import version
@@ -66,11 +67,18 @@ def log_run(
         params=[Param(key, str(value)) for key, value in (params or {}).items()],
         tags=[RunTag(key, value) for key, value in (tags or {}).items()],
     )
-    for folder, path in artifacts or []:
+
+    def upload(folder: str, path: Path) -> None:
         if path.is_dir():
             client().log_artifacts(run_id, str(path), artifact_path=folder)
         else:
             client().log_artifact(run_id, str(path), artifact_path=folder or None)
+
+    # Each artifact is its own request through the tracking server to S3; side by side, a run's ten
+    # small files take one round trip's time instead of ten.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for finished in [pool.submit(upload, folder, path) for folder, path in artifacts or []]:
+            finished.result()
 
 
 def log_and_register_model(

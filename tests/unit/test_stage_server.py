@@ -1,0 +1,123 @@
+"""`arrival-train` through a worker's stage server behaves as the stage run in its own process: same
+outputs, same exit status, its output on the caller's streams."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests import datasets
+from tests.helpers import eventually
+from worker.stage_command import ADDRESS_VARIABLE, KEY_VARIABLE
+from worker.stage_server import stage_server
+
+ARRIVAL_TRAIN = shutil.which("arrival-train") or "arrival-train"
+
+
+def _workspace(root: Path) -> Path:
+    (root / "data").mkdir(parents=True)
+    (root / "contract.yaml").write_bytes(datasets.contract_yaml("iris", "iris"))
+    (root / "params.yaml").write_text(yaml.safe_dump({"holdout_fraction": 0.2, "estimator_params": {}}))
+    frame = datasets.iris_frame(300)
+    frame.iloc[:240].to_parquet(root / "data" / "train.parquet", index=False)
+    frame.iloc[240:].to_parquet(root / "data" / "holdout.parquet", index=False)
+    return root
+
+
+def _stage(name: str, workspace: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # our own console script
+        [ARRIVAL_TRAIN, name], cwd=workspace, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[None]:
+    with stage_server():
+        yield
+
+
+@pytest.mark.usefixtures("server")
+def test_stages_through_the_server_give_what_they_give_in_their_own_process(tmp_path: Path) -> None:
+    served = _workspace(tmp_path / "served")
+    for name in ("train", "evaluate"):
+        result = _stage(name, served)
+        assert result.returncode == 0, result.stderr
+    assert "trained random_forest on 240 rows" in _stage("train", served).stdout
+    address = os.environ.pop(ADDRESS_VARIABLE)
+    try:
+        alone = _workspace(tmp_path / "alone")
+        for name in ("train", "evaluate"):
+            assert _stage(name, alone).returncode == 0
+    finally:
+        os.environ[ADDRESS_VARIABLE] = address
+    assert json.loads((served / "metrics.json").read_text()) == json.loads(
+        (alone / "metrics.json").read_text()
+    )
+    assert (served / "model" / "model.onnx").read_bytes() == (alone / "model" / "model.onnx").read_bytes()
+
+
+@pytest.mark.usefixtures("server")
+def test_a_failing_stage_fails_the_command_with_its_error(tmp_path: Path) -> None:
+    workspace = _workspace(tmp_path)
+    (workspace / "data" / "train.parquet").unlink()
+
+    result = _stage("train", workspace)
+
+    assert result.returncode != 0
+    assert "train.parquet" in result.stderr
+
+
+@pytest.mark.usefixtures("server")
+def test_a_stage_killed_in_the_server_fails_the_command(tmp_path: Path) -> None:
+    workspace = _workspace(tmp_path)
+    # A stage that never ends: `evaluate` waits on a FIFO where the model should be.
+    (workspace / "model").mkdir()
+    os.mkfifo(workspace / "model" / "model.joblib")
+    command = subprocess.Popen([ARRIVAL_TRAIN, "evaluate"], cwd=workspace, stderr=subprocess.PIPE, text=True)
+    stage_pid = _stage_child_of(command.pid)
+    os.kill(stage_pid, signal.SIGKILL)
+    _, stderr = command.communicate(timeout=30)
+    assert command.returncode == 1
+    assert "ended without a status" in stderr
+
+
+def _stage_child_of(client_pid: int) -> int:
+    """The forked stage process serving this client: it has the client's working directory and is
+    not the client itself."""
+    client_cwd = Path(f"/proc/{client_pid}/cwd").readlink()
+
+    def find() -> int | None:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == client_pid:
+                continue
+            try:
+                served = b"stage_server" in (proc / "cmdline").read_bytes()
+                if served and (proc / "cwd").readlink() == client_cwd:
+                    return int(proc.name)
+            except OSError:
+                continue
+        return None
+
+    return eventually(find, timeout=30, interval=0.05, what="the forked stage process")
+
+
+def test_without_a_server_the_stage_runs_in_its_own_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ADDRESS_VARIABLE, str(tmp_path / "gone.sock"))
+    monkeypatch.setenv(KEY_VARIABLE, "00")
+    workspace = _workspace(tmp_path / "workspace")
+
+    result = _stage("train", workspace)
+
+    assert result.returncode == 0, result.stderr
+    assert "stage server unavailable" in result.stderr
+    assert (workspace / "model" / "model.joblib").exists()
