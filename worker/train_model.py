@@ -107,15 +107,50 @@ def _champion_metric(
     return champion, training.score(contract, holdout[contract.target], predicted)[contract.training.metric]
 
 
-def _already_trained(model: str, list_hash: str) -> TrainingOutcome | None:
+def _already_trained(model: str, list_hash: str, resources: StackResources) -> TrainingOutcome | None:
+    """The version a run already made from this data list, if any (a repeated or redelivered job).
+    If its trainer died after registering it but before acting on the gate's decision, which the
+    version carries in its tags, the decision is carried out now."""
     existing = tracking.versions_with_tag(model, "accepted_list_hash", list_hash)
     if not existing:
         return None
     version = existing[0]
-    promoted = "promotion" in version.tags
-    return TrainingOutcome(
-        model, version.version, promoted, version.tags.get("rejected", ""), {}, version.run_id, trained=False
-    )
+    decided = "promotion" in version.tags or "rejected" in version.tags
+    promote, reason = version.tags.get("gate.decision") == "promote", version.tags.get("gate.reason", "")
+    if not decided:
+        champion = tracking.champion(model)
+        if promote and champion is not None and int(champion.version) > int(version.version):
+            promote, reason = False, f"champion moved to version {champion.version} meanwhile"
+        run_tags = tracking.run_tags(version.run_id)
+        _act_on_decision(
+            resources,
+            model,
+            version.version,
+            promote,
+            reason,
+            {
+                "name": model,
+                "version": version.version,
+                "metrics": tracking.run_metrics(version.run_id),
+                "champion_version": version.tags.get("gate.champion_version") or None,
+                "reason": reason,
+                "run_id": version.run_id,
+                "lineage": json.loads(run_tags.get("lineage.sources", "[]")),
+            },
+        )
+        tracking.finish_run_if_running(version.run_id)
+    return TrainingOutcome(model, version.version, promote, reason, {}, version.run_id, trained=False)
+
+
+def _act_on_decision(
+    resources: StackResources, model: str, version: str, promote: bool, reason: str, detail: dict[str, Any]
+) -> None:
+    if promote:
+        tracking.promote(model, version, reason)
+        events.publish(resources.event_bus_name, "ModelPromoted", detail)
+    else:
+        tracking.reject(model, version, reason)
+        events.publish(resources.event_bus_name, "ModelRejected", detail)
 
 
 def train_model(
@@ -134,8 +169,10 @@ def train_model(
     training.check_training_settings(contract)
     accepted = json.loads(accepted_found[0])
     list_hash = accepted_list_hash(accepted)
-    if done := _already_trained(model, list_hash):
+    if done := _already_trained(model, list_hash, resources):
         return done
+    # A run on this list still RUNNING belongs to a trainer that died (its job came back to us).
+    tracking.end_interrupted_runs(model, "accepted_list_hash", list_hash)
     tags = lineage_tags(accepted, contract, list_hash)
     run_id = tracking.start_run(model, tags)
     try:
@@ -222,7 +259,16 @@ def _train_in(
     )
     example = training.features_of(holdout.head(5), contract)
     version = tracking.log_and_register_model(
-        run_id, model, fitted, example, {"accepted_list_hash": tags["accepted_list_hash"]}
+        run_id,
+        model,
+        fitted,
+        example,
+        {
+            "accepted_list_hash": tags["accepted_list_hash"],
+            "gate.decision": "promote" if decision.promote else "reject",
+            "gate.reason": decision.reason,
+            "gate.champion_version": champion.version if champion else "",
+        },
     )
     tracking.log_run(
         run_id,
@@ -232,7 +278,6 @@ def _train_in(
             "worker.peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         },
     )
-
     detail = {
         "name": model,
         "version": version,
@@ -242,12 +287,7 @@ def _train_in(
         "run_id": run_id,
         "lineage": json.loads(tags["lineage.sources"]),
     }
-    if decision.promote:
-        tracking.promote(model, version, decision.reason)
-        events.publish(resources.event_bus_name, "ModelPromoted", detail)
-    else:
-        tracking.reject(model, version, decision.reason)
-        events.publish(resources.event_bus_name, "ModelRejected", detail)
+    _act_on_decision(resources, model, version, decision.promote, decision.reason, detail)
     tracking.log_run(run_id, metrics={"timing.decided_at": time.time()})
     return TrainingOutcome(model, version, decision.promote, decision.reason, metrics, run_id)
 

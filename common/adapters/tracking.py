@@ -84,7 +84,9 @@ def log_run(
 def log_and_register_model(
     run_id: str, name: str, model: Any, example: pd.DataFrame, version_tags: dict[str, str]
 ) -> str:
-    """Log the model with its signature and an input example, and register a new version."""
+    """Log the model with its signature and an input example, and register a new version. The tags go
+    with the version's creation, in one request: a version never exists without them, so a trainer
+    that dies right after registering leaves a version its successor can recognise and finish."""
     info = mlflow.sklearn.log_model(
         model,
         name="model",
@@ -94,13 +96,31 @@ def log_and_register_model(
         # cloudpickle, not skops: a skops load runs a trusted-types check that imports all of
         # scikit-learn (3-4 s). These models are our own trainer's output, not untrusted input.
         serialization_format="cloudpickle",
-        registered_model_name=name,
         run_id=run_id,
     )
-    registered = str(info.registered_model_version)
-    for key, value in version_tags.items():
-        client().set_model_version_tag(name, registered, key, value)
-    return registered
+    return str(mlflow.register_model(info.model_uri, name, tags=version_tags).version)
+
+
+def end_interrupted_runs(experiment_name: str, tag: str, value: str) -> list[str]:
+    """Runs a dead trainer left RUNNING for this tag: marked KILLED, so nobody takes them for live."""
+    experiment = client().get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    runs = client().search_runs(
+        [experiment.experiment_id], f"tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'"
+    )
+    for run in runs:
+        client().set_terminated(run.info.run_id, status="KILLED")
+    return [run.info.run_id for run in runs]
+
+
+def finish_run_if_running(run_id: str) -> None:
+    if client().get_run(run_id).info.status == "RUNNING":
+        client().set_terminated(run_id, status="FINISHED")
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    return dict(client().get_run(run_id).data.tags)
 
 
 def champion(name: str) -> ModelVersion | None:

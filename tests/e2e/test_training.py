@@ -222,6 +222,42 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_job_completes_once(
     assert versions[0].run_id != running.info.run_id
     assert chain.champion(model) == versions[0].version
     assert not set(_worker_pids(chain.cloud)) & set(killed)
+    # and the dead trainer's run is not left looking alive
+    assert chain.mlflow.get_run(running.info.run_id).info.status == "KILLED"
+
+
+def test_a_version_registered_by_a_trainer_that_died_before_the_gate_acted_is_finished_by_the_next(
+    chain: Chain, unique: str
+) -> None:
+    # GIVEN a version whose trainer died after registering it: decided by the gate (the version
+    # carries the decision) but not promoted, no event sent, its run still RUNNING
+    model = f"undecided-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("iris", model))
+    chain.upload(f"{model}/data.csv", datasets.to_csv(_iris(300, seed=11)))
+    version = chain.wait_versions(model, 1)[0]
+    eventually(lambda: chain.events.of(("ModelPromoted", model)), 30, what="ModelPromoted")
+    assert version.tags["gate.decision"] == "promote"
+    chain.mlflow.delete_registered_model_alias(model, "champion")
+    chain.mlflow.delete_model_version_tag(model, version.version, "promotion")
+    chain.mlflow.update_run(version.run_id, status="RUNNING")
+
+    # WHEN its job comes back (as after the dead trainer's lease ran out) and the reconciler runs
+    chain.cloud.client("sqs").send_message(
+        QueueUrl=chain.outputs["TrainingQueueUrl"],
+        MessageBody=json.dumps({"model": model}),
+        MessageGroupId=model,
+        MessageDeduplicationId=f"redelivered-{unique}",
+    )
+    chain.cloud.client("lambda").invoke(FunctionName=chain.outputs["ReconcileFunctionName"])
+
+    # THEN the next trainer carries out the recorded decision, without training again
+    eventually(lambda: chain.champion(model) == version.version, 120, what="champion restored")
+    resent = eventually(lambda: chain.events.of(("ModelPromoted", model))[1:], 30, what="a second event")
+    assert len(resent) == 1
+    assert resent[0]["body"]["detail"]["version"] == version.version
+    assert [v.version for v in chain.versions(model)] == [version.version]
+    assert "promotion" in chain.mlflow.get_model_version(model, version.version).tags
+    assert chain.mlflow.get_run(version.run_id).info.status == "FINISHED"
 
 
 def test_a_job_that_always_fails_lands_in_the_dead_letter_queue_with_its_reason(
