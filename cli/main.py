@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -79,6 +80,9 @@ def deploy(
     from localcloud import deploy as deployment  # boto3 and zip work only when deploying
 
     overrides = dict(item.split("=", 1) for item in parameter or [])
+    # The trainer logs where the deployer's own MLflow client does, unless told otherwise.
+    if tracking_uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        overrides.setdefault("MlflowTrackingUri", tracking_uri)
     outputs = deployment.deploy_stack(template, stack_name, overrides, say=_say)
     for key, value in sorted(outputs.items()):
         console.print(f"  {key}: {value}")

@@ -40,6 +40,9 @@ ALLOWED_COMMANDS = {
     "server": re.compile(r"^arrival-worker --role server( --stack [a-z0-9][a-z0-9-]{0,127})?$"),
 }
 LIVE = {"pending", "running"}
+# What user data may set for the command, with `export NAME=value` lines: the worker's own settings and
+# where it logs. AWS_* stays the agent's (the endpoint and credentials of this local cloud).
+ALLOWED_VARIABLES = re.compile(r"^(ARRIVAL_[A-Z0-9_]+|MLFLOW_TRACKING_URI)$")
 
 
 def command_from_user_data(user_data: str, role: str) -> list[str] | None:
@@ -50,6 +53,19 @@ def command_from_user_data(user_data: str, role: str) -> list[str] | None:
     if not commands or pattern is None or not pattern.match(commands[-1]):
         return None
     return shlex.split(commands[-1])
+
+
+def environment_from_user_data(user_data: str) -> dict[str, str]:
+    """The allow-listed variables user data exports; an empty value (an unset template parameter)
+    leaves the agent's own value in place."""
+    exported: dict[str, str] = {}
+    for line in user_data.splitlines():
+        words = shlex.split(line, comments=True) if line.strip().startswith("export ") else []
+        for assignment in words[1:]:
+            name, _, value = assignment.partition("=")
+            if ALLOWED_VARIABLES.match(name) and value:
+                exported[name] = value
+    return exported
 
 
 class _MetadataHandler(BaseHTTPRequestHandler):
@@ -152,7 +168,7 @@ class InstanceAgent:
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [str(self.bin_dir / command[0]), *command[1:]],
-                env=self._environment(metadata.url),
+                env={**self._environment(metadata.url), **environment_from_user_data(user_data)},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -176,6 +177,12 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if role != "trainer":
         raise typer.BadParameter(f"unknown role {role!r}; this worker knows 'trainer'")
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        # Without it MLflow would log to a local directory that dies with the instance.
+        raise typer.BadParameter(
+            "MLFLOW_TRACKING_URI is not set: deploy the stack with MlflowTrackingUri (arrival deploy "
+            "passes your MLFLOW_TRACKING_URI)"
+        )
     trainer = Trainer(get_worker_settings(), stack_outputs(stack))
     signal.signal(signal.SIGTERM, trainer.release_held)
     with stage_server():
