@@ -14,7 +14,7 @@ from rich.console import Console
 from cli.operations import put_contract
 from common.adapters import ec2, s3
 from common.adapters.stack import stack_outputs
-from common.ingest import accepted_list_key
+from common.layout import accepted_list_key
 from common.reconcile import TRAINER_ROLE
 
 SAMPLES = Path(__file__).resolve().parent.parent / "contracts"
@@ -79,7 +79,7 @@ def run_demo(stack_name: str, console: Console, model: str = "iris") -> None:
     )
     instance_id = _wait_for(follow.trainer, 60, "a trainer instance")
     follow.stage(f"trainer {instance_id} running (started by the reconciler, booted by the local EC2 agent)")
-    run = _wait_for(lambda: tracking.latest_run(model), 120, "an MLflow run")
+    run = _wait_for(lambda: tracking.run_with_source(model, key), 120, "an MLflow run")
     follow.stage(f"MLflow run {run.run_id} is {run.status} (DVC: prepare, train, evaluate)")
 
     decision = _wait_for(lambda: tracking.decided_version_with_source(model, key), 300, "a judged version")

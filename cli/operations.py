@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from common.adapters import s3
 from common.adapters.stack import stack_outputs
 from common.contracts import parse_contract
-from common.ingest import contract_key
+from common.layout import contract_key
 
 if TYPE_CHECKING:
     from worker.train_model import Reproduction

@@ -6,7 +6,6 @@ training.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,12 +23,11 @@ from common import tabular
 from common.adapters import events, s3, sqs
 from common.adapters.idempotency import S3PersistenceLayer
 from common.contracts import DataContract, DataFormat, data_format_of, parse_contract
+from common.layout import accepted_list_hash, accepted_list_key, contract_key
 from common.observability import logger
 from common.reconcile import ensure_trainer
 from common.settings import PipelineSettings, get_pipeline_settings
 from common.validation import DatasetRejectedError, Rule, reject, validate
-
-CONTRACT_PREFIX = "contracts/"
 
 
 class Outcome(StrEnum):
@@ -62,10 +60,6 @@ class ConvertedDataset:
     rows_read: int
     rows_written: int
     duplicate_rows: int
-
-
-def contract_key(model: str) -> str:
-    return f"{CONTRACT_PREFIX}{model}.yaml"
 
 
 def load_contract(settings: PipelineSettings, model: str) -> DataContract | None:
@@ -183,18 +177,6 @@ idempotency_config = IdempotencyConfig(
 _idempotency_store = S3PersistenceLayer(
     bucket=lambda: get_pipeline_settings().processed_bucket, prefix="_arrival/idempotency/"
 )
-
-
-def accepted_list_key(model: str) -> str:
-    return f"{model}/accepted.json"
-
-
-def accepted_list_hash(document: dict[str, Any]) -> str:
-    """Identifies the set of datasets a training would use; the training job's deduplication id.
-    The model is part of it: FIFO deduplication spans the whole queue, and two models may well
-    accept the same bytes."""
-    hashes = sorted(entry["content_hash"] for entry in document["datasets"])
-    return hashlib.sha256(json.dumps([document["model"], hashes]).encode()).hexdigest()
 
 
 @idempotent_function(  # type: ignore[untyped-decorator]

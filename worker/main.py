@@ -18,16 +18,21 @@ import time
 import traceback
 from collections import defaultdict
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from common.adapters import ec2, events, instance, s3, sqs
 from common.adapters.stack import stack_outputs
-from common.ingest import accepted_list_key
+from common.layout import accepted_list_key
 from common.settings import WorkerSettings, get_worker_settings
 from worker.stage_server import stage_server
-from worker.train_model import StackResources, train_model
+
+if TYPE_CHECKING:
+    from worker.train_model import StackResources
+
+# worker.train_model (MLflow, DVC, pandas: ~4 s of imports) loads only once the stage server has been
+# started, so on a cold instance the two import side by side.
 
 LOG = logging.getLogger("arrival.worker")
 # When this process started: with the instance's launch time, it gives the boot time in benchmarks.
@@ -62,7 +67,9 @@ class Trainer:
         self.settings = settings
         self.queue_url = outputs["TrainingQueueUrl"]
         self.dead_letter_url = outputs["TrainingDeadLetterQueueUrl"]
-        self.resources = StackResources(
+        from worker.train_model import StackResources
+
+        self.resources: StackResources = StackResources(
             processed_bucket=outputs["ProcessedBucketName"],
             config_bucket=outputs["ConfigBucketName"],
             event_bus_name=outputs["EventBusName"],
@@ -75,14 +82,18 @@ class Trainer:
         it, and its entry records when (`accepted_at`, stamped by the ingest function), so the time a
         job spent in the queue or waiting for its trainer to boot counts toward the period."""
         key, quiet = accepted_list_key(model), self.settings.quiet_seconds
+        etag, watched_since = None, time.monotonic()
         while True:
             found = s3.get_bytes(self.resources.processed_bucket, key)
             if found is None:
                 return  # nothing accepted: the training says so, with the model's name
+            if found[1] != etag:
+                etag, watched_since = found[1], time.monotonic()
             datasets = json.loads(found[0])["datasets"]
             last_change = max((entry["accepted_at"] for entry in datasets), default=0.0)
-            # min(): a clock behind the ingest function's must not stretch the wait past one period.
-            remaining = min(quiet, last_change + quiet - time.time())
+            # Still for the period by the ingest function's clock, or as watched here: a clock ahead
+            # of this one must not stretch the wait.
+            remaining = min(last_change + quiet - time.time(), watched_since + quiet - time.monotonic())
             if remaining <= 0:
                 return
             time.sleep(min(0.2, remaining))
@@ -97,6 +108,8 @@ class Trainer:
                     "timing.job_received_at": received_at,
                     "timing.quiet_ended_at": time.time(),
                 }
+                from worker.train_model import train_model
+
                 outcome = train_model(model, self.resources, self.settings.workspace_root, moments)
             except Exception as error:
                 LOG.exception("training %s failed", model)
@@ -183,9 +196,9 @@ def main(
             "MLFLOW_TRACKING_URI is not set: deploy the stack with MlflowTrackingUri (arrival deploy "
             "passes your MLFLOW_TRACKING_URI)"
         )
-    trainer = Trainer(get_worker_settings(), stack_outputs(stack))
-    signal.signal(signal.SIGTERM, trainer.release_held)
     with stage_server():
+        trainer = Trainer(get_worker_settings(), stack_outputs(stack))
+        signal.signal(signal.SIGTERM, trainer.release_held)
         trainer.run()
     instance_id = instance.own_instance_id()
     if instance_id:

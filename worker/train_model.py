@@ -20,7 +20,7 @@ import yaml
 from common import training
 from common.adapters import dvc_workspace, events, s3, tracking
 from common.contracts import DataContract, parse_contract
-from common.ingest import accepted_list_hash, accepted_list_key, contract_key
+from common.layout import accepted_list_hash, accepted_list_key, contract_key
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE_FILES = [
@@ -53,6 +53,13 @@ class TrainingOutcome:
     trained: bool = True  # False when this data list was already trained (a repeated job)
 
 
+def pipeline_file(name: str) -> Path:
+    """dvc.yaml or params.yaml: inside the package when installed from a wheel (see pyproject.toml),
+    at the project's root in a checkout."""
+    packaged = Path(__file__).resolve().parent / "pipeline" / name
+    return packaged if packaged.exists() else PROJECT_ROOT / name
+
+
 def code_fingerprint() -> str:
     """Stages depend on the code that runs them; in a scratch workspace that code is the installed
     package, so its fingerprint is what the stages declare."""
@@ -63,11 +70,11 @@ def code_fingerprint() -> str:
 
 
 def write_workspace(workspace: Path, contract_bytes: bytes, accepted: dict[str, Any], bucket: str) -> None:
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(pipeline_file("params.yaml").read_text())
     contract = parse_contract(contract_bytes)
     params["estimator_params"] = {**params.get("estimator_params", {}), **contract.training.params}
     (workspace / "data").mkdir(parents=True, exist_ok=True)
-    (workspace / "dvc.yaml").write_text((PROJECT_ROOT / "dvc.yaml").read_text())
+    (workspace / "dvc.yaml").write_text(pipeline_file("dvc.yaml").read_text())
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
     (workspace / "contract.yaml").write_bytes(contract_bytes)
     (workspace / "code.json").write_text(json.dumps({"fingerprint": code_fingerprint()}))

@@ -184,12 +184,16 @@ class RunState:
     status: str
 
 
-def latest_run(experiment_name: str) -> RunState | None:
+def run_with_source(experiment_name: str, source_key: str) -> RunState | None:
+    """The latest run whose training data includes this raw object."""
     experiment = client().get_experiment_by_name(experiment_name)
     if experiment is None:
         return None
     runs = client().search_runs(
-        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+        [experiment.experiment_id],
+        f"tags.`lineage.sources` LIKE '%/{source_key}?%'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     return RunState(runs[0].info.run_id, runs[0].info.status) if runs else None
 

@@ -1,0 +1,28 @@
+"""Where arrival keeps things in its buckets: the key conventions the ingest function, the worker and
+the CLI share. Kept free of heavy imports: the worker and the CLI read it at start."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+CONTRACT_PREFIX = "contracts/"
+
+
+def contract_key(model: str) -> str:
+    """In the config bucket."""
+    return f"{CONTRACT_PREFIX}{model}.yaml"
+
+
+def accepted_list_key(model: str) -> str:
+    """In the processed bucket: every dataset accepted for the model, with its lineage."""
+    return f"{model}/accepted.json"
+
+
+def accepted_list_hash(document: dict[str, Any]) -> str:
+    """Identifies the set of datasets a training would use; the training job's deduplication id.
+    The model is part of it: FIFO deduplication spans the whole queue, and two models may well
+    accept the same bytes."""
+    hashes = sorted(entry["content_hash"] for entry in document["datasets"])
+    return hashlib.sha256(json.dumps([document["model"], hashes]).encode()).hexdigest()

@@ -1,0 +1,90 @@
+"""The training worker's timing rules, against moto: a held job stays leased while its training runs,
+and the quiet period counts from the model's last accepted file."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from common.adapters import s3, sqs
+from common.settings import WorkerSettings
+from worker.main import Trainer, VisibilityHeartbeat
+
+OUTPUTS = {
+    "TrainingQueueUrl": "",
+    "TrainingDeadLetterQueueUrl": "",
+    "ProcessedBucketName": "unit-processed",
+    "ConfigBucketName": "unit-config",
+    "EventBusName": "unit-bus",
+    "DvcRemoteUrl": "s3://unit-dvc",
+}
+
+
+@pytest.fixture
+def aws(aws_credentials: None) -> Iterator[Any]:
+    s3.s3_client.cache_clear()
+    sqs.sqs_client.cache_clear()
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="unit-processed")
+        yield boto3.client("sqs")
+    s3.s3_client.cache_clear()
+    sqs.sqs_client.cache_clear()
+
+
+def _receivable(client: Any, queue_url: str) -> bool:
+    return bool(client.receive_message(QueueUrl=queue_url, VisibilityTimeout=0).get("Messages"))
+
+
+def test_a_held_job_stays_leased_while_the_heartbeat_runs_and_returns_after(aws: Any) -> None:
+    queue_url = aws.create_queue(QueueName="jobs")["QueueUrl"]
+    aws.send_message(QueueUrl=queue_url, MessageBody="{}")
+    held = aws.receive_message(QueueUrl=queue_url, VisibilityTimeout=1)["Messages"]
+
+    with VisibilityHeartbeat(queue_url, held, seconds=1):
+        # Three times the lease: without the heartbeat the job would be back after 1 s.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert not _receivable(aws, queue_url)
+            time.sleep(0.1)
+
+    deadline = time.monotonic() + 5
+    while not _receivable(aws, queue_url):
+        assert time.monotonic() < deadline, "the job never came back once its heartbeat stopped"
+        time.sleep(0.1)
+
+
+def _accept(model: str, *accepted_at: float) -> None:
+    document = {"model": model, "datasets": [{"accepted_at": moment} for moment in accepted_at]}
+    s3.put_bytes("unit-processed", f"{model}/accepted.json", json.dumps(document).encode())
+
+
+@pytest.mark.usefixtures("aws")
+def test_the_quiet_period_counts_from_the_last_acceptance() -> None:
+    trainer = Trainer(WorkerSettings(quiet_seconds=30), OUTPUTS)
+    # The last file came in 40 s ago (the job waited for a boot): no wait left.
+    _accept("booted-late", time.time() - 90, time.time() - 40)
+    started = time.monotonic()
+    trainer.wait_until_quiet("booted-late")
+    assert time.monotonic() - started < 5
+
+    # A file accepted just now: the trainer waits the period out.
+    trainer = Trainer(WorkerSettings(quiet_seconds=0.5), OUTPUTS)
+    _accept("fresh", time.time() - 90, time.time())
+    started = time.monotonic()
+    trainer.wait_until_quiet("fresh")
+    assert time.monotonic() - started >= 0.4
+
+
+@pytest.mark.usefixtures("aws")
+def test_a_clock_ahead_of_the_trainers_never_stretches_the_wait_past_one_period() -> None:
+    trainer = Trainer(WorkerSettings(quiet_seconds=0.5), OUTPUTS)
+    _accept("skewed", time.time() + 3600)
+    started = time.monotonic()
+    trainer.wait_until_quiet("skewed")
+    assert time.monotonic() - started < 5
