@@ -28,6 +28,12 @@ def to_onnx_bytes(model: Pipeline, contract: DataContract) -> bytes:
     ]
     options = {id(model.steps[-1][1]): {"zipmap": False}} if contract.task is Task.classification else None
     onnx_model = to_onnx(model, initial_types=inputs, options=options, target_opset=17)
+    # skl2onnx's order of the opset imports depends on what the process imported before (a stage
+    # server's fork and a stage run alone differ); in a fixed order the same model gives the same
+    # bytes, so DVC sees a rerun's output as unchanged.
+    imports = sorted(onnx_model.opset_import, key=lambda opset: opset.domain)
+    del onnx_model.opset_import[:]
+    onnx_model.opset_import.extend(imports)
     return bytes(onnx_model.SerializeToString())
 
 

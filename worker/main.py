@@ -18,21 +18,18 @@ import time
 import traceback
 from collections import defaultdict
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from common.adapters import ec2, events, instance, s3, sqs
-from common.adapters.stack import stack_outputs
+from common.adapters.stack import StackResources, stack_outputs
 from common.layout import accepted_list_key
 from common.settings import WorkerSettings, get_worker_settings
-from worker.stage_server import stage_server
+from worker.stage_server import StageServer, stage_server
 
-if TYPE_CHECKING:
-    from worker.train_model import StackResources
-
-# worker.train_model (MLflow, DVC, pandas: ~4 s of imports) loads only once the stage server has been
-# started, so on a cold instance the two import side by side.
+# worker.train_model (MLflow, DVC, pandas: ~4 s of imports) loads with the first job, after the stage
+# server has started: on a cold instance the two import side by side.
 
 LOG = logging.getLogger("arrival.worker")
 # When this process started: with the instance's launch time, it gives the boot time in benchmarks.
@@ -62,31 +59,81 @@ class VisibilityHeartbeat:
         self._thread.join()
 
 
+class DataListWatch:
+    """The worker's side of a speculative training (worker.train_model.Speculation). While the
+    training runs, a thread watches the accepted list: a change ends the running stages at once, as
+    the training no longer counts. Once the pipeline is done, `settle` waits out what is left of the
+    quiet period."""
+
+    def __init__(self, trainer: Trainer, model: str) -> None:
+        self.trainer, self.model = trainer, model
+        self.etag = ""
+        self._changed, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def started(self, etag: str) -> None:
+        self.etag = etag.strip('"')
+        self._thread.start()
+
+    def _watch(self) -> None:
+        bucket, key = self.trainer.resources.processed_bucket, accepted_list_key(self.model)
+        while not self._stop.wait(0.25):
+            if self._changed.is_set():
+                # Keep ending stages until the training gives up: DVC may start the next stage
+                # before it notices that the last one failed.
+                self.trainer.abort_stages()
+                continue
+            try:
+                current = s3.head_object(bucket, key).etag
+            except Exception:  # a missed look costs nothing: settle() reads the list again
+                LOG.debug("could not look at %s", key, exc_info=True)
+                continue
+            if current != self.etag:
+                self._changed.set()
+                self.trainer.abort_stages()
+
+    def superseded(self) -> bool:
+        return self._changed.is_set()
+
+    def settle(self) -> bool:
+        self._halt()
+        return not self._changed.is_set() and self.trainer.wait_until_quiet(self.model, self.etag)
+
+    def _halt(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __enter__(self) -> DataListWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt()
+
+
 class Trainer:
-    def __init__(self, settings: WorkerSettings, outputs: dict[str, str]) -> None:
-        self.settings = settings
+    def __init__(
+        self, settings: WorkerSettings, outputs: dict[str, str], stages: StageServer | None = None
+    ) -> None:
+        self.settings, self.stages = settings, stages
         self.queue_url = outputs["TrainingQueueUrl"]
         self.dead_letter_url = outputs["TrainingDeadLetterQueueUrl"]
-        from worker.train_model import StackResources
-
-        self.resources: StackResources = StackResources(
-            processed_bucket=outputs["ProcessedBucketName"],
-            config_bucket=outputs["ConfigBucketName"],
-            event_bus_name=outputs["EventBusName"],
-            dvc_remote_url=outputs["DvcRemoteUrl"],
-        )
+        self.resources = StackResources.from_outputs(outputs)
         self.held: list[dict[str, Any]] = []
 
-    def wait_until_quiet(self, model: str) -> None:
+    def wait_until_quiet(self, model: str, expected_etag: str | None = None) -> bool:
         """Until the model's accepted list has been still for the quiet period. Each new file changes
         it, and its entry records when (`accepted_at`, stamped by the ingest function), so the time a
-        job spent in the queue or waiting for its trainer to boot counts toward the period."""
+        job spent in the queue or waiting for its trainer to boot counts toward the period. False, at
+        once, if the list is no longer the one with `expected_etag`."""
         key, quiet = accepted_list_key(model), self.settings.quiet_seconds
         etag, watched_since = None, time.monotonic()
         while True:
             found = s3.get_bytes(self.resources.processed_bucket, key)
             if found is None:
-                return  # nothing accepted: the training says so, with the model's name
+                return expected_etag is None  # nothing accepted: the training says so, with the name
+            if expected_etag is not None and found[1].strip('"') != expected_etag:
+                return False
             if found[1] != etag:
                 etag, watched_since = found[1], time.monotonic()
             datasets = json.loads(found[0])["datasets"]
@@ -95,22 +142,40 @@ class Trainer:
             # of this one must not stretch the wait.
             remaining = min(last_change + quiet - time.time(), watched_since + quiet - time.monotonic())
             if remaining <= 0:
-                return
+                return True
             time.sleep(min(0.2, remaining))
 
+    def abort_stages(self) -> None:
+        if self.stages is not None and (ended := self.stages.abort_stages()):
+            LOG.info("ended %d running stage(s)", ended)
+
     def handle(self, model: str, messages: list[dict[str, Any]]) -> None:
+        """Train on the model's list. The first attempt starts at once and the quiet period runs
+        alongside it (see DataListWatch); if the list changes under it, a burst is under way: the
+        attempt is dropped, and the next one waits for the quiet period first and always counts."""
+        from worker.train_model import train_model
+
         with VisibilityHeartbeat(self.queue_url, messages, self.settings.visibility_seconds):
             try:
                 received_at = time.time()
-                self.wait_until_quiet(model)
-                moments = {
-                    "timing.worker_started_at": WORKER_STARTED_AT,
-                    "timing.job_received_at": received_at,
-                    "timing.quiet_ended_at": time.time(),
-                }
-                from worker.train_model import train_model
-
-                outcome = train_model(model, self.resources, self.settings.workspace_root, moments)
+                outcome, speculative = None, True
+                while outcome is None:
+                    if not speculative:
+                        LOG.info("the accepted list of %s changed during training; waiting for quiet", model)
+                        self.wait_until_quiet(model)
+                    moments = {
+                        "timing.worker_started_at": WORKER_STARTED_AT,
+                        "timing.job_received_at": received_at,
+                    }
+                    with DataListWatch(self, model) as watch:
+                        outcome = train_model(
+                            model,
+                            self.resources,
+                            self.settings.workspace_root,
+                            moments,
+                            speculation=watch if speculative else None,
+                        )
+                    speculative = False
             except Exception as error:
                 LOG.exception("training %s failed", model)
                 self.failed(model, messages, error)
@@ -196,8 +261,8 @@ def main(
             "MLFLOW_TRACKING_URI is not set: deploy the stack with MlflowTrackingUri (arrival deploy "
             "passes your MLFLOW_TRACKING_URI)"
         )
-    with stage_server():
-        trainer = Trainer(get_worker_settings(), stack_outputs(stack))
+    with stage_server() as stages:
+        trainer = Trainer(get_worker_settings(), stack_outputs(stack), stages)
         signal.signal(signal.SIGTERM, trainer.release_held)
         trainer.run()
     instance_id = instance.own_instance_id()

@@ -25,6 +25,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener
 from multiprocessing.reduction import recv_handle
 from pathlib import Path
@@ -116,8 +117,28 @@ def _reap_finished_children() -> None:
             pass
 
 
+@dataclass(frozen=True)
+class StageServer:
+    pid: int
+
+    def abort_stages(self) -> int:
+        """End every stage running now (each is a child of the server); their commands fail, and so
+        does the `dvc repro` that started them. Returns how many were signalled."""
+        signalled = 0
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # Fields after the command name (which may hold spaces): state, then the parent's pid.
+                state, parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+                if int(parent) == self.pid and state != "Z":  # a zombie has ended already
+                    os.kill(int(proc.name), signal.SIGTERM)
+                    signalled += 1
+        return signalled
+
+
 @contextlib.contextmanager
-def stage_server() -> Iterator[None]:
+def stage_server() -> Iterator[StageServer]:
     """Run a stage server for as long as the block runs; stages started inside it use the server."""
     key = secrets.token_bytes(32)
     with tempfile.TemporaryDirectory(prefix="arrival-stages-") as private:  # mode 0700
@@ -130,7 +151,7 @@ def stage_server() -> Iterator[None]:
         os.environ.update({ADDRESS_VARIABLE: address, KEY_VARIABLE: key.hex()})
         _wait_for_socket(Path(address), server)
         try:
-            yield
+            yield StageServer(server.pid)
         finally:
             for name, value in previous.items():
                 if value is None:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import joblib
 import pandas as pd
@@ -19,6 +19,7 @@ import yaml
 
 from common import training
 from common.adapters import dvc_workspace, events, s3, tracking
+from common.adapters.stack import StackResources
 from common.contracts import DataContract, parse_contract
 from common.layout import accepted_list_hash, accepted_list_key, contract_key
 
@@ -34,12 +35,34 @@ WORKSPACE_FILES = [
 ]
 
 
-@dataclass(frozen=True)
-class StackResources:
-    processed_bucket: str
-    config_bucket: str
-    event_bus_name: str
-    dvc_remote_url: str
+class Speculation(Protocol):
+    """Lets a training start before its data list has been still for the quiet period: the period
+    then runs alongside the training instead of before it, and the training counts only if the list
+    it read is still the list once the period is over."""
+
+    def started(self, etag: str) -> None:
+        """The training reads the list with this ETag."""
+
+    def superseded(self) -> bool:
+        """The list changed since: the training is moot."""
+
+    def settle(self) -> bool:
+        """Wait out the quiet period; False if the list changed meanwhile."""
+
+
+class _NoSpeculation:
+    def started(self, etag: str) -> None:
+        pass
+
+    def superseded(self) -> bool:
+        return False
+
+    def settle(self) -> bool:
+        return True
+
+
+class SupersededError(Exception):
+    """The accepted list changed while a speculative training ran on an older one."""
 
 
 @dataclass(frozen=True)
@@ -165,15 +188,20 @@ def train_model(
     resources: StackResources,
     workspace_root: Path | None = None,
     moments: dict[str, float] | None = None,
-) -> TrainingOutcome:
+    speculation: Speculation | None = None,
+) -> TrainingOutcome | None:
     """Train, log, register and judge one version on the model's current accepted data. `moments`
-    (epoch seconds of the job's earlier steps) are logged with the run, for the chain's timing."""
+    (epoch seconds of the job's earlier steps) are logged with the run, for the chain's timing.
+    None when `speculation` says the list changed under the training: nothing was registered, and
+    the run ends KILLED, tagged with why."""
+    speculation = speculation or _NoSpeculation()
     contract_found = s3.get_bytes(resources.config_bucket, contract_key(model))
     accepted_found = s3.get_bytes(resources.processed_bucket, accepted_list_key(model))
     if contract_found is None or accepted_found is None:
         raise LookupError(f"model {model!r} has no contract or no accepted data")
     contract = parse_contract(contract_found[0])
     training.check_training_settings(contract)
+    speculation.started(accepted_found[1])
     accepted = json.loads(accepted_found[0])
     list_hash = accepted_list_hash(accepted)
     if done := _already_trained(model, list_hash, resources):
@@ -194,7 +222,12 @@ def train_model(
                 run_id,
                 tags,
                 moments or {},
+                speculation,
             )
+    except SupersededError:
+        tracking.log_run(run_id, tags={"superseded": "the accepted list changed during this training"})
+        tracking.end_run(run_id, "KILLED")
+        return None
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
@@ -212,14 +245,23 @@ def _train_in(
     run_id: str,
     tags: dict[str, str],
     moments: dict[str, float],
+    speculation: Speculation,
 ) -> TrainingOutcome:
     timings: dict[str, float] = {**moments, "timing.training_started_at": time.time()}
     started = time.monotonic()
     write_workspace(workspace, contract_bytes, accepted, resources.processed_bucket)
     dvc_workspace.init(workspace, f"{resources.dvc_remote_url}/{model}")
     dvc_workspace.track(workspace, "data/accepted.json")
-    dvc_workspace.reproduce(workspace)
+    try:
+        dvc_workspace.reproduce(workspace)
+    except Exception:
+        if speculation.superseded():  # its stages were ended on purpose
+            raise SupersededError from None
+        raise
     timings["timing.repro_seconds"] = time.monotonic() - started
+    if not speculation.settle():
+        raise SupersededError
+    timings["timing.settled_at"] = time.time()
     dvc_workspace.push(workspace)
     metrics = json.loads((workspace / "metrics.json").read_text())
     prepared = json.loads((workspace / "data" / "prepare.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 
 import boto3
@@ -11,3 +12,22 @@ import boto3
 def stack_outputs(stack_name: str) -> dict[str, str]:
     stack = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
     return {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}
+
+
+@dataclass(frozen=True)
+class StackResources:
+    """What the training worker uses of a stack."""
+
+    processed_bucket: str
+    config_bucket: str
+    event_bus_name: str
+    dvc_remote_url: str
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, str]) -> StackResources:
+        return cls(
+            processed_bucket=outputs["ProcessedBucketName"],
+            config_bucket=outputs["ConfigBucketName"],
+            event_bus_name=outputs["EventBusName"],
+            dvc_remote_url=outputs["DvcRemoteUrl"],
+        )

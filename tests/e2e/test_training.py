@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -180,6 +181,42 @@ def test_ten_uploads_in_a_burst_give_one_version_with_all_ten_files(chain: Chain
     assert len(chain.versions(model)) == 1
 
 
+def test_a_file_arriving_during_a_training_supersedes_it_and_one_version_covers_both(
+    chain: Chain, unique: str
+) -> None:
+    # GIVEN a training that takes a few seconds, started on the first file before the quiet period
+    # is over (the period runs alongside the training)
+    model = f"superseded-{unique}"
+    contract = yaml.safe_load(datasets.contract_yaml("iris", model))
+    contract["training"]["params"] = {"n_estimators": 400}
+    chain.put_contract(model, yaml.safe_dump(contract).encode())
+    chain.upload(f"{model}/first.csv", datasets.to_csv(_iris(3000, seed=21)))
+    first = eventually(lambda: _runs(chain, model, "RUNNING"), 180, interval=0.1, what="a RUNNING run")[0]
+
+    # WHEN a second file arrives while it runs
+    chain.upload(f"{model}/second.csv", datasets.to_csv(_iris(300, seed=22)))
+
+    # THEN that training is dropped, and one version covers both files
+    version = chain.wait_versions(model, 1)[0]
+    dropped = chain.mlflow.get_run(first.info.run_id)
+    assert dropped.info.status == "KILLED"
+    assert "changed" in dropped.data.tags["superseded"]
+    sources = json.loads(chain.mlflow.get_run(version.run_id).data.tags["lineage.sources"])
+    assert sorted(source.split("?")[0].rsplit("/", 1)[-1] for source in sources) == [
+        "first.csv",
+        "second.csv",
+    ]
+    assert len(chain.versions(model)) == 1
+
+
+def _runs(chain: Chain, model: str, status: str) -> list[Any]:
+    experiments = chain.mlflow.search_experiments(filter_string=f"name = '{model}'")
+    if not experiments:
+        return []
+    runs = chain.mlflow.search_runs([experiment.experiment_id for experiment in experiments])
+    return [run for run in runs if run.info.status == status]
+
+
 def _worker_pids(cloud: LocalCloud) -> list[int]:
     marker = f"{CLOUD_ID_VARIABLE}={cloud.settings.cloud_id}".encode()
     pids = []
@@ -200,17 +237,10 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_job_completes_once(
     model = f"crash-{unique}"
     chain.put_contract(model, datasets.contract_yaml("iris", model))
 
-    def running_runs() -> list[Any]:
-        experiments = chain.mlflow.search_experiments(filter_string=f"name = '{model}'")
-        if not experiments:
-            return []
-        runs = chain.mlflow.search_runs([experiment.experiment_id for experiment in experiments])
-        return [run for run in runs if run.info.status == "RUNNING"]
-
     chain.upload(f"{model}/data.csv", datasets.to_csv(_iris(300, seed=7)))
 
     # WHEN the worker is killed while its MLflow run is RUNNING
-    running = eventually(running_runs, 180, interval=0.1, what="a RUNNING run")[0]
+    running = eventually(lambda: _runs(chain, model, "RUNNING"), 180, interval=0.1, what="a RUNNING run")[0]
     killed = _worker_pids(chain.cloud)
     assert killed
     for pid in killed:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +17,9 @@ import yaml
 from tests import datasets
 from tests.helpers import eventually
 from worker.stage_command import ADDRESS_VARIABLE, KEY_VARIABLE
-from worker.stage_server import stage_server
+from worker.stage_server import StageServer, stage_server
 
-ARRIVAL_TRAIN = shutil.which("arrival-train") or "arrival-train"
+ARRIVAL_TRAIN = str(Path(sys.executable).parent / "arrival-train")  # this environment's own
 
 
 def _workspace(root: Path) -> Path:
@@ -39,9 +39,9 @@ def _stage(name: str, workspace: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[None]:
-    with stage_server():
-        yield
+def server() -> Iterator[StageServer]:
+    with stage_server() as running:
+        yield running
 
 
 @pytest.mark.usefixtures("server")
@@ -87,6 +87,23 @@ def test_a_stage_killed_in_the_server_fails_the_command(tmp_path: Path) -> None:
     _, stderr = command.communicate(timeout=30)
     assert command.returncode == 1
     assert "ended without a status" in stderr
+
+
+def test_aborting_ends_the_running_stages_and_fails_their_commands(
+    server: StageServer, tmp_path: Path
+) -> None:
+    workspace = _workspace(tmp_path)
+    (workspace / "model").mkdir()
+    os.mkfifo(workspace / "model" / "model.joblib")  # `evaluate` blocks here until it is ended
+    command = subprocess.Popen([ARRIVAL_TRAIN, "evaluate"], cwd=workspace, stderr=subprocess.PIPE, text=True)
+    _stage_child_of(command.pid)
+
+    assert server.abort_stages() == 1
+
+    command.communicate(timeout=30)
+    assert command.returncode != 0
+    assert server.abort_stages() == 0  # nothing left running, and the server still serves
+    assert _stage("train", _workspace(tmp_path / "after")).returncode == 0
 
 
 def _stage_child_of(client_pid: int) -> int:

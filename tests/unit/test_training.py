@@ -95,3 +95,16 @@ def test_categorical_missing_values_become_their_own_category(houses: DataContra
     assert (features["heating"] == training.MISSING_CATEGORY).sum() == frame["heating"].isna().sum()
     assert isinstance(features["heating"].iloc[0], str)
     assert pd.api.types.is_float_dtype(features["year_built"])
+
+
+def test_the_onnx_export_lists_its_opsets_in_a_fixed_order(iris: DataContract) -> None:
+    # skl2onnx's own order differs between processes that imported things in another order (a stage
+    # server's fork and a stage run alone); tests/unit/test_stage_server.py compares their bytes.
+    import onnx
+
+    frame = datasets.iris_frame(300)
+    model = training.build_model(iris, {"n_estimators": 5})
+    model.fit(training.features_of(frame, iris), frame[iris.target])
+    domains = [opset.domain for opset in onnx.load_from_string(to_onnx_bytes(model, iris)).opset_import]
+    assert domains == sorted(domains)
+    assert len(domains) == 2
