@@ -91,6 +91,9 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARRIVAL_WORKER_", extra="ignore")
 
     quiet_seconds: float = Field(default=2.0, description="train once a model's data list is this still")
+    max_quiet_seconds: float = Field(
+        default=30.0, description="stop waiting for files still being ingested after this long"
+    )
     idle_seconds: float = Field(default=120.0, description="terminate the instance after this long idle")
     max_attempts: int = Field(default=3, ge=1, description="failures of a job before its dead-letter queue")
     visibility_seconds: int = Field(default=60, ge=5, description="job lease; extended while training")

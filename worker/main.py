@@ -118,16 +118,20 @@ class Trainer:
         self.settings, self.stages = settings, stages
         self.queue_url = outputs["TrainingQueueUrl"]
         self.dead_letter_url = outputs["TrainingDeadLetterQueueUrl"]
+        self.ingest_queue_url = outputs["IngestQueueUrl"]
         self.resources = StackResources.from_outputs(outputs)
         self.held: list[dict[str, Any]] = []
 
     def wait_until_quiet(self, model: str, expected_etag: str | None = None) -> bool:
         """Until the model's accepted list has been still for the quiet period. Each new file changes
         it, and its entry records when (`accepted_at`, stamped by the ingest function), so the time a
-        job spent in the queue or waiting for its trainer to boot counts toward the period. False, at
-        once, if the list is no longer the one with `expected_etag`."""
+        job spent in the queue or waiting for its trainer to boot counts toward the period. While the
+        stack's ingest queue still holds files (a burst's later files can wait seconds for an ingest
+        environment), the period is not over, up to `max_quiet_seconds`. False, at once, if the list
+        is no longer the one with `expected_etag`."""
         key, quiet = accepted_list_key(model), self.settings.quiet_seconds
         etag, watched_since = None, time.monotonic()
+        give_up_on_ingest = time.monotonic() + self.settings.max_quiet_seconds
         while True:
             found = s3.get_bytes(self.resources.processed_bucket, key)
             if found is None:
@@ -142,7 +146,12 @@ class Trainer:
             # of this one must not stretch the wait.
             remaining = min(last_change + quiet - time.time(), watched_since + quiet - time.monotonic())
             if remaining <= 0:
-                return True
+                ingesting = time.monotonic() < give_up_on_ingest and sqs.pending_messages(
+                    self.ingest_queue_url
+                )
+                if not ingesting:
+                    return True
+                remaining = 0.2
             time.sleep(min(0.2, remaining))
 
     def abort_stages(self) -> None:

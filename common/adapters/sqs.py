@@ -28,7 +28,7 @@ def send_fifo(queue_url: str, body: dict[str, Any], *, group_id: str, deduplicat
 
 
 def pending_messages(queue_url: str) -> int:
-    """Messages waiting or in flight: work that a trainer has still to finish."""
+    """Messages waiting or in flight: work still to be finished (a trainer's jobs, files being ingested)."""
     attributes = sqs_client().get_queue_attributes(
         QueueUrl=queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],

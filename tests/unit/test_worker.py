@@ -17,6 +17,7 @@ from common.settings import WorkerSettings
 from worker.main import Trainer, VisibilityHeartbeat
 
 OUTPUTS = {
+    "IngestQueueUrl": "",
     "TrainingQueueUrl": "",
     "TrainingDeadLetterQueueUrl": "",
     "ProcessedBucketName": "unit-processed",
@@ -32,7 +33,9 @@ def aws(aws_credentials: None) -> Iterator[Any]:
     sqs.sqs_client.cache_clear()
     with mock_aws():
         boto3.client("s3").create_bucket(Bucket="unit-processed")
-        yield boto3.client("sqs")
+        client = boto3.client("sqs")
+        OUTPUTS["IngestQueueUrl"] = client.create_queue(QueueName="ingest")["QueueUrl"]
+        yield client
     s3.s3_client.cache_clear()
     sqs.sqs_client.cache_clear()
 
@@ -88,3 +91,18 @@ def test_a_clock_ahead_of_the_trainers_never_stretches_the_wait_past_one_period(
     started = time.monotonic()
     trainer.wait_until_quiet("skewed")
     assert time.monotonic() - started < 5
+
+
+def test_files_still_being_ingested_hold_the_quiet_period_until_the_cap(aws: Any) -> None:
+    _accept("burst", time.time() - 90)
+    aws.send_message(QueueUrl=OUTPUTS["IngestQueueUrl"], MessageBody="{}")  # a file not ingested yet
+    trainer = Trainer(WorkerSettings(quiet_seconds=0.1, max_quiet_seconds=1.0), OUTPUTS)
+
+    started = time.monotonic()
+    assert trainer.wait_until_quiet("burst")
+    assert time.monotonic() - started >= 0.9
+
+    aws.purge_queue(QueueUrl=OUTPUTS["IngestQueueUrl"])
+    started = time.monotonic()
+    assert trainer.wait_until_quiet("burst")
+    assert time.monotonic() - started < 0.9
