@@ -29,10 +29,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.settings import LocalCloudSettings  # noqa: E402
 from localcloud import control  # noqa: E402
 from localcloud.deploy import deploy_stack  # noqa: E402
 from localcloud.processes import free_port  # noqa: E402
+from localcloud.settings import LocalCloudSettings  # noqa: E402
 
 STACK = "arrival-chain-bench"
 STAGES = ["event delivery", "ingest", "boot", "queue", "train", "quiet period", "log and register", "promote"]

@@ -57,7 +57,7 @@ class Follower:
 
 
 def run_demo(stack_name: str, console: Console, model: str = "iris") -> None:
-    from common.adapters import tracking
+    from worker.adapters import tracking
 
     follow = Follower(stack_name, console)
     location = put_contract(SAMPLES / f"{model}.yaml", stack_name)

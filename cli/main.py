@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from common.settings import get_local_cloud_settings
 from localcloud import control
+from localcloud.settings import get_local_cloud_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()

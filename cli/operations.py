@@ -35,7 +35,7 @@ def reproduce(model: str, version: str, stack_name: str) -> Reproduction:
 def champions(tracking_uri: str) -> list[dict[str, Any]]:
     """Each registered model and its champion version, from the tracking server."""
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
-    from common.adapters import tracking
+    from worker.adapters import tracking
 
     models = []
     for name in tracking.registered_models():

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common.settings import LocalCloudSettings
 from localcloud import emulator
 from localcloud.processes import (
     CLOUD_ID_VARIABLE,
@@ -22,6 +21,7 @@ from localcloud.processes import (
     terminate,
     wait_until,
 )
+from localcloud.settings import LocalCloudSettings
 from localcloud.supervisor import StatePaths, read_state, running_pid
 
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.settings import LocalCloudSettings
 from localcloud.interpreters import find_python
 from localcloud.processes import CLOUD_ID_VARIABLE
+from localcloud.settings import LocalCloudSettings
 
 LOCALSTACK_VERSION = "2026.3.0"
 CONSTRAINTS = Path(__file__).with_name("localstack-constraints.txt")

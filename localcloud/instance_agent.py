@@ -27,9 +27,9 @@ from typing import Any
 
 import boto3
 
-from common.settings import LocalCloudSettings, get_local_cloud_settings
 from localcloud.emulator import Service
 from localcloud.processes import die_with_parent
+from localcloud.settings import LocalCloudSettings, get_local_cloud_settings
 
 LOG = logging.getLogger("arrival.instance_agent")
 ROLE_TAG = "arrival:role"

@@ -21,7 +21,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from common.settings import LocalCloudSettings, get_local_cloud_settings
 from localcloud import emulator, instance_agent, tracking_server
 from localcloud.emulator import Service
 from localcloud.processes import (
@@ -32,6 +31,7 @@ from localcloud.processes import (
     marked_processes,
     terminate,
 )
+from localcloud.settings import LocalCloudSettings, get_local_cloud_settings
 
 LOG = logging.getLogger("arrival.supervisor")
 

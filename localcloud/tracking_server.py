@@ -11,8 +11,8 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import ClientError
 
-from common.settings import LocalCloudSettings
 from localcloud.emulator import Service
+from localcloud.settings import LocalCloudSettings
 
 
 def _ensure_artifact_bucket(settings: LocalCloudSettings) -> None:

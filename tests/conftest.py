@@ -12,10 +12,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from common.settings import LocalCloudSettings
 from localcloud import control
 from localcloud.deploy import deploy_stack
 from localcloud.processes import free_port
+from localcloud.settings import LocalCloudSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INGEST_STACK = "arrival-ingest"

@@ -45,9 +45,9 @@ PRELOAD = [
     "onnxruntime",
     "boto3",
     "worker.stages",
-    "common.training",
-    "common.onnx_export",
-    "common.splits",
+    "worker.training",
+    "worker.onnx_export",
+    "worker.splits",
     "common.adapters.s3",
 ]
 _PR_SET_PDEATHSIG = 1

@@ -35,7 +35,7 @@ def _params(workspace: Path) -> dict[str, Any]:
 def prepare(workspace: Workspace = Path()) -> None:
     """Gather the accepted datasets, drop rows repeated across them, split off the holdout."""
     from common.adapters import s3
-    from common.splits import holdout_mask
+    from worker.splits import holdout_mask
 
     contract, params = _contract(workspace), _params(workspace)
     accepted = json.loads((workspace / "data" / "accepted.json").read_text())
@@ -66,7 +66,7 @@ def prepare(workspace: Workspace = Path()) -> None:
 @app.command()
 def train(workspace: Workspace = Path()) -> None:
     """Fit the model family the contract names, with fixed seeds."""
-    from common import training
+    from worker import training
 
     contract, params = _contract(workspace), _params(workspace)
     frame = pd.read_parquet(workspace / "data" / "train.parquet")
@@ -90,8 +90,8 @@ def train(workspace: Workspace = Path()) -> None:
 @app.command()
 def evaluate(workspace: Workspace = Path()) -> None:
     """Score the model on the holdout, export it to ONNX and check ONNX agrees with it."""
-    from common import training
-    from common.onnx_export import parity, to_onnx_bytes
+    from worker import training
+    from worker.onnx_export import parity, to_onnx_bytes
 
     contract = _contract(workspace)
     frame = pd.read_parquet(workspace / "data" / "holdout.parquet")

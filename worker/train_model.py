@@ -17,11 +17,12 @@ import joblib
 import pandas as pd
 import yaml
 
-from common import training
-from common.adapters import dvc_workspace, events, s3, tracking
+from common.adapters import events, s3
 from common.adapters.stack import StackResources
 from common.contracts import DataContract, parse_contract
 from common.layout import accepted_list_hash, accepted_list_key, contract_key
+from worker import training
+from worker.adapters import dvc_workspace, tracking
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE_FILES = [

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from common.settings import get_local_cloud_settings
+from localcloud.settings import get_local_cloud_settings
 from tests.conftest import TRAINING_STACK, LocalCloud
 
 pytestmark = pytest.mark.e2e

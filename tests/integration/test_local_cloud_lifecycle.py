@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import LocalCloudSettings
 from localcloud import control
 from localcloud.processes import free_port, marked_processes, port_is_listening, wait_until
+from localcloud.settings import LocalCloudSettings
 from tests.conftest import LocalCloud
 
 pytestmark = pytest.mark.integration

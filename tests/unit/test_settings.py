@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from common.settings import LocalCloudSettings, PipelineSettings
+from common.settings import PipelineSettings
+from localcloud.settings import LocalCloudSettings
 
 
 def test_local_cloud_settings_come_from_arrival_variables(

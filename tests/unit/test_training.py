@@ -3,10 +3,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from common import training
 from common.contracts import DataContract, TrainingSettings, parse_contract
-from common.onnx_export import parity, to_onnx_bytes
 from tests import datasets
+from worker import training
+from worker.onnx_export import parity, to_onnx_bytes
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from common.contracts import CategoricalColumn, DataContract, Task, TrainingSettings
-from common.splits import holdout_mask
+from worker.splits import holdout_mask
 
 __all__ = ["MISSING_CATEGORY", "SEED", "build_model", "features_of", "gate", "holdout_mask", "score"]
 
