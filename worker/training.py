@@ -21,13 +21,13 @@ from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_sc
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from common.bundles import MISSING_CATEGORY
 from common.contracts import CategoricalColumn, DataContract, Task, TrainingSettings
 from worker.splits import holdout_mask
 
 __all__ = ["MISSING_CATEGORY", "SEED", "build_model", "features_of", "gate", "holdout_mask", "score"]
 
 SEED = 20261127
-MISSING_CATEGORY = "__missing__"
 
 _FAMILIES: dict[tuple[Task, str], Any] = {
     (Task.classification, "random_forest"): RandomForestClassifier,
