@@ -66,7 +66,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
     for name, url in report["endpoints"].items():
         console.print(f"  {name}: {url}")
     for model in report.get("models", []):
-        console.print(f"  model {model['name']}: champion version {model['champion']}")
+        line = f"  model {model['name']}: champion version {model['champion']}, serving {model['serving']}"
+        if not model["serving_agrees"]:
+            line += " [red](serving pointer and champion alias disagree)[/red]"
+        console.print(line)
 
 
 @app.command()
@@ -131,6 +134,60 @@ def reproduce(
         f"[green]{model} version {result.version} reproduced: every metric matches"
         f" to {result.tolerance}[/green]"
     )
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Option(help="the registered model")],
+    to: Annotated[
+        str | None, typer.Option(help="the version to serve; the previous champion if unset")
+    ] = None,
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Move the champion alias and the serving pointer back; serving follows within its reload time."""
+    from cli import operations
+
+    try:
+        done = operations.rollback(model, to, stack_name)
+    except operations.OperationError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    console.print(
+        f"{done.model}: champion and serving moved from version {done.from_version} to {done.to_version}"
+    )
+
+
+@app.command()
+def predict(
+    file: Annotated[str, typer.Argument(help="a CSV or JSON file of records, or - for JSON on stdin")],
+    model: Annotated[str, typer.Option(help="the model to ask")],
+    url: Annotated[
+        str | None, typer.Option(envvar="ARRIVAL_API_URL", help="the serving API; the local cloud's if unset")
+    ] = None,
+) -> None:
+    """Ask the serving API for predictions on the records of a file (or stdin)."""
+    import sys
+
+    from cli import operations
+
+    if file == "-":
+        text, is_csv = sys.stdin.read(), False
+    else:
+        path = Path(file)
+        if not path.is_file():
+            errors.print(f"[red]error:[/red] no such file: {file}")
+            raise typer.Exit(1)
+        text, is_csv = path.read_text(), path.suffix.lower() == ".csv"
+    api_url = url or control.status(get_local_cloud_settings())["endpoints"].get("api")
+    if not api_url:
+        errors.print("[red]error:[/red] no serving API known: start the local cloud, or pass --url")
+        raise typer.Exit(1)
+    try:
+        answer = operations.predict(api_url, model, operations.read_records(text, is_csv))
+    except (operations.OperationError, ValueError) as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    typer.echo(json.dumps(answer, indent=2))
 
 
 @app.command()

@@ -67,3 +67,49 @@ def parity(
         return {"onnx_label_agreement": float(np.mean(expected.astype(str) == actual.astype(str)))}
     scale = np.maximum(np.abs(expected), 1.0)
     return {"onnx_max_relative_difference": float(np.max(np.abs(expected - actual) / scale))}
+
+
+# How far ONNX may stray from scikit-learn before a version is refused as unservable: no label may
+# differ, and a regression value may differ by at most this much, relative (ONNX computes in float32,
+# whose own precision is about 6e-8; sums over hundreds of trees stay well inside 1e-4).
+REGRESSION_TOLERANCE = 1e-4
+CHECK_ROWS = 20
+
+
+def parity_problem(contract: DataContract, parity_metrics: dict[str, float]) -> str | None:
+    """Why the ONNX export cannot serve this version, or None if it can."""
+    if contract.task is Task.classification:
+        agreement = parity_metrics.get("onnx_label_agreement")
+        if agreement is None or agreement < 1.0:
+            return f"the ONNX export disagrees with scikit-learn on holdout labels (agreement {agreement})"
+        return None
+    difference = parity_metrics.get("onnx_max_relative_difference")
+    if difference is None or not difference <= REGRESSION_TOLERANCE:
+        return (
+            f"the ONNX export strays from scikit-learn by {difference} (relative) on the holdout, "
+            f"over the tolerance {REGRESSION_TOLERANCE}"
+        )
+    return None
+
+
+def serving_check(
+    model: Pipeline, raw_rows: pd.DataFrame, features: pd.DataFrame, contract: DataContract
+) -> dict[str, Any]:
+    """Rows as a client would send them (None for a missing value) with scikit-learn's answers: the
+    serving bundle carries them, and serving refuses a bundle whose ONNX model does not give them."""
+    rows = raw_rows[contract.features].head(CHECK_ROWS)
+    records = [
+        {name: (None if pd.isna(value) else value) for name, value in record.items()}
+        for record in rows.astype(object).to_dict(orient="records")
+    ]
+    check: dict[str, Any] = {
+        "records": records,
+        "predictions": model.predict(features.head(CHECK_ROWS)).tolist(),
+        "tolerance": REGRESSION_TOLERANCE,
+        "classes": None,
+        "probabilities": None,
+    }
+    if contract.task is Task.classification:
+        check["classes"] = model.classes_.tolist()
+        check["probabilities"] = model.predict_proba(features.head(CHECK_ROWS)).tolist()
+    return check

@@ -91,7 +91,7 @@ def train(workspace: Workspace = Path()) -> None:
 def evaluate(workspace: Workspace = Path()) -> None:
     """Score the model on the holdout, export it to ONNX and check ONNX agrees with it."""
     from worker import training
-    from worker.onnx_export import parity, to_onnx_bytes
+    from worker.onnx_export import parity, serving_check, to_onnx_bytes
 
     contract = _contract(workspace)
     frame = pd.read_parquet(workspace / "data" / "holdout.parquet")
@@ -104,6 +104,8 @@ def evaluate(workspace: Workspace = Path()) -> None:
     onnx_bytes = to_onnx_bytes(model, contract)
     (workspace / "model" / "model.onnx").write_bytes(onnx_bytes)
     metrics.update(parity(model, onnx_bytes, features, contract))
+    check = serving_check(model, frame, features, contract)
+    (workspace / "model" / "serving_check.json").write_text(json.dumps(check, indent=2, default=str))
     (workspace / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     plots = workspace / "plots"
     plots.mkdir(exist_ok=True)

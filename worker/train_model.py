@@ -1,14 +1,17 @@
 """One training of one model: a DVC workspace built from the model's accepted data, `dvc repro`, the
-MLflow run and registered version, and the champion/challenger gate."""
+MLflow run and registered version, the champion/challenger gate, and the serving bundle.
+
+Around it: the workspace (worker/workspace.py), carrying out the gate's decision and finishing a dead
+trainer's (worker/decision.py), the bundle (worker/serving_bundle.py), `arrival reproduce`
+(worker/reproduce.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import resource
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,23 +20,17 @@ import joblib
 import pandas as pd
 import yaml
 
-from common.adapters import events, s3
+from common.adapters import s3
 from common.adapters.stack import StackResources
 from common.contracts import DataContract, parse_contract
 from common.layout import accepted_list_hash, accepted_list_key, contract_key
-from worker import training
+from worker import serving_bundle, training
 from worker.adapters import dvc_workspace, tracking
+from worker.decision import TrainingOutcome, carry_out, finish_interrupted, lineage_from_tags
+from worker.onnx_export import parity_problem
+from worker.workspace import logged_files, write_workspace
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-WORKSPACE_FILES = [
-    "dvc.yaml",
-    "dvc.lock",
-    "params.yaml",
-    "contract.yaml",
-    "code.json",
-    "data/accepted.json",
-    "data/accepted.json.dvc",
-]
+__all__ = ["Speculation", "TrainingOutcome", "train_model"]
 
 
 class Speculation(Protocol):
@@ -67,44 +64,18 @@ class SupersededError(Exception):
 
 
 @dataclass(frozen=True)
-class TrainingOutcome:
+class TrainingRun:
+    """What one training knows before its pipeline runs."""
+
     model: str
-    version: str
-    promoted: bool
-    reason: str
-    metrics: dict[str, float]
+    contract: DataContract
+    contract_bytes: bytes
+    accepted: dict[str, Any]
+    resources: StackResources
     run_id: str
-    trained: bool = True  # False when this data list was already trained (a repeated job)
-
-
-def pipeline_file(name: str) -> Path:
-    """dvc.yaml or params.yaml: inside the package when installed from a wheel (see pyproject.toml),
-    at the project's root in a checkout."""
-    packaged = Path(__file__).resolve().parent / "pipeline" / name
-    return packaged if packaged.exists() else PROJECT_ROOT / name
-
-
-def code_fingerprint() -> str:
-    """Stages depend on the code that runs them; in a scratch workspace that code is the installed
-    package, so its fingerprint is what the stages declare."""
-    digest = hashlib.sha256()
-    for path in sorted([*(PROJECT_ROOT / "common").rglob("*.py"), *(PROJECT_ROOT / "worker").rglob("*.py")]):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def write_workspace(workspace: Path, contract_bytes: bytes, accepted: dict[str, Any], bucket: str) -> None:
-    params = yaml.safe_load(pipeline_file("params.yaml").read_text())
-    contract = parse_contract(contract_bytes)
-    params["estimator_params"] = {**params.get("estimator_params", {}), **contract.training.params}
-    (workspace / "data").mkdir(parents=True, exist_ok=True)
-    (workspace / "dvc.yaml").write_text(pipeline_file("dvc.yaml").read_text())
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
-    (workspace / "contract.yaml").write_bytes(contract_bytes)
-    (workspace / "code.json").write_text(json.dumps({"fingerprint": code_fingerprint()}))
-    (workspace / "data" / "accepted.json").write_text(
-        json.dumps({"bucket": bucket, **accepted}, indent=2, sort_keys=True)
-    )
+    tags: dict[str, str]
+    speculation: Speculation
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def lineage_tags(accepted: dict[str, Any], contract: DataContract, list_hash: str) -> dict[str, str]:
@@ -138,52 +109,6 @@ def _champion_metric(
     return champion, training.score(contract, holdout[contract.target], predicted)[contract.training.metric]
 
 
-def _already_trained(model: str, list_hash: str, resources: StackResources) -> TrainingOutcome | None:
-    """The version a run already made from this data list, if any (a repeated or redelivered job).
-    If its trainer died after registering it but before acting on the gate's decision, which the
-    version carries in its tags, the decision is carried out now."""
-    existing = tracking.versions_with_tag(model, "accepted_list_hash", list_hash)
-    if not existing:
-        return None
-    version = existing[0]
-    decided = "promotion" in version.tags or "rejected" in version.tags
-    promote, reason = version.tags.get("gate.decision") == "promote", version.tags.get("gate.reason", "")
-    if not decided:
-        champion = tracking.champion(model)
-        if promote and champion is not None and int(champion.version) > int(version.version):
-            promote, reason = False, f"champion moved to version {champion.version} meanwhile"
-        run_tags = tracking.run_tags(version.run_id)
-        _act_on_decision(
-            resources,
-            model,
-            version.version,
-            promote,
-            reason,
-            {
-                "name": model,
-                "version": version.version,
-                "metrics": tracking.run_metrics(version.run_id),
-                "champion_version": version.tags.get("gate.champion_version") or None,
-                "reason": reason,
-                "run_id": version.run_id,
-                "lineage": json.loads(run_tags.get("lineage.sources", "[]")),
-            },
-        )
-        tracking.finish_run_if_running(version.run_id)
-    return TrainingOutcome(model, version.version, promote, reason, {}, version.run_id, trained=False)
-
-
-def _act_on_decision(
-    resources: StackResources, model: str, version: str, promote: bool, reason: str, detail: dict[str, Any]
-) -> None:
-    if promote:
-        tracking.promote(model, version, reason)
-        events.publish(resources.event_bus_name, "ModelPromoted", detail)
-    else:
-        tracking.reject(model, version, reason)
-        events.publish(resources.event_bus_name, "ModelRejected", detail)
-
-
 def train_model(
     model: str,
     resources: StackResources,
@@ -205,123 +130,128 @@ def train_model(
     speculation.started(accepted_found[1])
     accepted = json.loads(accepted_found[0])
     list_hash = accepted_list_hash(accepted)
-    if done := _already_trained(model, list_hash, resources):
+    if done := finish_interrupted(model, list_hash, resources):
         return done
     # A run on this list still RUNNING belongs to a trainer that died (its job came back to us).
     tracking.end_interrupted_runs(model, "accepted_list_hash", list_hash)
     tags = lineage_tags(accepted, contract, list_hash)
-    run_id = tracking.start_run(model, tags)
+    run = TrainingRun(
+        model=model,
+        contract=contract,
+        contract_bytes=contract_found[0],
+        accepted=accepted,
+        resources=resources,
+        run_id=tracking.start_run(model, tags),
+        tags=tags,
+        speculation=speculation,
+        timings={**(moments or {}), "timing.training_started_at": time.time()},
+    )
     try:
         with tempfile.TemporaryDirectory(prefix=f"arrival-{model}-", dir=workspace_root) as scratch:
-            outcome = _train_in(
-                Path(scratch),
-                model,
-                contract,
-                contract_found[0],
-                accepted,
-                resources,
-                run_id,
-                tags,
-                moments or {},
-                speculation,
-            )
+            outcome = _train_in(Path(scratch), run)
     except SupersededError:
-        tracking.log_run(run_id, tags={"superseded": "the accepted list changed during this training"})
-        tracking.end_run(run_id, "KILLED")
+        tracking.log_run(run.run_id, tags={"superseded": "the accepted list changed during this training"})
+        tracking.end_run(run.run_id, "KILLED")
         return None
     except BaseException:
-        tracking.end_run(run_id, "FAILED")
+        tracking.end_run(run.run_id, "FAILED")
         raise
-    tracking.end_run(run_id)
+    tracking.end_run(run.run_id)
     return outcome
 
 
-def _train_in(
-    workspace: Path,
-    model: str,
-    contract: DataContract,
-    contract_bytes: bytes,
-    accepted: dict[str, Any],
-    resources: StackResources,
-    run_id: str,
-    tags: dict[str, str],
-    moments: dict[str, float],
-    speculation: Speculation,
-) -> TrainingOutcome:
-    timings: dict[str, float] = {**moments, "timing.training_started_at": time.time()}
+def _run_pipeline(workspace: Path, run: TrainingRun) -> None:
     started = time.monotonic()
-    write_workspace(workspace, contract_bytes, accepted, resources.processed_bucket)
-    dvc_workspace.init(workspace, f"{resources.dvc_remote_url}/{model}")
+    write_workspace(workspace, run.contract_bytes, run.accepted, run.resources.processed_bucket)
+    dvc_workspace.init(workspace, f"{run.resources.dvc_remote_url}/{run.model}")
     dvc_workspace.track(workspace, "data/accepted.json")
     try:
         dvc_workspace.reproduce(workspace)
     except Exception:
-        if speculation.superseded():  # its stages were ended on purpose
+        if run.speculation.superseded():  # its stages were ended on purpose
             raise SupersededError from None
         raise
-    timings["timing.repro_seconds"] = time.monotonic() - started
-    if not speculation.settle():
+    run.timings["timing.repro_seconds"] = time.monotonic() - started
+    if not run.speculation.settle():
         raise SupersededError
-    timings["timing.settled_at"] = time.time()
+    run.timings["timing.settled_at"] = time.time()
     dvc_workspace.push(workspace)
+
+
+def _judge(
+    run: TrainingRun, metrics: dict[str, float], holdout: pd.DataFrame
+) -> tuple[training.GateDecision, tracking.ModelVersion | None, float | None]:
+    """The gate, and before it the one thing that disqualifies any version: no servable ONNX export."""
+    champion, champion_metric = _champion_metric(run.contract, holdout)
+    if problem := parity_problem(run.contract, metrics):
+        return training.GateDecision(False, f"not servable: {problem}"), champion, champion_metric
+    decision = training.gate(run.contract.training, metrics[run.contract.training.metric], champion_metric)
+    return decision, champion, champion_metric
+
+
+def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
+    _run_pipeline(workspace, run)
     metrics = json.loads((workspace / "metrics.json").read_text())
     prepared = json.loads((workspace / "data" / "prepare.json").read_text())
     trained = json.loads((workspace / "model" / "train.json").read_text())
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     holdout = pd.read_parquet(workspace / "data" / "holdout.parquet")
-    fitted = joblib.load(workspace / "model" / "model.joblib")
-
-    champion, champion_metric = _champion_metric(contract, holdout)
-    decision = training.gate(contract.training, metrics[contract.training.metric], champion_metric)
+    decision, champion, champion_metric = _judge(run, metrics, holdout)
     logged_metrics = {
         **metrics,
         **{f"data.{key}": float(value) for key, value in prepared.items()},
         **{f"train.{key}": float(value) for key, value in trained.items()},
     }
     if champion_metric is not None:
-        logged_metrics[f"champion.{contract.training.metric}"] = champion_metric
+        logged_metrics[f"champion.{run.contract.training.metric}"] = champion_metric
     log_started = time.monotonic()
+    gate_tags = {
+        "gate.decision": "promote" if decision.promote else "reject",
+        "gate.reason": decision.reason,
+    }
     tracking.log_run(
-        run_id,
+        run.run_id,
         params={
-            "model": model,
-            "task": contract.task.value,
-            "family": contract.training.family,
-            "metric": contract.training.metric,
+            "model": run.model,
+            "task": run.contract.task.value,
+            "family": run.contract.training.family,
+            "metric": run.contract.training.metric,
             "holdout_fraction": params["holdout_fraction"],
             **{f"estimator.{key}": value for key, value in params["estimator_params"].items()},
         },
-        metrics={**logged_metrics, **timings},
-        tags={
-            **tags,
-            "gate.decision": "promote" if decision.promote else "reject",
-            "gate.reason": decision.reason,
-        },
-        # The workspace's files are what `arrival reproduce` rebuilds the run from.
+        metrics={**logged_metrics, **run.timings},
+        tags={**run.tags, **gate_tags},
         artifacts=[
-            *[
-                (str(Path("workspace") / Path(name).parent).rstrip("/."), workspace / name)
-                for name in WORKSPACE_FILES
-            ],
+            *logged_files(workspace),
             ("onnx", workspace / "model" / "model.onnx"),
+            ("onnx", workspace / "model" / "serving_check.json"),
             ("plots", workspace / "plots"),
         ],
     )
-    example = training.features_of(holdout.head(5), contract)
+    example = training.features_of(holdout.head(5), run.contract)
+    fitted = joblib.load(workspace / "model" / "model.joblib")
     version = tracking.log_and_register_model(
-        run_id,
-        model,
+        run.run_id,
+        run.model,
         fitted,
         example,
         {
-            "accepted_list_hash": tags["accepted_list_hash"],
-            "gate.decision": "promote" if decision.promote else "reject",
-            "gate.reason": decision.reason,
+            "accepted_list_hash": run.tags["accepted_list_hash"],
+            **gate_tags,
             "gate.champion_version": champion.version if champion else "",
         },
     )
+    if decision.promote:
+        serving_bundle.publish_from_directory(
+            run.resources.models_bucket,
+            run.contract,
+            version,
+            workspace / "model",
+            metrics,
+            lineage_from_tags(run.run_id, run.tags, (workspace / "dvc.lock").read_text()),
+        )
     tracking.log_run(
-        run_id,
+        run.run_id,
         metrics={
             "timing.log_register_seconds": time.monotonic() - log_started,
             "timing.registered_at": time.time(),
@@ -329,51 +259,14 @@ def _train_in(
         },
     )
     detail = {
-        "name": model,
+        "name": run.model,
         "version": version,
         "metrics": metrics,
         "champion_version": champion.version if champion else None,
         "reason": decision.reason,
-        "run_id": run_id,
-        "lineage": json.loads(tags["lineage.sources"]),
+        "run_id": run.run_id,
+        "lineage": json.loads(run.tags["lineage.sources"]),
     }
-    _act_on_decision(resources, model, version, decision.promote, decision.reason, detail)
-    tracking.log_run(run_id, metrics={"timing.decided_at": time.time()})
-    return TrainingOutcome(model, version, decision.promote, decision.reason, metrics, run_id)
-
-
-@dataclass(frozen=True)
-class Reproduction:
-    model: str
-    version: str
-    logged: dict[str, float]
-    reproduced: dict[str, float]
-    tolerance: float
-
-    @property
-    def differences(self) -> dict[str, float]:
-        return {
-            name: abs(self.reproduced.get(name, float("nan")) - value) for name, value in self.logged.items()
-        }
-
-    @property
-    def matches(self) -> bool:
-        return all(difference <= self.tolerance for difference in self.differences.values())
-
-
-def reproduce(model: str, version: str, dvc_remote_url: str, tolerance: float = 1e-9) -> Reproduction:
-    """Rebuild a version's workspace from what its run logged, `dvc pull`, rerun every stage, and
-    compare the holdout metrics with the logged ones."""
-    found = tracking.model_version(model, version)
-    with tempfile.TemporaryDirectory(prefix=f"arrival-reproduce-{model}-") as scratch:
-        downloaded = tracking.download_run_artifacts(found.run_id, "workspace", Path(scratch))
-        workspace = Path(scratch) / "workspace"
-        if downloaded != workspace:
-            downloaded.rename(workspace)
-        dvc_workspace.init(workspace, f"{dvc_remote_url}/{model}")
-        dvc_workspace.pull(workspace)
-        dvc_workspace.reproduce(workspace, force=True)
-        reproduced = json.loads((workspace / "metrics.json").read_text())
-    logged_metrics = tracking.run_metrics(found.run_id)
-    logged = {name: logged_metrics[name] for name in reproduced if name in logged_metrics}
-    return Reproduction(model, found.version, logged, reproduced, tolerance)
+    carry_out(run.resources, run.model, version, decision.promote, decision.reason, detail)
+    tracking.log_run(run.run_id, metrics={"timing.decided_at": time.time()})
+    return TrainingOutcome(run.model, version, decision.promote, decision.reason, metrics, run.run_id)

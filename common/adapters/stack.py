@@ -22,6 +22,7 @@ class StackResources:
     config_bucket: str
     event_bus_name: str
     dvc_remote_url: str
+    models_bucket: str
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, str]) -> StackResources:
@@ -30,4 +31,5 @@ class StackResources:
             config_bucket=outputs["ConfigBucketName"],
             event_bus_name=outputs["EventBusName"],
             dvc_remote_url=outputs["DvcRemoteUrl"],
+            models_bucket=outputs["ModelsBucketName"],
         )

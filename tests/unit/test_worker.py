@@ -24,6 +24,7 @@ OUTPUTS = {
     "ConfigBucketName": "unit-config",
     "EventBusName": "unit-bus",
     "DvcRemoteUrl": "s3://unit-dvc",
+    "ModelsBucketName": "unit-models",
 }
 
 

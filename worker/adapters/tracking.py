@@ -142,6 +142,14 @@ def model_version(name: str, version_or_alias: str) -> ModelVersion:
     return ModelVersion(name, str(found.version), str(found.run_id), dict(found.tags))
 
 
+def version_exists(name: str, model_version: str) -> bool:
+    try:
+        client().get_model_version(name, model_version)
+    except MlflowException:
+        return False
+    return True
+
+
 def registered_models() -> list[str]:
     return sorted(model.name for model in client().search_registered_models())
 
@@ -150,14 +158,23 @@ def load_model(name: str, model_version: str) -> Any:
     return mlflow.sklearn.load_model(f"models:/{name}/{model_version}")
 
 
-def promote(name: str, model_version: str, reason: str) -> None:
-    # The alias first: whoever sees the promotion tag must find the alias already moved.
+def move_champion(name: str, model_version: str) -> None:
     client().set_registered_model_alias(name, CHAMPION, model_version)
-    client().set_model_version_tag(name, model_version, "promotion", reason)
 
 
-def reject(name: str, model_version: str, reason: str) -> None:
-    client().set_model_version_tag(name, model_version, "rejected", reason)
+def tag_version(name: str, model_version: str, key: str, value: str) -> None:
+    client().set_model_version_tag(name, model_version, key, value)
+
+
+def promoted_versions(name: str) -> list[ModelVersion]:
+    """Every version the gate (or a rollback) made champion at some time, oldest first."""
+    found = client().search_model_versions(f"name = '{name}'")
+    promoted = [
+        ModelVersion(name, str(v.version), str(v.run_id), dict(v.tags))
+        for v in found
+        if "promotion" in v.tags
+    ]
+    return sorted(promoted, key=lambda version: int(version.version))
 
 
 def versions_with_tag(name: str, key: str, value: str) -> list[ModelVersion]:
