@@ -195,7 +195,8 @@ def demo(stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "
     """Drop a sample file into the raw bucket and follow it through the chain."""
     from cli.demo import run_demo
 
-    run_demo(stack_name, console)
+    local_api = control.status(get_local_cloud_settings())["endpoints"].get("api")
+    run_demo(stack_name, console, os.environ.get("ARRIVAL_API_URL") or local_api)
 
 
 if __name__ == "__main__":
