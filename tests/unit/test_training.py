@@ -108,3 +108,49 @@ def test_the_onnx_export_lists_its_opsets_in_a_fixed_order(iris: DataContract) -
     domains = [opset.domain for opset in onnx.load_from_string(to_onnx_bytes(model, iris)).opset_import]
     assert domains == sorted(domains)
     assert len(domains) == 2
+
+
+def test_a_version_is_servable_only_when_onnx_gives_every_label_or_value_within_tolerance(
+    iris: DataContract, houses: DataContract
+) -> None:
+    from worker.onnx_export import REGRESSION_TOLERANCE, parity_problem
+
+    assert parity_problem(iris, {"onnx_label_agreement": 1.0}) is None
+    disagreeing = parity_problem(iris, {"onnx_label_agreement": 0.99})
+    assert disagreeing is not None and "disagrees" in disagreeing
+    assert parity_problem(iris, {}) is not None
+    assert parity_problem(houses, {"onnx_max_relative_difference": REGRESSION_TOLERANCE / 2}) is None
+    strays = parity_problem(houses, {"onnx_max_relative_difference": REGRESSION_TOLERANCE * 10})
+    assert strays is not None and "tolerance" in strays
+    assert parity_problem(houses, {"onnx_max_relative_difference": float("nan")}) is not None
+
+
+def test_the_serving_check_holds_raw_records_and_scikit_learns_answers(houses: DataContract) -> None:
+    from common.bundles import CheckRecords, Lineage
+    from worker.onnx_export import serving_check
+    from worker.serving_bundle import build_manifest
+
+    frame = datasets.house_frame(300)
+    model = training.build_model(houses, {"n_estimators": 10})
+    features = training.features_of(frame, houses)
+    model.fit(features, frame[houses.target])
+    check = serving_check(model, frame, features, houses)
+    assert len(check["records"]) == len(check["predictions"]) == 20
+    assert set(check["records"][0]) == set(houses.features)
+    missing = frame["heating"].head(20).isna()
+    assert [record["heating"] is None for record in check["records"]] == missing.tolist()
+    CheckRecords.model_validate(check)
+
+    onnx_bytes = to_onnx_bytes(model, houses)
+    manifest = build_manifest(
+        houses,
+        "7",
+        onnx_bytes,
+        check,
+        {"rmse": 1.0, "onnx_max_relative_difference": 1e-7},
+        Lineage(run_id="r", sources=[], content_hashes=[], accepted_list_hash="h", contract_hash="c"),
+    )
+    assert manifest.onnx.key == "bundles/houses/7/model.onnx"
+    assert manifest.onnx.size_bytes == len(onnx_bytes)
+    assert manifest.metrics == {"rmse": 1.0}
+    assert manifest.parity == {"onnx_max_relative_difference": 1e-7}
