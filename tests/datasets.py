@@ -77,3 +77,16 @@ def gzip_bomb(decompressed_bytes: int) -> bytes:
         for _ in range(decompressed_bytes // len(block) + 1):
             archive.write(block)
     return buffer.getvalue()
+
+
+def noisy_iris_frame(rows: int, seed: int, noise: float = 0.3) -> pd.DataFrame:
+    """Iris-like rows with label-independent noise: more noise, a worse model."""
+    frame = iris_frame(rows, seed)
+    generator = pd.Series(range(rows)).sample(frac=1, random_state=seed).to_numpy()
+    numeric = frame.columns[:4]
+    frame[numeric] = (frame[numeric] + (generator[:, None] % 7 - 3) * noise / 3).clip(lower=0.1)
+    return frame.round(2)
+
+
+def noisy_iris_csv(rows: int, seed: int, noise: float = 0.3) -> bytes:
+    return to_csv(noisy_iris_frame(rows, seed, noise))

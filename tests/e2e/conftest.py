@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from tests.conftest import INGEST_STACK, LocalCloud
+from tests.conftest import INGEST_STACK, TRAINING_STACK, LocalCloud
 from tests.helpers import QueueDrain, eventually
 
 
@@ -101,3 +102,64 @@ def _pipeline(local_cloud: LocalCloud, stack_name: str, outputs: dict[str, str])
 @pytest.fixture(scope="session")
 def pipeline(local_cloud: LocalCloud, ingest_stack: dict[str, str]) -> Iterator[Pipeline]:
     yield from _pipeline(local_cloud, INGEST_STACK, ingest_stack)
+
+
+class Chain:
+    def __init__(self, cloud: LocalCloud, outputs: dict[str, str]) -> None:
+        self.cloud, self.outputs = cloud, outputs
+        self.s3, self.ec2 = cloud.client("s3"), cloud.client("ec2")
+        self.mlflow = MlflowClient(cloud.settings.mlflow_url)
+        # Every pipeline event, kept by (detail-type, model).
+        self.events = QueueDrain(
+            cloud.client("sqs"),
+            outputs["PipelineEventsQueueUrl"],
+            key_of=lambda event: (
+                event["detail-type"],
+                event["detail"].get("name") or event["detail"].get("model"),
+            ),
+        )
+
+    def put_contract(self, model: str, body: bytes) -> None:
+        self.s3.put_object(Bucket=self.outputs["ConfigBucketName"], Key=f"contracts/{model}.yaml", Body=body)
+
+    def upload(self, key: str, body: bytes) -> None:
+        self.s3.put_object(Bucket=self.outputs["RawBucketName"], Key=key, Body=body)
+
+    def versions(self, model: str) -> list[Any]:
+        try:
+            return sorted(
+                self.mlflow.search_model_versions(f"name = '{model}'"), key=lambda v: int(v.version)
+            )
+        except Exception:  # the registered model does not exist yet
+            return []
+
+    def wait_versions(self, model: str, count: int, timeout: float = 240) -> list[Any]:
+        def enough() -> list[Any] | None:
+            found = self.versions(model)
+            decided = [v for v in found if "promotion" in v.tags or "rejected" in v.tags]
+            return found if len(decided) >= count else None
+
+        return eventually(enough, timeout, interval=0.5, what=f"{count} decided version(s) of {model}")
+
+    def champion(self, model: str) -> str | None:
+        try:
+            return str(self.mlflow.get_model_version_by_alias(model, "champion").version)
+        except Exception:
+            return None
+
+    def trainers(self, states: tuple[str, ...] = ("pending", "running")) -> list[dict[str, Any]]:
+        reservations = self.ec2.describe_instances(
+            Filters=[
+                {"Name": "tag:arrival:role", "Values": ["trainer"]},
+                {"Name": "tag:arrival:stack", "Values": [TRAINING_STACK]},
+                {"Name": "instance-state-name", "Values": list(states)},
+            ]
+        )["Reservations"]
+        return [instance for reservation in reservations for instance in reservation["Instances"]]
+
+
+@pytest.fixture(scope="session")
+def chain(local_cloud: LocalCloud, training_stack: dict[str, str]) -> Iterator[Chain]:
+    chain = Chain(local_cloud, training_stack)
+    yield chain
+    chain.events.stop()

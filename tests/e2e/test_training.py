@@ -7,92 +7,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from cli.main import app
 from localcloud.processes import CLOUD_ID_VARIABLE
 from tests import datasets
 from tests.conftest import TRAINING_STACK, LocalCloud
-from tests.helpers import QueueDrain, eventually
+from tests.e2e.conftest import Chain
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
-
-
-class Chain:
-    def __init__(self, cloud: LocalCloud, outputs: dict[str, str]) -> None:
-        self.cloud, self.outputs = cloud, outputs
-        self.s3, self.ec2 = cloud.client("s3"), cloud.client("ec2")
-        self.mlflow = MlflowClient(cloud.settings.mlflow_url)
-        # Every pipeline event, kept by (detail-type, model).
-        self.events = QueueDrain(
-            cloud.client("sqs"),
-            outputs["PipelineEventsQueueUrl"],
-            key_of=lambda event: (
-                event["detail-type"],
-                event["detail"].get("name") or event["detail"].get("model"),
-            ),
-        )
-
-    def put_contract(self, model: str, body: bytes) -> None:
-        self.s3.put_object(Bucket=self.outputs["ConfigBucketName"], Key=f"contracts/{model}.yaml", Body=body)
-
-    def upload(self, key: str, body: bytes) -> None:
-        self.s3.put_object(Bucket=self.outputs["RawBucketName"], Key=key, Body=body)
-
-    def versions(self, model: str) -> list[Any]:
-        try:
-            return sorted(
-                self.mlflow.search_model_versions(f"name = '{model}'"), key=lambda v: int(v.version)
-            )
-        except Exception:  # the registered model does not exist yet
-            return []
-
-    def wait_versions(self, model: str, count: int, timeout: float = 240) -> list[Any]:
-        def enough() -> list[Any] | None:
-            found = self.versions(model)
-            decided = [v for v in found if "promotion" in v.tags or "rejected" in v.tags]
-            return found if len(decided) >= count else None
-
-        return eventually(enough, timeout, interval=0.5, what=f"{count} decided version(s) of {model}")
-
-    def champion(self, model: str) -> str | None:
-        try:
-            return str(self.mlflow.get_model_version_by_alias(model, "champion").version)
-        except Exception:
-            return None
-
-    def trainers(self, states: tuple[str, ...] = ("pending", "running")) -> list[dict[str, Any]]:
-        reservations = self.ec2.describe_instances(
-            Filters=[
-                {"Name": "tag:arrival:role", "Values": ["trainer"]},
-                {"Name": "tag:arrival:stack", "Values": [TRAINING_STACK]},
-                {"Name": "instance-state-name", "Values": list(states)},
-            ]
-        )["Reservations"]
-        return [instance for reservation in reservations for instance in reservation["Instances"]]
-
-
-@pytest.fixture(scope="session")
-def chain(local_cloud: LocalCloud, training_stack: dict[str, str]) -> Iterator[Chain]:
-    chain = Chain(local_cloud, training_stack)
-    yield chain
-    chain.events.stop()
-
-
-def _iris(rows: int, seed: int, noise: float = 0.3) -> pd.DataFrame:
-    frame = datasets.iris_frame(rows, seed)
-    generator = pd.Series(range(rows)).sample(frac=1, random_state=seed).to_numpy()
-    numeric = frame.columns[:4]
-    frame[numeric] = (frame[numeric] + (generator[:, None] % 7 - 3) * noise / 3).clip(lower=0.1)
-    return frame.round(2)
 
 
 def test_an_upload_trains_registers_and_promotes_a_first_champion(chain: Chain, unique: str) -> None:
@@ -101,7 +30,7 @@ def test_an_upload_trains_registers_and_promotes_a_first_champion(chain: Chain, 
     chain.put_contract(model, datasets.contract_yaml("iris", model))
 
     # WHEN its first dataset lands
-    chain.upload(f"{model}/day-1.csv", datasets.to_csv(_iris(200, seed=1)))
+    chain.upload(f"{model}/day-1.csv", datasets.noisy_iris_csv(200, seed=1))
 
     # THEN a version is registered and becomes the champion
     version = chain.wait_versions(model, 1)[0]
@@ -129,23 +58,34 @@ def test_an_upload_trains_registers_and_promotes_a_first_champion(chain: Chain, 
     assert promoted["version"] == version.version
     assert promoted["metrics"]["f1_macro"] == run.data.metrics["f1_macro"]
     assert promoted["lineage"] == json.loads(run.data.tags["lineage.sources"])
+    # AND serving's copy: the bundle (ONNX model, contract, metrics, lineage) and the pointer to it
+    bucket = chain.outputs["ModelsBucketName"]
+    pointer = json.loads(chain.s3.get_object(Bucket=bucket, Key=f"pointers/{model}.json")["Body"].read())
+    assert pointer["version"] == version.version
+    manifest = json.loads(chain.s3.get_object(Bucket=bucket, Key=pointer["manifest_key"])["Body"].read())
+    assert manifest["contract"]["model"] == model
+    assert manifest["metrics"]["f1_macro"] == run.data.metrics["f1_macro"]
+    assert manifest["lineage"]["sources"] == promoted["lineage"]
+    assert "prepare:" in manifest["lineage"]["dvc_lock"]
+    onnx = chain.s3.get_object(Bucket=bucket, Key=manifest["onnx"]["key"])["Body"].read()
+    assert len(onnx) == manifest["onnx"]["size_bytes"]
 
 
 def test_a_better_dataset_moves_the_champion_and_a_worse_one_does_not(chain: Chain, unique: str) -> None:
     model = f"gate-{unique}"
     chain.put_contract(model, datasets.contract_yaml("iris", model))
-    chain.upload(f"{model}/small-noisy.csv", datasets.to_csv(_iris(60, seed=2, noise=1.5)))
+    chain.upload(f"{model}/small-noisy.csv", datasets.noisy_iris_csv(60, seed=2, noise=1.5))
     first = chain.wait_versions(model, 1)[0]
     assert chain.champion(model) == first.version
 
     # A better dataset: much more, cleaner data
-    chain.upload(f"{model}/large-clean.csv", datasets.to_csv(_iris(600, seed=3, noise=0.2)))
+    chain.upload(f"{model}/large-clean.csv", datasets.noisy_iris_csv(600, seed=3, noise=0.2))
     second = chain.wait_versions(model, 2)[-1]
     assert "promotion" in second.tags, second.tags
     assert chain.champion(model) == second.version
 
     # A worse dataset: twice as many rows again, with their labels shuffled
-    shuffled = _iris(1200, seed=4, noise=0.2)
+    shuffled = datasets.noisy_iris_frame(1200, seed=4, noise=0.2)
     shuffled["species"] = shuffled["species"].sample(frac=1, random_state=5).to_numpy()
     chain.upload(f"{model}/shuffled.csv", datasets.to_csv(shuffled))
     third = chain.wait_versions(model, 3)[-1]
@@ -160,7 +100,7 @@ def test_ten_uploads_in_a_burst_give_one_version_with_all_ten_files(chain: Chain
     model = f"burst-{unique}"
     chain.put_contract(model, datasets.contract_yaml("iris", model))
     for part in range(10):
-        chain.upload(f"{model}/part-{part}.csv", datasets.to_csv(_iris(40, seed=100 + part)))
+        chain.upload(f"{model}/part-{part}.csv", datasets.noisy_iris_csv(40, seed=100 + part))
 
     version = chain.wait_versions(model, 1)[0]
     sources = json.loads(chain.mlflow.get_run(version.run_id).data.tags["lineage.sources"])
@@ -190,11 +130,11 @@ def test_a_file_arriving_during_a_training_supersedes_it_and_one_version_covers_
     contract = yaml.safe_load(datasets.contract_yaml("iris", model))
     contract["training"]["params"] = {"n_estimators": 400}
     chain.put_contract(model, yaml.safe_dump(contract).encode())
-    chain.upload(f"{model}/first.csv", datasets.to_csv(_iris(3000, seed=21)))
+    chain.upload(f"{model}/first.csv", datasets.noisy_iris_csv(3000, seed=21))
     first = eventually(lambda: _runs(chain, model, "RUNNING"), 180, interval=0.1, what="a RUNNING run")[0]
 
     # WHEN a second file arrives while it runs
-    chain.upload(f"{model}/second.csv", datasets.to_csv(_iris(300, seed=22)))
+    chain.upload(f"{model}/second.csv", datasets.noisy_iris_csv(300, seed=22))
 
     # THEN that training is dropped, and one version covers both files
     version = chain.wait_versions(model, 1)[0]
@@ -237,7 +177,7 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_job_completes_once(
     model = f"crash-{unique}"
     chain.put_contract(model, datasets.contract_yaml("iris", model))
 
-    chain.upload(f"{model}/data.csv", datasets.to_csv(_iris(300, seed=7)))
+    chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(300, seed=7))
 
     # WHEN the worker is killed while its MLflow run is RUNNING
     running = eventually(lambda: _runs(chain, model, "RUNNING"), 180, interval=0.1, what="a RUNNING run")[0]
@@ -263,13 +203,21 @@ def test_a_version_registered_by_a_trainer_that_died_before_the_gate_acted_is_fi
     # carries the decision) but not promoted, no event sent, its run still RUNNING
     model = f"undecided-{unique}"
     chain.put_contract(model, datasets.contract_yaml("iris", model))
-    chain.upload(f"{model}/data.csv", datasets.to_csv(_iris(300, seed=11)))
+    chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(300, seed=11))
     version = chain.wait_versions(model, 1)[0]
     eventually(lambda: chain.events.of(("ModelPromoted", model)), 30, what="ModelPromoted")
     assert version.tags["gate.decision"] == "promote"
     chain.mlflow.delete_registered_model_alias(model, "champion")
     chain.mlflow.delete_model_version_tag(model, version.version, "promotion")
     chain.mlflow.update_run(version.run_id, status="RUNNING")
+    # ... and before it published the serving bundle or moved the serving pointer
+    models_bucket = chain.outputs["ModelsBucketName"]
+    for key in [
+        f"bundles/{model}/{version.version}/bundle.json",
+        f"bundles/{model}/{version.version}/model.onnx",
+        f"pointers/{model}.json",
+    ]:
+        chain.s3.delete_object(Bucket=models_bucket, Key=key)
 
     # WHEN its job comes back (as after the dead trainer's lease ran out) and the reconciler runs
     chain.cloud.client("sqs").send_message(
@@ -288,6 +236,16 @@ def test_a_version_registered_by_a_trainer_that_died_before_the_gate_acted_is_fi
     assert [v.version for v in chain.versions(model)] == [version.version]
     assert "promotion" in chain.mlflow.get_model_version(model, version.version).tags
     assert chain.mlflow.get_run(version.run_id).info.status == "FINISHED"
+    # the bundle is rebuilt from what the run logged, and serving is pointed at it
+    pointer = json.loads(
+        chain.s3.get_object(Bucket=models_bucket, Key=f"pointers/{model}.json")["Body"].read()
+    )
+    assert pointer["version"] == version.version
+    manifest = json.loads(
+        chain.s3.get_object(Bucket=models_bucket, Key=pointer["manifest_key"])["Body"].read()
+    )
+    assert manifest["lineage"]["run_id"] == version.run_id
+    assert len(manifest["check"]["records"]) == 20
 
 
 def test_a_job_that_always_fails_lands_in_the_dead_letter_queue_with_its_reason(
@@ -298,7 +256,7 @@ def test_a_job_that_always_fails_lands_in_the_dead_letter_queue_with_its_reason(
         b"family: random_forest", b"family: quantum_forest"
     )
     chain.put_contract(model, contract)
-    chain.upload(f"{model}/data.csv", datasets.to_csv(_iris(100, seed=8)))
+    chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(100, seed=8))
 
     sqs = chain.cloud.client("sqs")
 
