@@ -52,13 +52,16 @@ def down() -> None:
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:
-    """Show whether the local cloud runs, and its endpoints."""
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Show whether the local cloud runs, its endpoints, and each model's champion and served version."""
     report = control.status(get_local_cloud_settings())
     if report["running"]:
         from cli import operations
 
-        report["models"] = operations.champions(report["endpoints"]["mlflow"])
+        report["models"] = operations.champions(report["endpoints"]["mlflow"], stack_name)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

@@ -5,6 +5,7 @@ stack (what `make demo` deploys as `arrival`)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -16,35 +17,58 @@ from tests.conftest import TRAINING_STACK, LocalCloud
 pytestmark = pytest.mark.e2e
 
 
+def _demo_summary(output: str) -> dict[str, Any]:
+    """The JSON block the demo prints after the champion."""
+    start = output.index("\n{") + 1
+    summary: dict[str, Any] = json.loads(output[start : output.index("\n}", start) + 2])
+    return summary
+
+
 @pytest.mark.usefixtures("training_stack")
-def test_the_demo_reaches_a_champion_and_status_reports_it(
+def test_the_demo_reaches_a_served_prediction_twice_and_status_reports_it(
     local_cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # GIVEN the CLI pointed at this session's local cloud, as `make demo` points it at its own
     settings = local_cloud.settings
-    demo = CliRunner().invoke(app, ["demo", "--stack-name", TRAINING_STACK])
+    monkeypatch.setenv("ARRIVAL_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("ARRIVAL_AWS_PORT", str(settings.aws_port))
+    monkeypatch.setenv("ARRIVAL_MLFLOW_PORT", str(settings.mlflow_port))
+    monkeypatch.setenv("ARRIVAL_API_PORT", str(settings.api_port))
+    get_local_cloud_settings.cache_clear()
+    try:
+        # WHEN the demo runs, and then runs again on the same running stack
+        first = CliRunner().invoke(app, ["demo", "--stack-name", TRAINING_STACK])
+        second = CliRunner().invoke(app, ["demo", "--stack-name", TRAINING_STACK])
+        status = CliRunner().invoke(app, ["status", "--json", "--stack-name", TRAINING_STACK])
+    finally:
+        get_local_cloud_settings.cache_clear()
 
-    assert demo.exit_code == 0, demo.output
-    printed = " ".join(demo.output.split())  # the console wraps long lines at spaces
+    # THEN the first follows the file through every stage to a prediction from the serving instance
+    assert first.exit_code == 0, first.output
+    printed = " ".join(first.output.split())  # the console wraps long lines at spaces
     stages = ["ingest Lambda: valid against the contract", "trainer i-", "MLflow run", "registered; gate:"]
     for stage in stages:
         assert stage in printed
     assert "champion of 'iris': version" in printed
-    summary = json.loads(demo.output[demo.output.index("\n{") + 1 :])
+    summary = _demo_summary(first.output)
     assert summary["mlflow_ui"] == f"{settings.mlflow_url}/#/models/iris"
     assert summary["metrics"]["f1_macro"] > 0.8
+    api = f"http://127.0.0.1:{settings.api_port}"
+    assert f"prediction from version {summary['champion']}:" in printed
+    assert f"curl -s -X POST {api}/models/iris/predict" in printed
+    assert f"{api}/docs" in printed
 
-    monkeypatch.setenv("ARRIVAL_STATE_DIR", str(settings.state_dir))
-    monkeypatch.setenv("ARRIVAL_AWS_PORT", str(settings.aws_port))
-    monkeypatch.setenv("ARRIVAL_MLFLOW_PORT", str(settings.mlflow_port))
-    get_local_cloud_settings.cache_clear()
-    try:
-        status = CliRunner().invoke(app, ["status", "--json"])
-    finally:
-        get_local_cloud_settings.cache_clear()
+    # AND the second recognises its sample as already accepted and still ends with a prediction
+    assert second.exit_code == 0, second.output
+    again = " ".join(second.output.split())
+    assert "ingest drops the copy" in again
+    assert f"prediction from version {summary['champion']}:" in again
 
+    # AND status reports the endpoints, the champion and the version serving answers with
     assert status.exit_code == 0, status.output
     report = json.loads(status.output)
     assert report["endpoints"]["aws"] == settings.aws_endpoint_url
     assert report["endpoints"]["mlflow"] == settings.mlflow_url
+    assert report["endpoints"]["api"] == api
     iris = next(model for model in report["models"] if model["name"] == "iris")
-    assert iris["champion"] == summary["champion"]
+    assert iris["champion"] == iris["serving"] == summary["champion"]
