@@ -137,8 +137,28 @@ def mlflow_frozen(cloud: LocalCloud) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
+def _status(cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from localcloud.settings import get_local_cloud_settings
+
+    for name, value in {
+        "ARRIVAL_STATE_DIR": str(cloud.settings.state_dir),
+        "ARRIVAL_AWS_PORT": str(cloud.settings.aws_port),
+        "ARRIVAL_MLFLOW_PORT": str(cloud.settings.mlflow_port),
+        "ARRIVAL_API_PORT": str(cloud.settings.api_port),
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_local_cloud_settings.cache_clear()
+    try:
+        status = CliRunner().invoke(app, ["status", "--json", "--stack-name", TRAINING_STACK])
+    finally:
+        get_local_cloud_settings.cache_clear()
+    assert status.exit_code == 0, status.output
+    report: dict[str, Any] = json.loads(status.output)
+    return report
+
+
 def test_serving_follows_each_promotion_and_rollback_without_a_failed_request(
-    chain: Chain, api: httpx.Client, local_cloud: LocalCloud, unique: str
+    chain: Chain, api: httpx.Client, local_cloud: LocalCloud, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a model whose first dataset made a champion
     model = f"serve-{unique}"
@@ -193,6 +213,11 @@ def test_serving_follows_each_promotion_and_rollback_without_a_failed_request(
         chain.s3.put_object(Bucket=bucket, Key=f"pointers/{model}.json", Body=json.dumps(moved).encode())
         eventually(lambda: _served_version(api, model) == second.version, 30, what="a load without MLflow")
         assert api.post(f"/models/{model}/predict", json=_iris_record()).status_code == 200
+
+    # AND status reports that serving's pointer and the registry's alias now disagree
+    reported = next(entry for entry in _status(local_cloud, monkeypatch)["models"] if entry["name"] == model)
+    assert (reported["champion"], reported["serving"]) == (first.version, second.version)
+    assert reported["serving_agrees"] is False
 
 
 def test_the_lambda_api_answers_as_the_serving_instance_does(
