@@ -6,7 +6,8 @@ export UV_COMPILE_BYTECODE := 1
 # The local cloud the demo talks to. Tests start their own on free ports.
 ARRIVAL_AWS_PORT ?= 4566
 ARRIVAL_MLFLOW_PORT ?= 5000
-export ARRIVAL_AWS_PORT ARRIVAL_MLFLOW_PORT
+ARRIVAL_API_PORT ?= 8080
+export ARRIVAL_AWS_PORT ARRIVAL_MLFLOW_PORT ARRIVAL_API_PORT
 DEMO_ENV := AWS_ENDPOINT_URL=http://127.0.0.1:$(ARRIVAL_AWS_PORT) AWS_ACCESS_KEY_ID=test \
 	AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 MLFLOW_TRACKING_URI=http://127.0.0.1:$(ARRIVAL_MLFLOW_PORT)
 
@@ -44,14 +45,47 @@ test: install lint
 	uv run pytest
 
 # `sam build`'s makefile build method for the Lambda functions (also used by `arrival deploy`).
-# The functions' requirements come from the `lambda` dependency group of uv.lock, so they are pinned
-# and a function never borrows a package only the project's environment has.
-build-IngestFunction:
+# Each package holds only the modules its function runs (tests/unit/test_packaging.py checks that
+# every project import in it resolves inside it). Its requirements come from a dependency group of
+# uv.lock (`lambda`, `serving`), so they are pinned and a function never borrows a package only the
+# project's environment has.
+INGEST_SOURCES := handlers common/__init__.py common/contracts.py common/ingest.py common/layout.py \
+	common/observability.py common/reconcile.py common/settings.py common/tabular.py common/validation.py \
+	common/adapters/__init__.py common/adapters/ec2.py common/adapters/events.py \
+	common/adapters/idempotency.py common/adapters/s3.py common/adapters/sqs.py
+SERVING_SOURCES := serving common/__init__.py common/contracts.py common/bundles.py \
+	common/adapters/__init__.py common/adapters/s3.py common/adapters/sqs.py
+# The functions' runtime (template.yaml's Globals), not this machine's Python: wheels with compiled
+# code (numpy, onnxruntime, pyarrow) exist per Python version and platform.
+LAMBDA_PYTHON := 3.12
+LAMBDA_PLATFORM := x86_64-manylinux_2_28
+# The AWS SDK the python3.12 runtime already has (AWS Lambda docs, "Python runtimes"): vendoring it
+# would add 29 MiB, which the serving package cannot spare under its 150 MB budget. requirements.txt
+# still lists it, pinned, for the local executor's virtualenv.
+RUNTIME_PROVIDED := boto3|botocore|s3transfer|jmespath
+
+# $(1): the files and directories to ship, $(2): the dependency group. Vendoring is skipped for the
+# local cloud, whose Lambda executor builds a cached virtualenv from requirements.txt itself.
+# uv compiles bytecode (the project's uv settings ask it to) with this machine's interpreter, whose
+# .pyc files a python3.12 runtime ignores: they are removed, as `sam build` ships none either.
+define lambda_package
 	@mkdir -p "$(ARTIFACTS_DIR)"
-	@cp -r common handlers "$(ARTIFACTS_DIR)/"
-	@uv export --frozen --only-group lambda --no-hashes --no-emit-project --no-header \
+	@tar -c --exclude=__pycache__ -f - $(1) | tar -x -f - -C "$(ARTIFACTS_DIR)"
+	@uv export --frozen --only-group $(2) --no-hashes --no-emit-project --no-header \
 		--format requirements-txt > "$(ARTIFACTS_DIR)/requirements.txt"
 	@if [ "$${ARRIVAL_VENDOR_LAMBDA_DEPS:-1}" != 0 ]; then \
-		python3 -m pip install --quiet -r "$(ARTIFACTS_DIR)/requirements.txt" -t "$(ARTIFACTS_DIR)"; fi
+		grep -v -i -E '^($(RUNTIME_PROVIDED))==' "$(ARTIFACTS_DIR)/requirements.txt" > "$(ARTIFACTS_DIR)/.vendored.txt" \
+		&& uv pip install --quiet --target "$(ARTIFACTS_DIR)" --no-deps \
+			--python-version $(LAMBDA_PYTHON) --python-platform $(LAMBDA_PLATFORM) --only-binary :all: \
+			-r "$(ARTIFACTS_DIR)/.vendored.txt" \
+		&& rm "$(ARTIFACTS_DIR)/.vendored.txt" \
+		&& find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +; fi
+endef
+
+build-IngestFunction:
+	$(call lambda_package,$(INGEST_SOURCES),lambda)
 
 build-ReconcileFunction: build-IngestFunction
+
+build-ServingFunction:
+	$(call lambda_package,$(SERVING_SOURCES),serving)

@@ -57,7 +57,7 @@ def status(
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
     """Show whether the local cloud runs, its endpoints, and each model's champion and served version."""
-    report = control.status(get_local_cloud_settings())
+    report = control.status(get_local_cloud_settings(), stack_name)
     if report["running"]:
         from cli import operations
 

@@ -9,7 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
 from localcloud import emulator
+from localcloud.deploy import stack_outputs
 from localcloud.processes import (
     CLOUD_ID_VARIABLE,
     exclusive_lock,
@@ -37,7 +42,13 @@ class UpResult:
 
 
 def _port_settings(settings: LocalCloudSettings) -> dict[str, int]:
-    return {"ARRIVAL_AWS_PORT": settings.aws_port, "ARRIVAL_MLFLOW_PORT": settings.mlflow_port}
+    # The API port too, though only the serving instance the agent boots listens on it: refused
+    # now, not when a stack is deployed and its server dies on a port another program holds.
+    return {
+        "ARRIVAL_AWS_PORT": settings.aws_port,
+        "ARRIVAL_MLFLOW_PORT": settings.mlflow_port,
+        "ARRIVAL_API_PORT": settings.api_port,
+    }
 
 
 def _environment(settings: LocalCloudSettings) -> dict[str, str]:
@@ -47,6 +58,7 @@ def _environment(settings: LocalCloudSettings) -> dict[str, str]:
         "ARRIVAL_CACHE_DIR": str(settings.cache_dir.resolve()),
         "ARRIVAL_AWS_PORT": str(settings.aws_port),
         "ARRIVAL_MLFLOW_PORT": str(settings.mlflow_port),
+        "ARRIVAL_API_PORT": str(settings.api_port),
         "ARRIVAL_REGION": settings.region,
         "ARRIVAL_AGENT_ROLES": json.dumps(settings.agent_roles),
         **(
@@ -67,7 +79,7 @@ def up(settings: LocalCloudSettings, say: Callable[[str], None] = lambda _: None
         pid = running_pid(paths)
         if pid is not None and lock_is_held(paths.lock):
             state = read_state(paths)
-            return UpResult(pid, already_running=True, endpoints=state.get("endpoints", {}))
+            return UpResult(pid, already_running=True, endpoints=_endpoints(settings, state))
         for variable, port in _port_settings(settings).items():
             if not port_is_free(port):
                 raise LocalCloudError(
@@ -99,7 +111,7 @@ def up(settings: LocalCloudSettings, say: Callable[[str], None] = lambda _: None
             if supervisor.poll() is None:
                 terminate([supervisor.pid], settings.shutdown_timeout_seconds)
             raise LocalCloudError(f"the local cloud did not start: {reason}")
-        return UpResult(supervisor.pid, already_running=False, endpoints=state["endpoints"])
+        return UpResult(supervisor.pid, already_running=False, endpoints=_endpoints(settings, state))
 
 
 def down(settings: LocalCloudSettings) -> bool:
@@ -122,18 +134,48 @@ def down(settings: LocalCloudSettings) -> bool:
     return pid is not None
 
 
-def status(settings: LocalCloudSettings) -> dict[str, Any]:
+def _endpoints(settings: LocalCloudSettings, state: dict[str, Any]) -> dict[str, str]:
+    """The supervisor's record of where its services answer, and the model API's address, which
+    is where the agent runs a stack's server."""
+    endpoints: dict[str, str] = state.get(
+        "endpoints", {"aws": settings.aws_endpoint_url, "mlflow": settings.mlflow_url}
+    )
+    return {**endpoints, "api": endpoints.get("api", settings.api_url)}
+
+
+def _serving_api_id(endpoint_url: str, region: str, stack_name: str) -> str | None:
+    """The deployed stack's REST API, if the stack is there. Asked of this local cloud's own
+    endpoint, whatever AWS_ENDPOINT_URL says, and quickly: status must answer even if it is busy."""
+    cloudformation = boto3.client(
+        "cloudformation",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",  # noqa: S106  # LocalStack accepts any credentials
+        config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}),
+    )
+    try:
+        return stack_outputs(cloudformation, stack_name).get("ServingApiId")
+    except (ClientError, BotoCoreError):
+        return None
+
+
+def status(settings: LocalCloudSettings, stack_name: str = "arrival") -> dict[str, Any]:
     paths = StatePaths(settings.state_dir)
     pid = running_pid(paths)
     state = read_state(paths) if pid is not None else {}
+    running = pid is not None and state.get("status") == "ready"
+    endpoints = _endpoints(settings, state)
+    api_id = _serving_api_id(endpoints["aws"], settings.region, stack_name) if running else None
+    if api_id:
+        # LocalStack's address for a REST API's stage, as `ServingApiUrl` is AWS's.
+        endpoints["api_lambda"] = f"{endpoints['aws']}/_aws/execute-api/{api_id}/Prod/"
     return {
-        "running": pid is not None and state.get("status") == "ready",
+        "running": running,
         "status": state.get("status", "stopped"),
         "pid": pid,
         "state_dir": str(settings.state_dir),
-        "endpoints": state.get(
-            "endpoints", {"aws": settings.aws_endpoint_url, "mlflow": settings.mlflow_url}
-        ),
+        "endpoints": endpoints,
         "mlflow_artifact_bucket": settings.mlflow_artifact_bucket,
         "services": state.get("services", {}),
     }

@@ -1,10 +1,13 @@
 """The EC2 instance agent: LocalStack's EC2 only records instances, so this "boots" them.
 
-It watches LocalStack for instances carrying arrival's role tag and runs the command their user
-data names, if it is an allow-listed arrival role (nothing else from user data ever runs on the host).
+It watches LocalStack for arrival's instances and runs the command their user data names, if it is
+the allow-listed command of their role (nothing else from user data ever runs on the host).
 Each process learns its instance id from an instance-metadata stub on localhost, as from IMDS on EC2.
 An instance that is stopped or terminated ends its process; a process that exits terminates its
 instance. So the reconciler's RunInstances call is what really starts a trainer.
+
+A server answers on the local cloud's API port (``ARRIVAL_API_PORT``), on localhost only. There is
+one such port, so one server runs at a time: another waits, unbooted, until the port is free again.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ STACK_TAG = "arrival:stack"
 # The only commands user data may start, by role: the executable, then its exact argument shape.
 ALLOWED_COMMANDS = {
     "trainer": re.compile(r"^arrival-worker --role trainer( --stack [a-z0-9][a-z0-9-]{0,127})?$"),
-    "server": re.compile(r"^arrival-worker --role server( --stack [a-z0-9][a-z0-9-]{0,127})?$"),
+    "server": re.compile(r"^arrival-serve$"),
 }
 LIVE = {"pending", "running"}
 # What user data may set for the command, with `export NAME=value` lines: the worker's own settings and
@@ -55,6 +58,11 @@ def command_from_user_data(user_data: str, role: str) -> list[str] | None:
     return shlex.split(commands[-1])
 
 
+def role_from_user_data(user_data: str) -> str | None:
+    """The role whose allow-listed command the user data runs."""
+    return next((role for role in ALLOWED_COMMANDS if command_from_user_data(user_data, role)), None)
+
+
 def environment_from_user_data(user_data: str) -> dict[str, str]:
     """The allow-listed variables user data exports; an empty value (an unset template parameter)
     leaves the agent's own value in place."""
@@ -66,6 +74,20 @@ def environment_from_user_data(user_data: str) -> dict[str, str]:
             if ALLOWED_VARIABLES.match(name) and value:
                 exported[name] = value
     return exported
+
+
+def instance_environment(
+    agent_environment: dict[str, str], user_data: str, role: str, settings: LocalCloudSettings
+) -> dict[str, str]:
+    """What an instance's process sees: the agent's environment, what its user data exports, then
+    what the agent keeps for itself whatever the user data says: a server's address, so it answers
+    where ``arrival status`` says the API is, and on localhost only."""
+    owned = (
+        {"ARRIVAL_SERVING_HOST": "127.0.0.1", "ARRIVAL_SERVING_PORT": str(settings.api_port)}
+        if role == "server"
+        else {}
+    )
+    return {**agent_environment, **environment_from_user_data(user_data), **owned}
 
 
 class _MetadataHandler(BaseHTTPRequestHandler):
@@ -102,8 +124,18 @@ class _MetadataServer(ThreadingHTTPServer):
 @dataclass
 class BootedInstance:
     instance_id: str
+    role: str
     process: subprocess.Popen[bytes]
     metadata: _MetadataServer
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who an instance is, as the agent sees it."""
+
+    role: str
+    stack: str
+    user_data: str
 
 
 class InstanceAgent:
@@ -118,11 +150,13 @@ class InstanceAgent:
         )
         self.booted: dict[str, BootedInstance] = {}
         self.finished: set[str] = set()
+        self.waiting: set[str] = set()
         self.stopping = False
         self.bin_dir = Path(sys.executable).parent
 
     def _instances(self) -> list[dict[str, Any]]:
-        reservations = self.ec2.describe_instances(Filters=[{"Name": "tag-key", "Values": [ROLE_TAG]}])
+        # Every instance, not only those with a role tag: see _identity.
+        reservations = self.ec2.describe_instances()
         return [
             instance for reservation in reservations["Reservations"] for instance in reservation["Instances"]
         ]
@@ -140,27 +174,62 @@ class InstanceAgent:
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         }
 
-    def boot(self, instance: dict[str, Any]) -> None:
-        instance_id = instance["InstanceId"]
+    def _identity(self, instance: dict[str, Any]) -> Identity:
         tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
-        attribute = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        attribute = self.ec2.describe_instance_attribute(
+            InstanceId=instance["InstanceId"], Attribute="userData"
+        )
         encoded = attribute.get("UserData", {}).get("Value", "")
         user_data = base64.b64decode(encoded).decode(errors="replace") if encoded else ""
-        role, stack = tags.get(ROLE_TAG, ""), tags.get(STACK_TAG, "")
+        # LocalStack's CloudFormation creates an AWS::EC2::Instance without its Tags (the serving
+        # instance): such an instance is known by its user data, as EC2 would run it, its role by
+        # the allow-listed command it names and its stack by the ARRIVAL_STACK_NAME it exports.
+        role = tags.get(ROLE_TAG) or role_from_user_data(user_data) or ""
+        stack = tags.get(STACK_TAG) or environment_from_user_data(user_data).get("ARRIVAL_STACK_NAME", "")
+        return Identity(role, stack, user_data)
+
+    def _running_server(self) -> str | None:
+        return next((booted.instance_id for booted in self.booted.values() if booted.role == "server"), None)
+
+    def command_for(self, instance_id: str, identity: Identity) -> list[str] | None:
+        """The command to boot the instance with; None to leave it as a record (it is then
+        finished), or to try again at the next poll (a server waiting for the API port)."""
         stacks = self.settings.agent_stacks
-        if role not in self.settings.agent_roles or (stacks is not None and stack not in stacks):
+        if identity.role not in self.settings.agent_roles or (
+            stacks is not None and identity.stack not in stacks
+        ):
             LOG.info(
                 "instance %s (%s of %s) is only recorded: ARRIVAL_AGENT_ROLES/STACKS",
                 instance_id,
-                role,
-                stack,
+                identity.role or "no role",
+                identity.stack or "no stack",
             )
             self.finished.add(instance_id)
-            return
-        command = command_from_user_data(user_data, role)
+            return None
+        command = command_from_user_data(identity.user_data, identity.role)
         if command is None:
             LOG.warning("instance %s: user data names no allow-listed command; not booting it", instance_id)
             self.finished.add(instance_id)
+            return None
+        server = self._running_server() if identity.role == "server" else None
+        if server is not None:
+            if instance_id not in self.waiting:
+                LOG.warning(
+                    "instance %s waits: server %s answers on the API port %d until it ends",
+                    instance_id,
+                    server,
+                    self.settings.api_port,
+                )
+                self.waiting.add(instance_id)
+            return None
+        self.waiting.discard(instance_id)
+        return command
+
+    def boot(self, instance: dict[str, Any]) -> None:
+        instance_id = instance["InstanceId"]
+        identity = self._identity(instance)
+        command = self.command_for(instance_id, identity)
+        if command is None:
             return
         metadata = _MetadataServer({"instance-id": instance_id, "placement/region": self.settings.region})
         threading.Thread(target=metadata.serve_forever, daemon=True).start()
@@ -168,14 +237,16 @@ class InstanceAgent:
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [str(self.bin_dir / command[0]), *command[1:]],
-                env={**self._environment(metadata.url), **environment_from_user_data(user_data)},
+                env=instance_environment(
+                    self._environment(metadata.url), identity.user_data, identity.role, self.settings
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=die_with_parent,  # spawned from the agent's only thread
             )
-        self.booted[instance_id] = BootedInstance(instance_id, process, metadata)
+        self.booted[instance_id] = BootedInstance(instance_id, identity.role, process, metadata)
         LOG.info("booted %s (%s): pid %d", instance_id, " ".join(command), process.pid)
 
     def _halt(self, booted: BootedInstance) -> None:
@@ -205,6 +276,7 @@ class InstanceAgent:
                 continue
             del self.booted[instance_id]
             self.finished.add(instance_id)
+        self.waiting &= {instance_id for instance_id, state in states.items() if state in LIVE}
         for instance in self._instances():
             instance_id = instance["InstanceId"]
             if (

