@@ -142,3 +142,9 @@ def update_json(bucket: str, key: str, change: Callable[[Any | None], Any], atte
 
 def delete(bucket: str, key: str) -> None:
     s3_client().delete_object(Bucket=bucket, Key=key)
+
+
+def list_objects(bucket: str, prefix: str) -> list[tuple[str, str]]:
+    """The key and ETag of every object under prefix: one ListObjectsV2 call per 1,000 keys."""
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [(entry["Key"], entry["ETag"].strip('"')) for page in pages for entry in page.get("Contents", [])]

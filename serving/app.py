@@ -1,0 +1,346 @@
+"""The serving API: every model's champion, its predictions, its metadata, health and metrics.
+
+The predict path is kept lean on purpose: it reads the raw body, validates it with the model's own
+schema straight from the bytes, runs ONNX inline on the event loop (tens of microseconds, not worth a
+thread hop; requests that arrive together share the run, see serving/shared_runs.py) and returns JSON
+it serialized itself, skipping FastAPI's body parsing and response models.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel
+
+from serving.bundle import LoadedModel, Predictions
+from serving.mlflow_format import invocation_records
+from serving.openapi import ModelPaths
+from serving.schemas import Problem, Record, RequestError
+from serving.settings import ServingSettings, get_serving_settings
+from serving.shared_runs import SharedRuns
+from serving.store import ModelStore
+
+LOG = logging.getLogger("arrival.serving")
+JSON = "application/json"
+# Requests for a model that does not exist share one label, so callers cannot grow the metrics.
+UNKNOWN_MODEL = "_unknown"
+
+
+class RequestMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "arrival_requests", "Prediction requests", ["model", "route", "status"], registry=registry
+        )
+        self.seconds = Histogram(
+            "arrival_request_seconds",
+            "Time to answer a prediction request, in the application",
+            ["model", "route"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.errors = Counter(
+            "arrival_request_errors",
+            "Refused or failed requests, by rule",
+            ["model", "route", "rule"],
+            registry=registry,
+        )
+        # The labelled children of the hot path, kept to skip the label lookups on every request.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe(self, model: str, route: str, status: int, seconds: float, rules: Iterable[str]) -> None:
+        children = self._children.get((model, route, status))
+        if children is None:
+            children = (self.requests.labels(model, route, str(status)), self.seconds.labels(model, route))
+            self._children[(model, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        for rule in rules:
+            self.errors.labels(model, route, rule).inc()
+
+
+def current_store(request: Request) -> ModelStore:
+    store: ModelStore = request.app.state.store
+    check_seconds: float | None = request.app.state.check_pointers_every
+    if check_seconds is not None:
+        # Lambda has no background threads: the request itself looks at the pointers now and then.
+        store.refresh_if_older_than(check_seconds)
+    return store
+
+
+async def store_dependency(request: Request) -> ModelStore:
+    # async, so FastAPI calls it inline rather than in its thread pool
+    return current_store(request)
+
+
+StoreDep = Annotated[ModelStore, Depends(store_dependency)]
+
+
+def problems_json(problems: list[Problem], **extra: Any) -> bytes:
+    details = [{"field": p.field, "rule": p.rule, "message": p.message} for p in problems]
+    return orjson.dumps({"detail": details, **extra})
+
+
+def unknown_model_response(name: str, store: ModelStore) -> Response:
+    known = sorted(store.models)
+    message = f"no model named {name!r}; known models: {', '.join(known) or 'none yet'}"
+    content = problems_json([Problem("model", "unknown_model", message)], known_models=known)
+    return Response(content, status_code=404, media_type=JSON)
+
+
+async def read_json_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused early: a wrong content type, or more bytes than allowed (declared or sent)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != JSON:
+        message = f"expected {JSON}, got {content_type or 'no content type'!r}"
+        raise RequestError(415, [Problem("content-type", "unsupported_media_type", message)])
+    too_large = RequestError(413, [Problem("body", "body_too_large", f"the body is over {max_bytes} bytes")])
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():
+        if int(declared) > max_bytes:
+            raise too_large
+        # The HTTP server holds a body to its declared length, so it can be read at once.
+        return await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():  # chunked: counted while it arrives
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_values(values: np.ndarray) -> Any:
+    # orjson writes a numeric array itself (float32 with its own shortest digits); labels are objects.
+    return values.tolist() if values.dtype == object else values
+
+
+def _dumps(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def read_predict(model: LoadedModel, body: bytes) -> tuple[list[Record], bool]:
+    return model.schemas.decode_predict_body(body)
+
+
+def write_predict(model: LoadedModel, predictions: Predictions, batch: bool) -> bytes:
+    values, probabilities = _json_values(predictions.values), predictions.probabilities
+    document: dict[str, Any] = {"model": model.name, "version": model.version}
+    if batch:
+        document["predictions"] = values
+        if probabilities is not None and model.class_names is not None:
+            names = model.class_names
+            document["probabilities"] = [dict(zip(names, row, strict=True)) for row in probabilities.tolist()]
+    else:
+        document["prediction"] = values[0]
+        if probabilities is not None and model.class_names is not None:
+            document["probabilities"] = dict(zip(model.class_names, probabilities[0].tolist(), strict=True))
+    return _dumps(document)
+
+
+def read_invocations(model: LoadedModel, body: bytes) -> tuple[list[Record], bool]:
+    return invocation_records(body, model.schemas), True
+
+
+def write_invocations(model: LoadedModel, predictions: Predictions, batch: bool) -> bytes:
+    return _dumps({"predictions": _json_values(predictions.values)})
+
+
+def answer_predict(model: LoadedModel, body: bytes) -> bytes:
+    """One predict body's answer, with an ONNX run of its own (the app shares runs between requests)."""
+    records, batch = read_predict(model, body)
+    return write_predict(model, model.predict(records), batch)
+
+
+Reader = Callable[[LoadedModel, bytes], tuple[list[Record], bool]]
+Writer = Callable[[LoadedModel, Predictions, bool], bytes]
+
+
+async def _answer(request: Request, route: str, read: Reader, write: Writer) -> Response:
+    started = time.perf_counter()
+    state = request.app.state
+    store = current_store(request)
+    name: str = request.path_params["model"]
+    request_metrics: RequestMetrics = state.request_metrics
+    model = store.models.get(name)  # one read of the snapshot: the whole request sees this version
+    if model is None:
+        request_metrics.observe(UNKNOWN_MODEL, route, 404, time.perf_counter() - started, ["unknown_model"])
+        return unknown_model_response(name, store)
+    rules: Iterable[str] = ()
+    try:
+        body = await read_json_body(request, state.settings.max_body_bytes)
+        records, batch = read(model, body)
+        predictions = await state.shared_runs.predict(model, records)
+        content, status = write(model, predictions, batch), 200
+    except RequestError as error:
+        rules = sorted({problem.rule for problem in error.problems})
+        content, status = problems_json(error.problems), error.status
+    except Exception:  # a bug or a broken model, never a client's mistake: logged, counted, a JSON 500
+        LOG.exception("prediction failed: model=%s version=%s route=%s", name, model.version, route)
+        rules = ["internal_error"]
+        message = "the model failed to answer; the error is logged"
+        content, status = problems_json([Problem("model", "internal_error", message)]), 500
+    elapsed = time.perf_counter() - started
+    request_metrics.observe(name, route, status, elapsed, rules)
+    headers = {"X-Model-Version": model.version, "Server-Timing": f"app;dur={elapsed * 1000:.3f}"}
+    return Response(content, status_code=status, media_type=JSON, headers=headers)
+
+
+class ModelLineage(BaseModel):
+    run_id: str
+    sources: list[str]
+    content_hashes: list[str]
+    contract_hash: str
+    dvc_lock: str
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: str
+    task: str
+    promoted_at: str
+    promotion_reason: str
+    metrics: dict[str, float]
+    lineage: ModelLineage
+    request_schema: dict[str, Any]
+
+
+def describe(model: LoadedModel) -> ModelDescription:
+    lineage = model.manifest.lineage
+    return ModelDescription(
+        name=model.name,
+        version=model.version,
+        task=model.manifest.contract.task.value,
+        promoted_at=model.pointer.promoted_at,
+        promotion_reason=model.pointer.reason,
+        metrics=model.manifest.metrics,
+        lineage=ModelLineage(
+            run_id=lineage.run_id,
+            sources=lineage.sources,
+            content_hashes=lineage.content_hashes,
+            contract_hash=lineage.contract_hash,
+            dvc_lock=lineage.dvc_lock,
+        ),
+        request_schema=model.schemas.record_json_schema,
+    )
+
+
+async def predict(request: Request) -> Response:
+    return await _answer(request, "predict", read_predict, write_predict)
+
+
+async def invocations(request: Request) -> Response:
+    return await _answer(request, "invocations", read_invocations, write_invocations)
+
+
+models_router = APIRouter(prefix="/models", tags=["models"])
+
+
+@models_router.get("")
+async def list_models(store: StoreDep) -> list[ModelDescription]:
+    """Every model being served: version, metrics, promotion, lineage and request schema."""
+    return [describe(model) for _, model in sorted(store.models.items())]
+
+
+@models_router.get(
+    "/{model}", response_model=ModelDescription, responses={404: {"description": "No such model"}}
+)
+async def get_model(model: str, store: StoreDep) -> Response | ModelDescription:
+    """One model's version, metrics, promotion time, lineage and request schema."""
+    loaded = store.models.get(model)
+    if loaded is None:
+        return unknown_model_response(model, store)
+    return describe(loaded)
+
+
+operations_router = APIRouter(tags=["operations"])
+
+
+@operations_router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: 200 while the process runs."""
+    return {"status": "ok"}
+
+
+@operations_router.get("/ready", responses={503: {"description": "Some champion is not loaded yet"}})
+async def ready(store: StoreDep) -> Response:
+    """200 once every model's champion is loaded; otherwise 503 with what is missing and why."""
+    readiness = store.readiness()
+    versions = {name: model.version for name, model in sorted(store.models.items())}
+    document = {"ready": readiness.ready, "models": versions, "missing": readiness.missing}
+    return Response(orjson.dumps(document), status_code=200 if readiness.ready else 503, media_type=JSON)
+
+
+@operations_router.get("/metrics")
+async def metrics(store: StoreDep) -> Response:
+    """Prometheus metrics: requests, latency, refusals by rule, loaded versions and reloads."""
+    return Response(generate_latest(store.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# FastAPI's own /openapi.json and /docs would come before the prediction routes (see create_app).
+docs_router = APIRouter(include_in_schema=False)
+
+
+@docs_router.get("/openapi.json")
+async def openapi_document(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+@docs_router.get("/docs")
+async def swagger_ui(request: Request) -> HTMLResponse:
+    # Relative, so the page finds its document behind API Gateway's stage prefix (/Prod/docs) too.
+    return get_swagger_ui_html(openapi_url="openapi.json", title=request.app.title)
+
+
+def create_app(
+    settings: ServingSettings | None = None,
+    *,
+    store: ModelStore | None = None,
+    mode: Literal["server", "lambda"] = "server",
+) -> FastAPI:
+    """The API. "server" refreshes models from background threads started with the app's lifespan;
+    "lambda" has no lifespan (Mangum runs with lifespan="off") and checks pointers on requests.
+    The app's metrics go to the store's registry: one app per store."""
+    settings = settings or get_serving_settings()
+    store = store or ModelStore(settings.models_bucket, max_batch=settings.max_batch)
+
+    @asynccontextmanager
+    async def refresh_in_background(_: FastAPI) -> AsyncIterator[None]:
+        store.start_background(poll_seconds=settings.poll_seconds, reload_queue_url=settings.reload_queue_url)
+        try:
+            yield
+        finally:
+            store.stop_background()
+
+    app = FastAPI(
+        title="arrival serving",
+        description="Every model's champion, answered from its ONNX serving bundle.",
+        lifespan=refresh_in_background if mode == "server" else None,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.request_metrics = RequestMetrics(store.registry)
+    app.state.shared_runs = SharedRuns()
+    app.state.check_pointers_every = settings.lambda_check_seconds if mode == "lambda" else None
+    # The predictions, nearly all of the traffic, are plain Starlette routes on the app itself and
+    # first in line (routes are tried in order): FastAPI's parameters, dependencies and routers would
+    # cost more than the prediction. They stay out of the generated schema, where serving/openapi.py
+    # documents a concrete /models/<name>/... path per model instead.
+    app.add_route("/models/{model}/predict", predict, methods=["POST"], include_in_schema=False)
+    app.add_route("/models/{model}/invocations", invocations, methods=["POST"], include_in_schema=False)
+    for router in (models_router, operations_router, docs_router):
+        app.include_router(router)
+    app.openapi = ModelPaths(app.openapi, lambda: store.models)  # type: ignore[method-assign]
+    return app
