@@ -273,10 +273,17 @@ async def health() -> dict[str, str]:
 
 @operations_router.get("/ready", responses={503: {"description": "Some champion is not loaded yet"}})
 async def ready(store: StoreDep) -> Response:
-    """200 once every model's champion is loaded; otherwise 503 with what is missing and why."""
+    """200 once every model with a champion answers; otherwise 503 with what is missing and why. A model
+    whose newest champion could not be loaded, while its previous one keeps answering, is listed as
+    stale and does not make the instance unready."""
     readiness = store.readiness()
     versions = {name: model.version for name, model in sorted(store.models.items())}
-    document = {"ready": readiness.ready, "models": versions, "missing": readiness.missing}
+    document = {
+        "ready": readiness.ready,
+        "models": versions,
+        "missing": readiness.missing,
+        "stale": readiness.stale,
+    }
     return Response(orjson.dumps(document), status_code=200 if readiness.ready else 503, media_type=JSON)
 
 

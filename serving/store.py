@@ -58,6 +58,9 @@ class ReloadMetrics:
 class Readiness:
     ready: bool
     missing: dict[str, str] = field(default_factory=dict)  # model (or "pointers") -> why it is not served
+    # Models whose newest pointer could not be loaded while an older version keeps answering: worth an
+    # alert, but not a reason for a load balancer to pull every instance at once.
+    stale: dict[str, str] = field(default_factory=dict)
 
 
 class ModelStore:
@@ -83,10 +86,13 @@ class ModelStore:
         return self._models
 
     def readiness(self) -> Readiness:
-        missing = dict(self._problems)
+        """Ready once every model with a pointer answers with some version."""
+        models, problems = self._models, self._problems
+        missing = {name: why for name, why in problems.items() if name not in models}
+        stale = {name: why for name, why in problems.items() if name in models}
         if self._listing_problem:
             missing["pointers"] = self._listing_problem
-        return Readiness(not missing, missing)
+        return Readiness(not missing, missing, stale)
 
     def refresh(self) -> None:
         """Bring the snapshot in line with the pointers. Raises only if the pointers cannot be listed."""

@@ -152,7 +152,7 @@ def test_health_is_always_ok_and_ready_waits_for_every_champion(aws_credentials:
         assert client.get("/health").json() == {"status": "ok"}
         assert before.status_code == 503 and "pointers" in before.json()["missing"]
         assert after.status_code == 200
-        assert after.json() == {"ready": True, "models": {"iris": "1"}, "missing": {}}
+        assert after.json() == {"ready": True, "models": {"iris": "1"}, "missing": {}, "stale": {}}
 
 
 def test_metrics_count_requests_latency_refusals_and_versions(serving: Serving) -> None:
@@ -462,7 +462,8 @@ def test_a_refused_bundle_leaves_the_old_version_serving(serving: Serving, tampe
 
     assert response.status_code == 200 and response.headers["X-Model-Version"] == "1"
     assert 'arrival_model_reload_failures_total{model="iris"} 1.0' in serving.metrics()
-    assert ready.status_code == 503 and "version 2 refused" in ready.json()["missing"]["iris"]
+    # still ready (version 1 answers), with the refused version reported
+    assert ready.status_code == 200 and "version 2 refused" in ready.json()["stale"]["iris"]
 
 
 def test_a_batch_breaking_every_rule_names_the_first_hundred_problems(serving: Serving) -> None:
