@@ -23,7 +23,7 @@ from common.bundles import (
 )
 from common.contracts import DataContract
 
-PARITY_METRICS = ("onnx_label_agreement", "onnx_max_relative_difference")
+PARITY_METRICS = ("onnx_label_agreement", "onnx_tied_rows", "onnx_max_relative_difference")
 
 
 def _now() -> str:

@@ -181,11 +181,11 @@ def _run_pipeline(workspace: Path, run: TrainingRun) -> None:
 def _judge(
     run: TrainingRun, metrics: dict[str, float], holdout: pd.DataFrame
 ) -> tuple[training.GateDecision, tracking.ModelVersion | None, float | None]:
-    """The gate, and before it the one thing that disqualifies any version: no servable ONNX export."""
+    """The gate; and a version it would promote is still rejected if its ONNX export cannot serve it."""
     champion, champion_metric = _champion_metric(run.contract, holdout)
-    if problem := parity_problem(run.contract, metrics):
-        return training.GateDecision(False, f"not servable: {problem}"), champion, champion_metric
     decision = training.gate(run.contract.training, metrics[run.contract.training.metric], champion_metric)
+    if decision.promote and (problem := parity_problem(run.contract, metrics)):
+        decision = training.GateDecision(False, f"not servable: {problem}")
     return decision, champion, champion_metric
 
 

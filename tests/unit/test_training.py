@@ -154,3 +154,30 @@ def test_the_serving_check_holds_raw_records_and_scikit_learns_answers(houses: D
     assert manifest.onnx.size_bytes == len(onnx_bytes)
     assert manifest.metrics == {"rmse": 1.0}
     assert manifest.parity == {"onnx_max_relative_difference": 1e-7}
+
+
+def test_tied_votes_do_not_count_against_the_onnx_export_nor_enter_the_serving_check(
+    iris: DataContract,
+) -> None:
+    import numpy as np
+
+    from worker.onnx_export import decisive_rows, serving_check
+
+    # GIVEN a two-tree forest on shuffled labels: many rows get one vote per class, a tie
+    frame = datasets.iris_frame(400, seed=3)
+    frame["species"] = frame["species"].sample(frac=1, random_state=1).to_numpy()
+    model = training.build_model(iris, {"n_estimators": 2})
+    features = training.features_of(frame, iris)
+    model.fit(features, frame[iris.target])
+
+    # WHEN ONNX and scikit-learn are compared
+    measured = parity(model, to_onnx_bytes(model, iris), features, iris)
+    check = serving_check(model, frame, features, iris)
+
+    # THEN ties are counted apart, labels agree on every other row, and no tie is a check row
+    assert measured["onnx_tied_rows"] > 0
+    assert measured["onnx_label_agreement"] == 1.0
+    probabilities = np.sort(np.asarray(check["probabilities"]), axis=1)
+    assert (probabilities[:, -1] - probabilities[:, -2] > 1e-5).all()
+    assert len(check["records"]) == 20
+    assert not decisive_rows(model, features).all()
