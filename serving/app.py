@@ -28,7 +28,7 @@ from serving.openapi import ModelPaths
 from serving.schemas import Problem, Record, RequestError
 from serving.settings import ServingSettings, get_serving_settings
 from serving.shared_runs import SharedRuns
-from serving.store import ModelStore
+from serving.store import ModelStore, keep_out_of_collections
 
 LOG = logging.getLogger("arrival.serving")
 JSON = "application/json"
@@ -322,6 +322,7 @@ def create_app(
 
     @asynccontextmanager
     async def refresh_in_background(_: FastAPI) -> AsyncIterator[None]:
+        keep_out_of_collections()
         store.start_background(poll_seconds=settings.poll_seconds, reload_queue_url=settings.reload_queue_url)
         try:
             yield
