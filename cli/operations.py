@@ -113,7 +113,7 @@ def rollback(model: str, to_version: str | None, stack_name: str) -> Rollback:
     reason = f"rolled back from version {current.version}"
     tracking.move_champion(model, to_version)
     move_pointer(outputs["ModelsBucketName"], model, to_version, reason)
-    tracking.tag_version(model, to_version, "promotion", reason)
+    tracking.tag_version(model, to_version, "rollback", reason)
     events.publish(
         outputs["EventBusName"],
         "ModelRolledBack",
