@@ -54,7 +54,7 @@ from common.bundles import Lineage  # noqa: E402
 from common.contracts import DataContract, parse_contract  # noqa: E402
 from localcloud import control  # noqa: E402
 from localcloud.deploy import deploy_stack  # noqa: E402
-from localcloud.processes import free_port, marked_processes, port_is_listening  # noqa: E402
+from localcloud.processes import free_port, marked_processes, port_is_listening, process_tree  # noqa: E402
 from localcloud.settings import LocalCloudSettings  # noqa: E402
 from serving.settings import ServingSettings  # noqa: E402
 from worker import serving_bundle  # noqa: E402
@@ -232,19 +232,6 @@ def _stat_fields(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return []
-
-
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        if fields := _stat_fields(int(stat.parent.name)):
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        tree.append(pid)
-        pending.extend(children.get(pid, []))
-    return tree
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -12,7 +12,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from localcloud.processes import process_tree
 from tests import datasets
 from tests.conftest import TRAINING_STACK, LocalCloud
 from tests.e2e.conftest import Chain
@@ -106,28 +106,12 @@ class LoadGenerator:
             thread.join(timeout=15)
 
 
-def _process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        tree.append(pid)
-        pending.extend(children.get(pid, []))
-    return tree
-
-
 @contextmanager
 def mlflow_frozen(cloud: LocalCloud) -> Iterator[None]:
     """The MLflow server stops answering (every process of it is stopped), then resumes."""
     from localcloud import control
 
-    pids = _process_tree(control.status(cloud.settings)["services"]["mlflow"]["pid"])
+    pids = process_tree(control.status(cloud.settings)["services"]["mlflow"]["pid"])
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
