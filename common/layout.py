@@ -26,3 +26,12 @@ def accepted_list_hash(document: dict[str, Any]) -> str:
     accept the same bytes."""
     hashes = sorted(entry["content_hash"] for entry in document["datasets"])
     return hashlib.sha256(json.dumps([document["model"], hashes]).encode()).hexdigest()
+
+
+TRAINER_HEARTBEAT_PREFIX = "_arrival/trainers/"
+
+
+def trainer_heartbeat_key(instance_id: str) -> str:
+    """In the processed bucket: a running trainer renews it while it works (`renewed_at`, epoch
+    seconds); the reconciler takes a trainer whose heartbeat went stale for dead."""
+    return f"{TRAINER_HEARTBEAT_PREFIX}{instance_id}.json"
