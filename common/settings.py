@@ -27,6 +27,16 @@ class PipelineSettings(BaseSettings):
     trainer_launch_template_id: str = Field(validation_alias="TRAINER_LAUNCH_TEMPLATE_ID")
     event_bus_name: str = Field(validation_alias="EVENT_BUS_NAME")
     reconcile_lease_seconds: float = Field(default=30.0, validation_alias="RECONCILE_LEASE_SECONDS")
+    # Unset where ingest runs without a deployed stack (a developer's process, the unit tests): it
+    # then reconciles in-process.
+    reconcile_function_name: str | None = Field(default=None, validation_alias="RECONCILE_FUNCTION_NAME")
+    trainer_heartbeat_stale_seconds: float = Field(
+        default=300.0, gt=0, validation_alias="TRAINER_HEARTBEAT_STALE_SECONDS"
+    )
+    # On AWS a trainer's user data may install packages before the worker's first heartbeat.
+    trainer_boot_grace_seconds: float = Field(
+        default=900.0, gt=0, validation_alias="TRAINER_BOOT_GRACE_SECONDS"
+    )
     chunk_rows: int = Field(default=100_000, validation_alias="INGEST_CHUNK_ROWS")
     scratch_dir: Path = Field(default=Path("/tmp"), validation_alias="INGEST_SCRATCH_DIR")  # noqa: S108  # Lambda's only writable disk
 
@@ -41,7 +51,13 @@ class WorkerSettings(BaseSettings):
         default=30.0, description="stop waiting for files still being ingested after this long"
     )
     idle_seconds: float = Field(default=120.0, description="terminate the instance after this long idle")
-    max_attempts: int = Field(default=3, ge=1, description="failures of a job before its dead-letter queue")
+    max_attempts: int = Field(default=5, ge=1, description="failures of a job before its dead-letter queue")
+    retry_backoff_seconds: float = Field(
+        default=30.0, ge=0, description="wait before a failed job's first retry; doubles with each try"
+    )
+    heartbeat_seconds: float = Field(
+        default=30.0, gt=0, description="how often a trainer tells the reconciler it is alive"
+    )
     visibility_seconds: int = Field(default=60, ge=5, description="job lease; extended while training")
     poll_seconds: int = Field(default=1, ge=0, le=20)
     workspace_root: Path | None = Field(default=None, description="where scratch DVC workspaces go")

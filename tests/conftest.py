@@ -26,6 +26,7 @@ WORKER_SETTINGS = {
     "ARRIVAL_WORKER_IDLE_SECONDS": "20",
     "ARRIVAL_WORKER_VISIBILITY_SECONDS": "10",
     "ARRIVAL_WORKER_MAX_ATTEMPTS": "2",
+    "ARRIVAL_WORKER_RETRY_BACKOFF_SECONDS": "1",
 }
 
 # Short timeouts and retries, so failure paths reach their dead-letter queues in seconds.

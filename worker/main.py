@@ -24,7 +24,7 @@ import typer
 
 from common.adapters import ec2, events, instance, s3, sqs
 from common.adapters.stack import StackResources, stack_outputs
-from common.layout import accepted_list_key
+from common.layout import accepted_list_key, trainer_heartbeat_key
 from common.settings import WorkerSettings, get_worker_settings
 from worker.stage_server import StageServer, stage_server
 
@@ -38,17 +38,32 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 class VisibilityHeartbeat:
-    """Keeps jobs leased while a long training runs, so no other trainer takes them meanwhile."""
+    """Keeps every job of a received batch leased while the worker is busy with it, so no other
+    trainer takes them meanwhile: the job being trained and the other models' jobs waiting their
+    turn. A job is `forget`-ed once it is deleted or handed back for a retry."""
 
     def __init__(self, queue_url: str, messages: list[dict[str, Any]], seconds: int) -> None:
-        self.queue_url, self.messages, self.seconds = queue_url, messages, seconds
+        self.queue_url, self.seconds = queue_url, seconds
+        self._leased = {message["ReceiptHandle"] for message in messages}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
+    def forget(self, messages: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._leased -= {message["ReceiptHandle"] for message in messages}
+
     def _beat(self) -> None:
         while not self._stop.wait(self.seconds / 3):
-            for message in self.messages:
-                sqs.extend_visibility(self.queue_url, message["ReceiptHandle"], self.seconds)
+            with self._lock:
+                handles = sorted(self._leased)
+            for handle in handles:
+                # One failed extension (a throttled or unreachable endpoint) must not end the
+                # heartbeat: the lease has two more beats before it lapses.
+                try:
+                    sqs.extend_visibility(self.queue_url, handle, self.seconds)
+                except Exception:
+                    LOG.warning("could not extend a job's lease; trying again next beat", exc_info=True)
 
     def __enter__(self) -> VisibilityHeartbeat:
         self._thread.start()
@@ -59,14 +74,48 @@ class VisibilityHeartbeat:
         self._thread.join()
 
 
+class TrainerHeartbeat:
+    """Tells the reconciler this trainer is alive (common.reconcile): an instance whose heartbeat went
+    stale is terminated and replaced, so a trainer stuck on AWS cannot hold up training for good."""
+
+    def __init__(self, bucket: str, instance_id: str, seconds: float) -> None:
+        self.bucket, self.instance_id, self.seconds = bucket, instance_id, seconds
+        self.model: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _renew(self) -> None:
+        document = {"instance_id": self.instance_id, "renewed_at": time.time(), "model": self.model}
+        s3.put_json(self.bucket, trainer_heartbeat_key(self.instance_id), document)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self._renew()
+            except Exception:  # transient: the next beat renews it, long before it counts as stale
+                LOG.warning("could not renew the trainer heartbeat", exc_info=True)
+            if self._stop.wait(self.seconds):
+                return
+
+    def __enter__(self) -> TrainerHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(Exception):  # the instance is going away; a stale object is harmless
+            s3.delete(self.bucket, trainer_heartbeat_key(self.instance_id))
+
+
 class DataListWatch:
     """The worker's side of a speculative training (worker.train_model.Speculation). While the
     training runs, a thread watches the accepted list: a change ends the running stages at once, as
     the training no longer counts. Once the pipeline is done, `settle` waits out what is left of the
     quiet period."""
 
-    def __init__(self, trainer: Trainer, model: str) -> None:
-        self.trainer, self.model = trainer, model
+    def __init__(self, trainer: Trainer, model: str, deadline: float) -> None:
+        self.trainer, self.model, self.deadline = trainer, model, deadline
         self.etag = ""
         self._changed, self._stop = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -97,7 +146,9 @@ class DataListWatch:
 
     def settle(self) -> bool:
         self._halt()
-        return not self._changed.is_set() and self.trainer.wait_until_quiet(self.model, self.etag)
+        return not self._changed.is_set() and self.trainer.wait_until_quiet(
+            self.model, self.etag, self.deadline
+        )
 
     def _halt(self) -> None:
         self._stop.set()
@@ -121,23 +172,31 @@ class Trainer:
         self.ingest_queue_url = outputs["IngestQueueUrl"]
         self.resources = StackResources.from_outputs(outputs)
         self.held: list[dict[str, Any]] = []
+        self.heartbeat: TrainerHeartbeat | None = None
 
-    def wait_until_quiet(self, model: str, expected_etag: str | None = None) -> bool:
+    def wait_until_quiet(
+        self, model: str, expected_etag: str | None = None, deadline: float | None = None
+    ) -> bool:
         """Until the model's accepted list has been still for the quiet period. Each new file changes
         it, and its entry records when (`accepted_at`, stamped by the ingest function), so the time a
         job spent in the queue or waiting for its trainer to boot counts toward the period. While the
         stack's ingest queue still holds files (a burst's later files can wait seconds for an ingest
-        environment), the period is not over, up to `max_quiet_seconds`. False, at once, if the list
-        is no longer the one with `expected_etag`."""
+        environment), the period is not over. The whole wait ends at `deadline` (time.monotonic();
+        by default `max_quiet_seconds` from now), quiet or not: a steady stream of uploads must not
+        starve training. False, at once, if the list is no longer the one with `expected_etag`."""
         key, quiet = accepted_list_key(model), self.settings.quiet_seconds
         etag, watched_since = None, time.monotonic()
-        give_up_on_ingest = time.monotonic() + self.settings.max_quiet_seconds
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.max_quiet_seconds
         while True:
             found = s3.get_bytes(self.resources.processed_bucket, key)
             if found is None:
                 return expected_etag is None  # nothing accepted: the training says so, with the name
             if expected_etag is not None and found[1].strip('"') != expected_etag:
                 return False
+            if time.monotonic() >= deadline:
+                LOG.info("%s is still receiving files; training on what it has after the longest wait", model)
+                return True
             if found[1] != etag:
                 etag, watched_since = found[1], time.monotonic()
             datasets = json.loads(found[0])["datasets"]
@@ -146,82 +205,99 @@ class Trainer:
             # of this one must not stretch the wait.
             remaining = min(last_change + quiet - time.time(), watched_since + quiet - time.monotonic())
             if remaining <= 0:
-                ingesting = time.monotonic() < give_up_on_ingest and sqs.pending_messages(
-                    self.ingest_queue_url
-                )
-                if not ingesting:
+                if not sqs.pending_messages(self.ingest_queue_url):
                     return True
                 remaining = 0.2
-            time.sleep(min(0.2, remaining))
+            time.sleep(min(0.2, remaining, max(0.0, deadline - time.monotonic())))
 
     def abort_stages(self) -> None:
         if self.stages is not None and (ended := self.stages.abort_stages()):
             LOG.info("ended %d running stage(s)", ended)
 
-    def handle(self, model: str, messages: list[dict[str, Any]]) -> None:
+    def handle(self, model: str, messages: list[dict[str, Any]], lease: VisibilityHeartbeat) -> None:
         """Train on the model's list. The first attempt starts at once and the quiet period runs
         alongside it (see DataListWatch); if the list changes under it, a burst is under way: the
-        attempt is dropped, and the next one waits for the quiet period first and always counts."""
+        attempt is dropped, and the next one waits for the quiet period first and always counts.
+        Waiting ends `max_quiet_seconds` after the job arrived, quiet or not."""
         from worker.train_model import train_model
 
-        with VisibilityHeartbeat(self.queue_url, messages, self.settings.visibility_seconds):
-            try:
-                received_at = time.time()
-                outcome, speculative = None, True
-                while outcome is None:
-                    if not speculative:
-                        LOG.info("the accepted list of %s changed during training; waiting for quiet", model)
-                        self.wait_until_quiet(model)
-                    moments = {
-                        "timing.worker_started_at": WORKER_STARTED_AT,
-                        "timing.job_received_at": received_at,
-                    }
-                    with DataListWatch(self, model) as watch:
-                        outcome = train_model(
-                            model,
-                            self.resources,
-                            self.settings.workspace_root,
-                            moments,
-                            speculation=watch if speculative else None,
-                        )
-                    speculative = False
-            except Exception as error:
-                LOG.exception("training %s failed", model)
-                self.failed(model, messages, error)
-                return
+        received_at = time.time()
+        deadline = time.monotonic() + self.settings.max_quiet_seconds
+        if self.heartbeat is not None:
+            self.heartbeat.model = model
+        try:
+            outcome, speculative = None, True
+            while outcome is None:
+                if not speculative:
+                    LOG.info("the accepted list of %s changed during training; waiting for quiet", model)
+                    self.wait_until_quiet(model, deadline=deadline)
+                moments = {
+                    "timing.worker_started_at": WORKER_STARTED_AT,
+                    "timing.job_received_at": received_at,
+                }
+                with DataListWatch(self, model, deadline) as watch:
+                    outcome = train_model(
+                        model,
+                        self.resources,
+                        self.settings.workspace_root,
+                        moments,
+                        speculation=watch if speculative else None,
+                    )
+                speculative = False
+        except Exception as error:
+            LOG.exception("training %s failed", model)
+            lease.forget(messages)
+            self.failed(model, messages, error)
+            return
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.model = None
         LOG.info("trained %s: %s", model, outcome)
+        lease.forget(messages)
         for message in messages:
             sqs.delete(self.queue_url, message["ReceiptHandle"])
 
+    def retry_delay(self, attempts: int) -> int:
+        """Seconds before a failed job is tried again: minutes, not seconds, so that a tracking
+        server being restarted or an endpoint being throttled has passed by the next try."""
+        return int(min(self.settings.retry_backoff_seconds * 2 ** (attempts - 1), 43_200))  # SQS's maximum
+
     def failed(self, model: str, messages: list[dict[str, Any]], error: Exception) -> None:
+        """Hand each job back for a later retry, or dead-letter it with its reason after the last try.
+        Nothing here may kill the worker: a job whose handling fails comes back when its lease lapses."""
         reason = f"{type(error).__name__}: {error}"
+        trace = "".join(traceback.format_exception(error))[-2000:]
         for message in messages:
             attempts = int(message["Attributes"].get("ApproximateReceiveCount", "1"))
-            if attempts < self.settings.max_attempts:
-                # Back off before the retry: a transient cause (a busy endpoint) gets time to pass.
-                sqs.extend_visibility(self.queue_url, message["ReceiptHandle"], min(2**attempts, 60))
-                continue
-            sqs.send_fifo_with_reason(
-                self.dead_letter_url,
-                message["Body"],
-                group_id=model,
-                deduplication_id=message["MessageId"],
-                reason=reason,
-            )
-            sqs.delete(self.queue_url, message["ReceiptHandle"])
-            events.publish(
-                self.resources.event_bus_name,
-                "TrainingFailed",
-                {
-                    "name": model,
-                    "attempts": attempts,
-                    "failure_reason": reason,
-                    "trace": traceback.format_exc()[-2000:],
-                },
-            )
-            LOG.error(
-                "job for %s moved to the dead-letter queue after %d attempts: %s", model, attempts, reason
-            )
+            try:
+                if attempts < self.settings.max_attempts:
+                    sqs.extend_visibility(
+                        self.queue_url, message["ReceiptHandle"], self.retry_delay(attempts)
+                    )
+                else:
+                    self.dead_letter(model, message, attempts, reason, trace)
+            except Exception:
+                LOG.exception("could not hand the job for %s back; it returns when its lease lapses", model)
+
+    def dead_letter(
+        self, model: str, message: dict[str, Any], attempts: int, reason: str, trace: str
+    ) -> None:
+        # The event goes out before the job leaves the queue: if publishing fails, the job is still
+        # there, comes back, and both are tried again. The other order could lose the event for good.
+        events.publish(
+            self.resources.event_bus_name,
+            "TrainingFailed",
+            {"name": model, "attempts": attempts, "failure_reason": reason, "trace": trace},
+        )
+        sqs.send_fifo_with_reason(
+            self.dead_letter_url,
+            message["Body"],
+            group_id=model,
+            deduplication_id=message["MessageId"],
+            reason=reason,
+        )
+        sqs.delete(self.queue_url, message["ReceiptHandle"])
+        LOG.error("job for %s moved to the dead-letter queue after %d attempts: %s", model, attempts, reason)
 
     def receive(self, wait_seconds: int) -> dict[str, list[dict[str, Any]]]:
         by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -248,11 +324,36 @@ class Trainer:
                 jobs = self.receive(1)  # one last look before the instance goes away
                 if not jobs:
                     return
-            for model, messages in jobs.items():
-                self.handle(model, messages)
+            with VisibilityHeartbeat(self.queue_url, self.held, self.settings.visibility_seconds) as lease:
+                for model, messages in jobs.items():
+                    self.handle(model, messages, lease)
             self.held = []  # each was deleted, handed back for a retry, or dead-lettered
             if jobs:
                 last_work = time.monotonic()
+
+
+def _serve(role: str, stack: str, instance_id: str | None) -> None:
+    if role != "trainer":
+        raise typer.BadParameter(f"unknown role {role!r}; this worker knows 'trainer'")
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        # Without it MLflow would log to a local directory that dies with the instance.
+        raise typer.BadParameter(
+            "MLFLOW_TRACKING_URI is not set: deploy the stack with MlflowTrackingUri (arrival deploy "
+            "passes your MLFLOW_TRACKING_URI)"
+        )
+    settings = get_worker_settings()
+    with stage_server() as stages:
+        trainer = Trainer(settings, stack_outputs(stack), stages)
+        signal.signal(signal.SIGTERM, trainer.release_held)
+        if instance_id is None:  # a developer running the worker by hand: no instance to vouch for
+            trainer.run()
+            return
+        heartbeat = TrainerHeartbeat(
+            trainer.resources.processed_bucket, instance_id, settings.heartbeat_seconds
+        )
+        with heartbeat:
+            trainer.heartbeat = heartbeat
+            trainer.run()
 
 
 @app.command()
@@ -262,22 +363,18 @@ def main(
 ) -> None:
     """Run the worker until it has been idle for ARRIVAL_WORKER_IDLE_SECONDS, then terminate the instance."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if role != "trainer":
-        raise typer.BadParameter(f"unknown role {role!r}; this worker knows 'trainer'")
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        # Without it MLflow would log to a local directory that dies with the instance.
-        raise typer.BadParameter(
-            "MLFLOW_TRACKING_URI is not set: deploy the stack with MlflowTrackingUri (arrival deploy "
-            "passes your MLFLOW_TRACKING_URI)"
-        )
-    with stage_server() as stages:
-        trainer = Trainer(get_worker_settings(), stack_outputs(stack), stages)
-        signal.signal(signal.SIGTERM, trainer.release_held)
-        trainer.run()
     instance_id = instance.own_instance_id()
-    if instance_id:
-        LOG.info("idle: terminating instance %s", instance_id)
-        ec2.terminate(instance_id)
+    try:
+        _serve(role, stack, instance_id)
+    except BaseException:
+        LOG.exception("the worker stopped on an error")
+        raise
+    finally:
+        # On every way out, or the instance idles on: on AWS nothing else would end it before the
+        # reconciler finds its heartbeat stale.
+        if instance_id:
+            LOG.info("terminating instance %s", instance_id)
+            ec2.terminate(instance_id)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ trainer's (worker/decision.py), the bundle (worker/serving_bundle.py), `arrival 
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import tempfile
 import time
@@ -26,7 +27,7 @@ from common.contracts import DataContract, parse_contract
 from common.layout import accepted_list_hash, accepted_list_key, contract_key
 from worker import serving_bundle, training
 from worker.adapters import dvc_workspace, tracking
-from worker.decision import TrainingOutcome, carry_out, finish_interrupted, lineage_from_tags
+from worker.decision import TrainingOutcome, carry_out, finish_interrupted, lineage_of, source_uris
 from worker.onnx_export import parity_problem
 from worker.workspace import logged_files, write_workspace
 
@@ -78,17 +79,33 @@ class TrainingRun:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+# MLflow keeps at most this many characters of a tag's value and silently drops the rest
+# (mlflow.utils.validation.MAX_TAG_VAL_LENGTH). A model's accepted list only grows, so the tags hold
+# the newest sources that fit; the whole list is the run's `workspace/data/accepted.json` artifact.
+TAG_VALUE_LIMIT = 8000
+
+
+def newest_that_fit(items: list[str], limit: int = TAG_VALUE_LIMIT) -> str:
+    """A JSON list of the last `items` whose encoding fits in `limit` characters, oldest first."""
+    kept: list[str] = []
+    size = 2  # the brackets
+    for item in reversed(items):
+        size += len(json.dumps(item)) + (2 if kept else 0)  # ", " between items
+        if size > limit:
+            break
+        kept.append(item)
+    return json.dumps(kept[::-1])
+
+
 def lineage_tags(accepted: dict[str, Any], contract: DataContract, list_hash: str) -> dict[str, str]:
-    sources = [
-        f"s3://{entry['source']['bucket']}/{entry['source']['key']}?versionId={entry['source']['version_id']}"
-        for entry in accepted["datasets"]
-    ]
+    sources = source_uris(accepted)
     return {
         "accepted_list_hash": list_hash,
         "contract_hash": contract.content_hash,
-        "lineage.sources": json.dumps(sources),
-        "lineage.content_hashes": json.dumps([entry["content_hash"] for entry in accepted["datasets"]]),
+        "lineage.sources": newest_that_fit(sources),
+        "lineage.content_hashes": newest_that_fit([entry["content_hash"] for entry in accepted["datasets"]]),
         "lineage.files": str(len(sources)),
+        "lineage.full": "workspace/data/accepted.json",
     }
 
 
@@ -154,7 +171,12 @@ def train_model(
         tracking.end_run(run.run_id, "KILLED")
         return None
     except BaseException:
-        tracking.end_run(run.run_id, "FAILED")
+        # The training's own error is what the job's failure must report: an unreachable tracking
+        # server failing this call too must not replace it (the next trainer ends the run anyway).
+        try:
+            tracking.end_run(run.run_id, "FAILED")
+        except Exception:
+            logging.getLogger(__name__).warning("could not mark run %s FAILED", run.run_id, exc_info=True)
         raise
     tracking.end_run(run.run_id)
     return outcome
@@ -248,7 +270,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
             version,
             workspace / "model",
             metrics,
-            lineage_from_tags(run.run_id, run.tags, (workspace / "dvc.lock").read_text()),
+            lineage_of(run.run_id, run.accepted, run.tags, (workspace / "dvc.lock").read_text()),
         )
     tracking.log_run(
         run.run_id,
@@ -266,6 +288,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
         "reason": decision.reason,
         "run_id": run.run_id,
         "lineage": json.loads(run.tags["lineage.sources"]),
+        "lineage_files": len(run.accepted["datasets"]),
     }
     carry_out(run.resources, run.model, version, decision.promote, decision.reason, detail)
     tracking.log_run(run.run_id, metrics={"timing.decided_at": time.time()})

@@ -178,10 +178,14 @@ def promoted_versions(name: str) -> list[ModelVersion]:
 
 
 def versions_with_tag(name: str, key: str, value: str) -> list[ModelVersion]:
+    """Raises when the registry cannot answer: "none" would let a caller register the same data
+    list a second time once the server is back."""
     try:
         found = client().search_model_versions(f"name = '{name}' and tags.`{key}` = '{value}'")
-    except MlflowException:
-        return []
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # the model has no versions yet
+            return []
+        raise
     return [ModelVersion(name, str(v.version), str(v.run_id), dict(v.tags)) for v in found]
 
 

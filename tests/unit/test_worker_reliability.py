@@ -1,0 +1,334 @@
+"""The trainer's failure paths (reliability issue, holes 1, 2, 4, 5 and 9): each test here failed
+against the worker as it was before its fix."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import mlflow
+import pytest
+from mlflow.exceptions import MlflowException
+from moto import mock_aws
+
+from common.adapters import ec2, events, s3, sqs
+from common.contracts import parse_contract
+from common.settings import WorkerSettings
+from worker import decision, main, train_model
+from worker.adapters import tracking
+from worker.main import Trainer, TrainerHeartbeat, VisibilityHeartbeat
+
+CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
+OUTPUTS = {
+    "IngestQueueUrl": "",
+    "TrainingQueueUrl": "",
+    "TrainingDeadLetterQueueUrl": "",
+    "ProcessedBucketName": "unit-processed",
+    "ConfigBucketName": "unit-config",
+    "EventBusName": "unit-bus",
+    "DvcRemoteUrl": "s3://unit-dvc",
+    "ModelsBucketName": "unit-models",
+}
+
+
+@pytest.fixture
+def aws(aws_credentials: None) -> Iterator[Any]:
+    s3.s3_client.cache_clear()
+    sqs.sqs_client.cache_clear()
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="unit-processed")
+        client = boto3.client("sqs")
+        OUTPUTS["IngestQueueUrl"] = client.create_queue(QueueName="ingest")["QueueUrl"]
+        OUTPUTS["TrainingQueueUrl"] = client.create_queue(QueueName="jobs")["QueueUrl"]
+        OUTPUTS["TrainingDeadLetterQueueUrl"] = client.create_queue(
+            QueueName="jobs-dlq.fifo", Attributes={"FifoQueue": "true"}
+        )["QueueUrl"]
+        yield client
+    s3.s3_client.cache_clear()
+    sqs.sqs_client.cache_clear()
+
+
+def _visible(client: Any, queue_url: str) -> list[dict[str, Any]]:
+    return list(client.receive_message(QueueUrl=queue_url, VisibilityTimeout=0).get("Messages", []))
+
+
+# Hole 1: a steady stream of uploads must not starve training.
+
+
+@pytest.mark.usefixtures("aws")
+def test_a_steady_stream_of_uploads_cannot_hold_training_past_the_longest_wait() -> None:
+    trainer = Trainer(WorkerSettings(quiet_seconds=0.5, max_quiet_seconds=1.5), OUTPUTS)
+    streaming = threading.Event()
+
+    def upload_every_tenth_of_a_second() -> None:
+        moments: list[float] = []
+        while not streaming.is_set():
+            moments.append(time.time())
+            document = {"model": "stream", "datasets": [{"accepted_at": at} for at in moments]}
+            s3.put_bytes("unit-processed", "stream/accepted.json", json.dumps(document).encode())
+            time.sleep(0.1)
+
+    uploader = threading.Thread(target=upload_every_tenth_of_a_second, daemon=True)
+    uploader.start()
+    try:
+        waited: list[float] = []
+        waiter = threading.Thread(
+            target=lambda: (
+                started := time.monotonic(),
+                trainer.wait_until_quiet("stream"),
+                waited.append(time.monotonic() - started),
+            ),
+            daemon=True,
+        )
+        waiter.start()
+        waiter.join(timeout=10)
+        assert waited, "wait_until_quiet was still waiting after 10 s of uploads"
+        assert 1.4 <= waited[0] < 4
+    finally:
+        streaming.set()
+        uploader.join()
+
+
+# Hole 5: heartbeats survive transient errors; other models' jobs stay leased; the instance ends.
+
+
+def test_the_visibility_heartbeat_survives_failing_calls(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    queue_url = OUTPUTS["TrainingQueueUrl"]
+    aws.send_message(QueueUrl=queue_url, MessageBody="{}")
+    held = aws.receive_message(QueueUrl=queue_url, VisibilityTimeout=1)["Messages"]
+    real_extend, calls = sqs.extend_visibility, []
+
+    def flaky(queue: str, handle: str, seconds: int) -> None:
+        calls.append(seconds)
+        if len(calls) <= 2:
+            raise ConnectionError("throttled")
+        real_extend(queue, handle, seconds)
+
+    monkeypatch.setattr(sqs, "extend_visibility", flaky)
+    with VisibilityHeartbeat(queue_url, held, seconds=1):
+        deadline = time.monotonic() + 3
+        while len(calls) < 5:
+            assert time.monotonic() < deadline, f"the heartbeat stopped after {len(calls)} beats"
+            time.sleep(0.05)
+
+
+def test_other_models_jobs_stay_leased_while_one_model_trains(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_url = OUTPUTS["TrainingQueueUrl"]
+    for model in ("first", "second"):
+        aws.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"model": model}))
+    # Validation would refuse a 1 s lease; the test needs one to stay short.
+    settings = WorkerSettings.model_construct(
+        **{**WorkerSettings().model_dump(), "visibility_seconds": 1, "idle_seconds": 0, "poll_seconds": 0}
+    )
+    trainer = Trainer(settings, OUTPUTS)
+    seen_while_training: list[int] = []
+
+    def slow_handle(model: str, messages: list[dict[str, Any]], lease: VisibilityHeartbeat) -> None:
+        if model == "first":
+            deadline = time.monotonic() + 2.5  # more than twice the lease
+            while time.monotonic() < deadline:
+                seen_while_training.append(len(_visible(aws, queue_url)))
+                time.sleep(0.1)
+        lease.forget(messages)
+        for message in messages:
+            sqs.delete(queue_url, message["ReceiptHandle"])
+
+    monkeypatch.setattr(trainer, "handle", slow_handle)
+    trainer.run()
+    assert seen_while_training and max(seen_while_training) == 0
+
+
+def test_the_worker_terminates_its_instance_when_it_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminated: list[str] = []
+    monkeypatch.setattr(main.instance, "own_instance_id", lambda: "i-0123")
+    monkeypatch.setattr(ec2, "terminate", terminated.append)
+
+    def broken(role: str, stack: str, instance_id: str | None) -> None:
+        raise RuntimeError("the stack has no outputs")
+
+    monkeypatch.setattr(main, "_serve", broken)
+    with pytest.raises(RuntimeError):
+        main.main(role="trainer", stack="gone")
+    assert terminated == ["i-0123"]
+
+
+def test_the_trainer_heartbeat_is_renewed_through_errors(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_put, attempts = s3.put_json, []
+
+    def flaky(bucket: str, key: str, document: Any) -> None:
+        attempts.append(key)
+        if len(attempts) == 1:
+            raise ConnectionError("S3 hiccup")
+        real_put(bucket, key, document)
+
+    monkeypatch.setattr(s3, "put_json", flaky)
+    with TrainerHeartbeat("unit-processed", "i-0abc", seconds=0.05):
+        deadline = time.monotonic() + 3
+        while s3.get_bytes("unit-processed", "_arrival/trainers/i-0abc.json") is None:
+            assert time.monotonic() < deadline, "the heartbeat never recovered from its first error"
+            time.sleep(0.05)
+        renewed = json.loads(s3.get_bytes("unit-processed", "_arrival/trainers/i-0abc.json")[0])  # type: ignore[index]
+        assert renewed["instance_id"] == "i-0abc" and renewed["renewed_at"] > time.time() - 5
+    # A trainer that exits cleanly leaves no heartbeat behind.
+    assert s3.get_bytes("unit-processed", "_arrival/trainers/i-0abc.json") is None
+
+
+# Hole 4: TrainingFailed goes out before the job leaves the queue, and a failure there is survived.
+
+
+def test_a_failed_event_publish_keeps_the_job_and_does_not_kill_the_worker(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_url = OUTPUTS["TrainingQueueUrl"]
+    aws.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"model": "poison"}))
+    held = sqs.receive(queue_url, wait_seconds=0, visibility_seconds=30)
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("EventBridge unreachable")
+
+    monkeypatch.setattr(events, "publish", down)
+    trainer = Trainer(WorkerSettings(max_attempts=1), OUTPUTS)
+    trainer.failed("poison", held, ValueError("bad data"))  # must not raise
+
+    assert not _visible(aws, OUTPUTS["TrainingDeadLetterQueueUrl"]), "dead-lettered without its event"
+    attributes = aws.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    assert int(attributes["ApproximateNumberOfMessagesNotVisible"]) == 1  # still there, to retry
+
+
+def test_retries_back_off_for_minutes() -> None:
+    trainer = Trainer(WorkerSettings(), OUTPUTS)
+    delays = [trainer.retry_delay(attempt) for attempt in range(1, WorkerSettings().max_attempts)]
+    assert sum(delays) >= 5 * 60, delays
+
+
+class FakeRegistry:
+    """The tracking adapter's registry calls, in memory."""
+
+    def __init__(self, version_tags: dict[str, str]) -> None:
+        self.version = tracking.ModelVersion("iris", "3", "run-3", dict(version_tags))
+        self.alias: str | None = None
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(tracking, "versions_with_tag", lambda *args: [self.version])
+        monkeypatch.setattr(tracking, "champion", lambda name: None)
+        monkeypatch.setattr(tracking, "move_champion", lambda name, version: setattr(self, "alias", version))
+        monkeypatch.setattr(tracking, "tag_version", self.tag)
+        monkeypatch.setattr(tracking, "run_tags", lambda run_id: {"lineage.sources": "[]"})
+        monkeypatch.setattr(tracking, "run_metrics", lambda run_id: {"f1_macro": 0.9})
+        monkeypatch.setattr(tracking, "finish_run_if_running", lambda run_id: None)
+        monkeypatch.setattr(decision.serving_bundle, "bundle_exists", lambda *args: True)
+        monkeypatch.setattr(decision.serving_bundle, "move_pointer", lambda *args: None)
+
+    def tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.version.tags[key] = value
+
+
+def test_a_promotion_whose_event_failed_is_announced_by_the_next_try(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = FakeRegistry({"gate.decision": "promote", "gate.reason": "first model"})
+    registry.install(monkeypatch)
+    resources = Trainer(WorkerSettings(), OUTPUTS).resources
+    sent: list[str] = []
+
+    def publish_fails(bus: str, detail_type: str, detail: dict[str, Any]) -> None:
+        raise ConnectionError("EventBridge unreachable")
+
+    monkeypatch.setattr(events, "publish", publish_fails)
+    with pytest.raises(ConnectionError):
+        decision.finish_interrupted("iris", "list-hash", resources)
+    assert registry.alias == "3" and "promotion" in registry.version.tags  # decided, not announced
+
+    monkeypatch.setattr(events, "publish", lambda bus, detail_type, detail: sent.append(detail_type))
+    decision.finish_interrupted("iris", "list-hash", resources)
+    assert sent == ["ModelPromoted"]
+    decision.finish_interrupted("iris", "list-hash", resources)  # announced once it went out
+    assert sent == ["ModelPromoted"]
+
+
+# Hole 9: an unreachable registry is an error, not "no version yet"; the real cause is reported.
+
+
+def test_an_unreachable_registry_is_not_taken_for_an_empty_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Unreachable:
+        def search_model_versions(self, *args: Any) -> None:
+            raise MlflowException("API request failed", error_code="TEMPORARILY_UNAVAILABLE")
+
+    monkeypatch.setattr(tracking, "client", lambda: Unreachable())
+    with pytest.raises(MlflowException):
+        tracking.versions_with_tag("iris", "accepted_list_hash", "abc")
+
+
+def test_a_training_error_is_not_hidden_by_a_failing_end_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    contract = (CONTRACTS / "iris.yaml").read_bytes()
+    accepted = json.dumps({"model": "iris", "datasets": []}).encode()
+    monkeypatch.setattr(
+        train_model.s3,
+        "get_bytes",
+        lambda bucket, key: (contract if key.endswith(".yaml") else accepted, '"e"'),
+    )
+    monkeypatch.setattr(train_model, "finish_interrupted", lambda *args: None)
+    monkeypatch.setattr(tracking, "end_interrupted_runs", lambda *args: [])
+    monkeypatch.setattr(tracking, "start_run", lambda model, tags: "run-1")
+
+    def training_breaks(workspace: Path, run: Any) -> None:
+        raise ValueError("the real cause")
+
+    def server_down(run_id: str, status: str = "FINISHED") -> None:
+        raise MlflowException("connection refused")
+
+    monkeypatch.setattr(train_model, "_train_in", training_breaks)
+    monkeypatch.setattr(tracking, "end_run", server_down)
+    resources = Trainer(WorkerSettings(), OUTPUTS).resources
+    with pytest.raises(ValueError, match="the real cause"):
+        train_model.train_model("iris", resources)
+
+
+# Hole 2: lineage never outgrows MLflow's tags; the whole list is kept elsewhere.
+
+
+def _accepted(files: int) -> dict[str, Any]:
+    return {
+        "model": "iris",
+        "datasets": [
+            {
+                "content_hash": f"{index:064x}",
+                "source": {
+                    "bucket": "raw",
+                    "key": f"iris/month-{index:04d}.csv",
+                    "version_id": f"v{index:030d}",
+                },
+            }
+            for index in range(files)
+        ],
+    }
+
+
+def test_the_lineage_of_500_files_survives_the_tracking_server(tmp_path: Path) -> None:
+    accepted = _accepted(500)
+    contract = parse_contract((CONTRACTS / "iris.yaml").read_bytes())
+    tags = train_model.lineage_tags(accepted, contract, "list-hash")
+    assert all(len(value) <= train_model.TAG_VALUE_LIMIT for value in tags.values())
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.client.cache_clear()
+    try:
+        run_id = tracking.start_run("iris", tags)
+        stored = tracking.run_tags(run_id)
+    finally:
+        tracking.client.cache_clear()
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    shown = json.loads(stored["lineage.sources"])
+    assert stored["lineage.files"] == "500"
+    assert shown[-1].startswith("s3://raw/iris/month-0499.csv?versionId=")  # the newest are kept
+    assert 50 < len(shown) < 500
+    assert json.loads(stored["lineage.content_hashes"])[-1] == f"{499:064x}"
+
+    # The bundle's lineage (and crash recovery's) comes from the data list, whole.
+    lineage = decision.lineage_of(run_id, accepted, stored, dvc_lock="")
+    assert len(lineage.sources) == 500 and len(lineage.content_hashes) == 500
