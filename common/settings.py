@@ -59,6 +59,11 @@ class WorkerSettings(BaseSettings):
         default=30.0, gt=0, description="how often a trainer tells the reconciler it is alive"
     )
     visibility_seconds: int = Field(default=60, ge=5, description="job lease; extended while training")
+    trusted_artifact_roots: list[str] = Field(
+        # The tracking server's own artifact proxy (`mlflow server --artifacts-destination`).
+        default=["mlflow-artifacts:/"],
+        description="where a champion the trainer loads (unpickles) may be stored",
+    )
     poll_seconds: int = Field(default=1, ge=0, le=20)
     workspace_root: Path | None = Field(default=None, description="where scratch DVC workspaces go")
 

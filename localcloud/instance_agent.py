@@ -43,9 +43,11 @@ ALLOWED_COMMANDS = {
     "server": re.compile(r"^arrival-serve$"),
 }
 LIVE = {"pending", "running"}
-# What user data may set for the command, with `export NAME=value` lines: the worker's own settings and
-# where it logs. AWS_* stays the agent's (the endpoint and credentials of this local cloud).
-ALLOWED_VARIABLES = re.compile(r"^(ARRIVAL_[A-Z0-9_]+|MLFLOW_TRACKING_URI)$")
+# What user data may set for the command, with `export NAME=value` lines: the worker's own settings.
+# AWS_* stays the agent's (the endpoint and credentials of this local cloud), and so does
+# MLFLOW_TRACKING_URI: a trainer unpickles its champion from that server, so whoever may call
+# RunInstances must not be able to point this host at a server of their choosing.
+ALLOWED_VARIABLES = re.compile(r"^ARRIVAL_[A-Z0-9_]+$")
 
 
 def command_from_user_data(user_data: str, role: str) -> list[str] | None:

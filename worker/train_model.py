@@ -25,6 +25,7 @@ from common.adapters import s3
 from common.adapters.stack import StackResources
 from common.contracts import DataContract, parse_contract
 from common.layout import accepted_list_hash, accepted_list_key, contract_key
+from common.settings import get_worker_settings
 from worker import serving_bundle, training
 from worker.adapters import dvc_workspace, tracking
 from worker.decision import TrainingOutcome, carry_out, finish_interrupted, lineage_of, source_uris
@@ -112,7 +113,7 @@ def lineage_tags(accepted: dict[str, Any], contract: DataContract, list_hash: st
 @lru_cache(maxsize=8)
 def _champion_model(name: str, version: str) -> Any:
     """A warm trainer keeps recent champions loaded: loading one is the slow part of the gate."""
-    return tracking.load_model(name, version)
+    return tracking.load_model(name, version, get_worker_settings().trusted_artifact_roots)
 
 
 def _champion_metric(
@@ -204,8 +205,12 @@ def _judge(
     run: TrainingRun, metrics: dict[str, float], holdout: pd.DataFrame
 ) -> tuple[training.GateDecision, tracking.ModelVersion | None, float | None]:
     """The gate; and a version it would promote is still rejected if its ONNX export cannot serve it."""
+    if holdout.empty:  # neither model can be scored on no rows: scikit-learn refuses them
+        return training.EMPTY_HOLDOUT, tracking.champion(run.contract.model), None
     champion, champion_metric = _champion_metric(run.contract, holdout)
-    decision = training.gate(run.contract.training, metrics[run.contract.training.metric], champion_metric)
+    # The evaluate stage leaves out a score that is not finite (worker/stages.py).
+    challenger = metrics.get(run.contract.training.metric, float("nan"))
+    decision = training.gate(run.contract.training, challenger, champion_metric)
     if decision.promote and (problem := parity_problem(run.contract, metrics)):
         decision = training.GateDecision(False, f"not servable: {problem}")
     return decision, champion, champion_metric

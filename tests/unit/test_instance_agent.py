@@ -61,10 +61,20 @@ def test_the_template_user_data_boots_the_trainer_with_its_tracking_server() -> 
         "--stack",
         "prod",
     ]
-    assert environment_from_user_data(user_data) == {
-        "ARRIVAL_STACK_NAME": "prod",
-        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-    }
+    # The tracking server stays the agent's own (test_user_data_cannot_choose_the_tracking_server).
+    assert environment_from_user_data(user_data) == {"ARRIVAL_STACK_NAME": "prod"}
+
+
+def test_user_data_cannot_choose_the_tracking_server() -> None:
+    user_data = _template_user_data(
+        **{"AWS::Region": "us-east-1", "AWS::StackName": "s", "MlflowTrackingUri": "http://attacker:5000"}
+    )
+    agent = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    settings = LocalCloudSettings()
+
+    for role in ("trainer", "server"):
+        environment = instance_environment(agent, user_data, role, settings)
+        assert environment["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
 
 
 def test_an_unset_tracking_uri_leaves_the_agents_own() -> None:

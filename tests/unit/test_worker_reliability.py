@@ -332,3 +332,29 @@ def test_the_lineage_of_500_files_survives_the_tracking_server(tmp_path: Path) -
     # The bundle's lineage (and crash recovery's) comes from the data list, whole.
     lineage = decision.lineage_of(run_id, accepted, stored, dvc_lock="")
     assert len(lineage.sources) == 500 and len(lineage.content_hashes) == 500
+
+
+# Trust boundary: the trainer unpickles a champion only from the artifact stores it trusts.
+
+
+def test_a_champion_stored_outside_the_trusted_stores_is_never_unpickled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Registry:
+        location = "s3://someone-elses-bucket/model"
+
+        def get_model_version_download_uri(self, name: str, version: str) -> str:
+            return self.location
+
+    registry, loaded = Registry(), []
+    monkeypatch.setattr(tracking, "client", lambda: registry)
+    monkeypatch.setattr(tracking, "_unpickle", loaded.append)
+    trusted = WorkerSettings().trusted_artifact_roots
+
+    with pytest.raises(tracking.UntrustedModelError, match="someone-elses-bucket"):
+        tracking.load_model("iris", "4", trusted)
+    assert loaded == []
+
+    registry.location = "mlflow-artifacts:/1/models/m-abc/artifacts"
+    tracking.load_model("iris", "4", trusted)
+    assert loaded == [registry.location]

@@ -154,8 +154,25 @@ def registered_models() -> list[str]:
     return sorted(model.name for model in client().search_registered_models())
 
 
-def load_model(name: str, model_version: str) -> Any:
-    return mlflow.sklearn.load_model(f"models:/{name}/{model_version}")
+class UntrustedModelError(RuntimeError):
+    """A registered version whose files live outside the artifact stores the trainer trusts."""
+
+
+def load_model(name: str, model_version: str, trusted_roots: list[str]) -> Any:
+    """Unpickles a registered version, so only one whose files the configured tracking server (or a
+    store the operator named) holds: a version registered with a `source` elsewhere could run any
+    code in the trainer."""
+    location = client().get_model_version_download_uri(name, model_version)
+    if not any(location.startswith(root) for root in trusted_roots):
+        raise UntrustedModelError(
+            f"version {model_version} of {name!r} is stored at {location!r}, outside the trusted artifact "
+            f"stores {trusted_roots}; add its store to ARRIVAL_WORKER_TRUSTED_ARTIFACT_ROOTS if it is yours"
+        )
+    return _unpickle(location)
+
+
+def _unpickle(location: str) -> Any:
+    return mlflow.sklearn.load_model(location)
 
 
 def move_champion(name: str, model_version: str) -> None:
