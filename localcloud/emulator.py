@@ -36,6 +36,9 @@ class Service:
     health_url: str | None
     ports: list[int] = field(default_factory=list)
     before_start: Callable[[], None] | None = None
+    # Started again when it exits, instead of taking the local cloud down: only for a service whose
+    # state lives outside its process (MLflow keeps runs in SQLite, artifacts in S3).
+    restart_on_exit: bool = False
 
 
 def _uv() -> str:

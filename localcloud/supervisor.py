@@ -34,6 +34,7 @@ from localcloud.processes import (
 from localcloud.settings import LocalCloudSettings, get_local_cloud_settings
 
 LOG = logging.getLogger("arrival.supervisor")
+RESTART_LIMIT = 5
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Supervisor:
         self.paths = StatePaths(settings.state_dir)
         self.services = services
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, list[float]] = {}
         self.stopping = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -117,6 +119,15 @@ class Supervisor:
                 cwd=self.paths.root,
             )
         LOG.info("started %s (pid %d)", service.name, self.children[service.name].pid)
+
+    def _may_restart(self, service: Service) -> bool:
+        """A crash loop still takes the cloud down: at most RESTART_LIMIT restarts a minute."""
+        if not service.restart_on_exit or self.stopping:
+            return False
+        now = time.monotonic()
+        recent = [moment for moment in self.restarts.get(service.name, []) if now - moment < 60]
+        self.restarts[service.name] = [*recent, now]
+        return len(recent) < RESTART_LIMIT
 
     def _wait_healthy(self, service: Service) -> str | None:
         """None when healthy, else why not."""
@@ -172,12 +183,19 @@ class Supervisor:
             _write_state(self.paths, self._state("ready"))
             LOG.info("local cloud ready at %s", self.settings.aws_endpoint_url)
             while not self.stopping:
-                for name, child in self.children.items():
-                    if child.poll() is not None:
-                        error = f"{name} exited with status {child.returncode}"
-                        LOG.error("%s", error)
-                        _write_state(self.paths, self._state("failed", error))
-                        self.stopping = True
+                for service in self.services:
+                    child = self.children[service.name]
+                    if child.poll() is None:
+                        continue
+                    error = f"{service.name} exited with status {child.returncode}"
+                    if self._may_restart(service):
+                        LOG.warning("%s; starting it again", error)
+                        self._start(service)
+                        _write_state(self.paths, self._state("ready"))
+                        continue
+                    LOG.error("%s", error)
+                    _write_state(self.paths, self._state("failed", error))
+                    self.stopping = True
                 time.sleep(0.2)
             return 0
         finally:

@@ -57,6 +57,7 @@ def mlflow_service(settings: LocalCloudSettings) -> Service:
     }
     return Service(
         name="mlflow",
+        restart_on_exit=True,
         argv=[
             str(bin_dir / "mlflow"),
             "server",

@@ -358,3 +358,21 @@ def test_a_champion_stored_outside_the_trusted_stores_is_never_unpickled(
     registry.location = "mlflow-artifacts:/1/models/m-abc/artifacts"
     tracking.load_model("iris", "4", trusted)
     assert loaded == [registry.location]
+
+
+def test_a_registration_retried_by_the_client_leaves_one_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Registry:
+        def __init__(self) -> None:
+            self.versions, self.deleted = ["5", "6"], []
+
+        def search_model_versions(self, query: str) -> list[Any]:
+            assert "run_id = 'run-5'" in query
+            return [tracking.ModelVersion("iris", version, "run-5", {}) for version in self.versions]
+
+        def delete_model_version(self, name: str, version: str) -> None:
+            self.deleted.append(version)
+
+    registry = Registry()
+    monkeypatch.setattr(tracking, "client", lambda: registry)
+    assert tracking._only_version_of_run("iris", "run-5", "6") == "5"
+    assert registry.deleted == ["6"]

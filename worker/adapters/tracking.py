@@ -98,7 +98,19 @@ def log_and_register_model(
         serialization_format="cloudpickle",
         run_id=run_id,
     )
-    return str(mlflow.register_model(info.model_uri, name, tags=version_tags).version)
+    registered = str(mlflow.register_model(info.model_uri, name, tags=version_tags).version)
+    return _only_version_of_run(name, run_id, registered)
+
+
+def _only_version_of_run(name: str, run_id: str, registered: str) -> str:
+    """The client retries a request whose answer it lost (a tracking server restarting mid-call), and
+    a retried create would register a second version of the same run. The first one stands; any
+    other is deleted before anything can point at it."""
+    found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    versions = sorted(int(version.version) for version in found) or [int(registered)]
+    for extra in versions[1:]:
+        client().delete_model_version(name, str(extra))
+    return str(versions[0])
 
 
 def end_interrupted_runs(experiment_name: str, tag: str, value: str) -> list[str]:
