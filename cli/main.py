@@ -113,6 +113,9 @@ def contract_put(
     except ValidationError as error:
         errors.print(f"[red]error:[/red] {file} is not a valid contract:\n{error}")
         raise typer.Exit(1) from error
+    except operations.OperationError as error:
+        errors.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        raise typer.Exit(1) from error
     console.print(f"contract uploaded to {location}")
 
 
@@ -158,6 +161,22 @@ def rollback(
     console.print(
         f"{done.model}: champion and serving moved from version {done.from_version} to {done.to_version}"
     )
+
+
+@app.command()
+def redrive(
+    stage: Annotated[str, typer.Argument(help="ingest (files) or training (jobs)")],
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Move a stage's dead-lettered messages back to its queue, once their cause is fixed."""
+    from cli import operations
+
+    try:
+        moved = operations.redrive(stage, stack_name)
+    except operations.OperationError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    console.print(f"moved {moved} message(s) from the {stage} dead-letter queue back to its queue")
 
 
 @app.command()

@@ -29,6 +29,14 @@ def put_contract(path: Path, stack_name: str) -> str:
     """Upload after validating, so a typo never reaches the pipeline. Returns the S3 address."""
     text = path.read_bytes()
     contract = parse_contract(text)
+    # Operators name the file after the prefix they upload data under; a contract declaring
+    # another model would be filed, and its data listed, under that other name.
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if name != contract.model:
+        raise OperationError(
+            f"{path} is named {name!r} but declares model {contract.model!r}; "
+            f"rename the file to {contract.model}.yaml or declare model: {name}"
+        )
     bucket = stack_outputs(stack_name)["ConfigBucketName"]
     key = contract_key(contract.model)
     s3.put_bytes(bucket, key, text, "application/yaml")
@@ -164,3 +172,23 @@ def predict(api_url: str, model: str, records: list[dict[str, Any]]) -> dict[str
     except urllib.error.URLError as error:
         raise OperationError(f"cannot reach the serving API at {api_url}: {error.reason}") from error
     return answer
+
+
+# Each stage's dead-letter queue and the queue its messages are replayed to (stack outputs).
+REDRIVE_QUEUES = {
+    "ingest": ("IngestDeadLetterQueueUrl", "IngestQueueUrl"),
+    "training": ("TrainingDeadLetterQueueUrl", "TrainingQueueUrl"),
+}
+
+
+def redrive(stage: str, stack_name: str) -> int:
+    """Moves a stage's dead-lettered messages back to its queue (after the cause is fixed): the
+    ingest function takes the files again, a trainer the jobs. Returns how many moved."""
+    from common.adapters import sqs
+
+    if stage not in REDRIVE_QUEUES:
+        raise OperationError(f"unknown stage {stage!r}; redrive one of: {', '.join(REDRIVE_QUEUES)}")
+    outputs = stack_outputs(stack_name)
+    dead_letters, queue = (outputs[name] for name in REDRIVE_QUEUES[stage])
+    fifo_group = (lambda body: str(json.loads(body)["model"])) if stage == "training" else None
+    return sqs.move_all(dead_letters, queue, fifo_group=fifo_group)

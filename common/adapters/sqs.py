@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -72,3 +74,36 @@ def send_fifo_with_reason(
         MessageDeduplicationId=deduplication_id,
         MessageAttributes={"failure_reason": {"DataType": "String", "StringValue": reason[:4000]}},
     )
+
+
+def move_all(source_url: str, destination_url: str, *, fifo_group: Callable[[str], str] | None = None) -> int:
+    """Every message of `source_url` sent again to `destination_url`, then deleted from the source;
+    returns how many. A message is deleted only once its copy is sent, so a failure half-way
+    duplicates at most one message and loses none (the pipeline is idempotent per file and per
+    data list). For a FIFO destination, `fifo_group(body)` names the message group, and each copy
+    gets a fresh deduplication id: a redriven job must not be taken for the one it replays.
+
+    Not SQS's own StartMessageMoveTask: it runs asynchronously for minutes and a caller cannot say
+    which messages it moved."""
+    moved = 0
+    while True:
+        batch = receive(source_url, wait_seconds=1, visibility_seconds=60)
+        if not batch:
+            return moved
+        for message in batch:
+            attributes = {
+                name: value
+                for name, value in message.get("MessageAttributes", {}).items()
+                if name != "failure_reason"  # the copy gets a reason of its own if it fails again
+            }
+            extra: dict[str, Any] = {}
+            if fifo_group is not None:
+                extra = {
+                    "MessageGroupId": fifo_group(message["Body"]),
+                    "MessageDeduplicationId": uuid.uuid4().hex,
+                }
+            sqs_client().send_message(
+                QueueUrl=destination_url, MessageBody=message["Body"], MessageAttributes=attributes, **extra
+            )
+            delete(source_url, message["ReceiptHandle"])
+            moved += 1
