@@ -11,10 +11,10 @@ import hashlib
 import json
 import re
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -58,15 +58,60 @@ class FileLimits(_Frozen):
     delimiter: str = Field(default=",", min_length=1, max_length=1)
 
 
+Direction = Literal["maximize", "minimize"]
+
+# Whether a higher or a lower score is better, for each metric the trainer computes
+# (worker/training.py's METRICS; a unit test keeps the two in step).
+METRIC_DIRECTIONS: dict[str, Direction] = {
+    "accuracy": "maximize",
+    "f1_macro": "maximize",
+    "r2": "maximize",
+    "rmse": "minimize",
+    "mae": "minimize",
+}
+
+
 class TrainingSettings(_Frozen):
     """How the trainer fits and judges this model (the training issue uses them)."""
 
     family: str = "random_forest"
     metric: str = "f1_macro"
-    direction: Literal["maximize", "minimize"] = "maximize"
-    promotion_margin: float = Field(default=0.0, ge=0)
-    floor: float | None = None
+    # Left out, it is the metric's own (filled in before validation): a fixed default would maximise
+    # an error such as rmse and promote ever worse models.
+    direction: Direction = "maximize"
+    # Finite only: NaN compares false with every score, so a NaN floor or margin lets any model by.
+    promotion_margin: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    floor: float | None = Field(default=None, allow_inf_nan=False)
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _direction_defaults_to_the_metrics_own(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("direction") is None:
+            metric = data.get("metric", cls.model_fields["metric"].default)
+            if metric in METRIC_DIRECTIONS:
+                return {**data, "direction": METRIC_DIRECTIONS[metric]}
+        return data
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_is_known(cls, metric: str) -> str:
+        if metric not in METRIC_DIRECTIONS:
+            raise ValueError(f"unknown metric {metric!r}; known: {', '.join(sorted(METRIC_DIRECTIONS))}")
+        return metric
+
+    @field_validator("direction")
+    @classmethod
+    def _direction_agrees_with_the_metric(cls, direction: Direction, info: ValidationInfo) -> Direction:
+        metric = info.data.get("metric")  # absent when the metric itself was refused
+        expected = METRIC_DIRECTIONS.get(metric) if isinstance(metric, str) else None
+        if expected is not None and direction != expected:
+            better = "higher" if expected == "maximize" else "lower"
+            raise ValueError(
+                f"training.direction {direction!r} contradicts the metric {metric!r}: a {better} "
+                f"{metric} is better; set direction: {expected}, or leave it out"
+            )
+        return direction
 
 
 class DataContract(_Frozen):

@@ -70,16 +70,17 @@ def parity(
 ) -> dict[str, float]:
     """How far ONNX strays from scikit-learn on these rows: the share of equal labels for a classifier
     (on rows that are not ties, whose count is reported too), the largest relative difference for a
-    regressor (ONNX computes in float32)."""
+    regressor (ONNX computes in float32). Without a row that can tell, the measure is left out, and
+    the version is not servable (parity_problem): serving refuses a bundle with no check rows."""
+    if features.empty:
+        return {}
     expected = model.predict(features)
     actual = onnx_predict(model_bytes, features, contract)
     if contract.task is Task.classification:
         decisive = decisive_rows(model, features)
         agrees = expected.astype(str) == actual.astype(str)
-        return {
-            "onnx_label_agreement": float(np.mean(agrees[decisive])) if decisive.any() else 1.0,
-            "onnx_tied_rows": float((~decisive).sum()),
-        }
+        tied = {"onnx_tied_rows": float((~decisive).sum())}
+        return {"onnx_label_agreement": float(np.mean(agrees[decisive])), **tied} if decisive.any() else tied
     scale = np.maximum(np.abs(expected), 1.0)
     return {"onnx_max_relative_difference": float(np.max(np.abs(expected - actual) / scale))}
 
@@ -96,13 +97,21 @@ CHECK_ROWS = 20
 
 def parity_problem(contract: DataContract, parity_metrics: dict[str, float]) -> str | None:
     """Why the ONNX export cannot serve this version, or None if it can."""
+    measure = (
+        "onnx_label_agreement" if contract.task is Task.classification else "onnx_max_relative_difference"
+    )
+    if measure not in parity_metrics:
+        return (
+            f"nothing checked the ONNX export against scikit-learn ({measure} is missing: the holdout "
+            "has no row that is not a tie, or the measure is not a number)"
+        )
     if contract.task is Task.classification:
-        agreement = parity_metrics.get("onnx_label_agreement")
-        if agreement is None or agreement < 1.0:
+        agreement = parity_metrics[measure]
+        if not agreement >= 1.0:
             return f"the ONNX export disagrees with scikit-learn on holdout labels (agreement {agreement})"
         return None
-    difference = parity_metrics.get("onnx_max_relative_difference")
-    if difference is None or not difference <= REGRESSION_TOLERANCE:
+    difference = parity_metrics[measure]
+    if not difference <= REGRESSION_TOLERANCE:
         return (
             f"the ONNX export strays from scikit-learn by {difference} (relative) on the holdout, "
             f"over the tolerance {REGRESSION_TOLERANCE}"
@@ -115,21 +124,25 @@ def serving_check(
 ) -> dict[str, Any]:
     """Rows as a client would send them (None for a missing value) with scikit-learn's answers: the
     serving bundle carries them, and serving refuses a bundle whose ONNX model does not give them."""
-    if contract.task is Task.classification:  # ties would fail a faithful ONNX model's check
-        decisive = decisive_rows(model, features)
-        raw_rows, features = raw_rows[decisive], features[decisive]
-    rows = raw_rows[contract.features].head(CHECK_ROWS)
-    records = [
-        {name: (None if pd.isna(value) else value) for name, value in record.items()}
-        for record in rows.astype(object).to_dict(orient="records")
-    ]
     check: dict[str, Any] = {
-        "records": records,
-        "predictions": model.predict(features.head(CHECK_ROWS)).tolist(),
+        "records": [],
+        "predictions": [],
         "tolerance": REGRESSION_TOLERANCE,
         "classes": None,
         "probabilities": None,
     }
+    # Ties would fail a faithful ONNX model's check.
+    if contract.task is Task.classification and not features.empty:
+        decisive = decisive_rows(model, features)
+        raw_rows, features = raw_rows[decisive], features[decisive]
+    if features.empty:  # scikit-learn refuses to predict no rows; parity_problem says why it cannot serve
+        return check
+    rows = raw_rows[contract.features].head(CHECK_ROWS)
+    check["records"] = [
+        {name: (None if pd.isna(value) else value) for name, value in record.items()}
+        for record in rows.astype(object).to_dict(orient="records")
+    ]
+    check["predictions"] = model.predict(features.head(CHECK_ROWS)).tolist()
     if contract.task is Task.classification:
         check["classes"] = model.classes_.tolist()
         check["probabilities"] = model.predict_proba(features.head(CHECK_ROWS)).tolist()

@@ -3,6 +3,7 @@ the champion/challenger gate. No I/O here; the DVC stages and the worker do that
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,14 +129,38 @@ class GateDecision:
     reason: str
 
 
+# worker/splits.py leaves the holdout empty only when the data holds a single distinct row.
+EMPTY_HOLDOUT = GateDecision(
+    False,
+    "the holdout is empty: fewer than 2 distinct rows are too few to judge a model (one to fit on, "
+    "one to judge with); upload more data",
+)
+
+
 def gate(settings: TrainingSettings, challenger: float, champion: float | None) -> GateDecision:
-    """Promote only a challenger that clears the floor and beats the champion by the margin."""
-    better_sign = 1 if settings.direction == "maximize" else -1
+    """Promote only a challenger that clears the floor and beats the champion by the margin.
+
+    A score that is not a finite number never promotes: NaN compares false with everything, so it
+    would slip past each test below. A champion's such score means its own predictions are not finite
+    numbers on these rows (the challenger's, on the same rows, are): it is broken, so a challenger
+    that clears the floor replaces it."""
     metric = settings.metric
+    if not math.isfinite(challenger):
+        return GateDecision(
+            False, f"{metric} is {challenger}, not a finite number: the holdout cannot judge this model"
+        )
+    better_sign = 1 if settings.direction == "maximize" else -1
     if settings.floor is not None and better_sign * (challenger - settings.floor) < 0:
         return GateDecision(False, f"{metric} {challenger:.6g} does not clear the floor {settings.floor:.6g}")
+    cleared = "clears the floor" if settings.floor is not None else "(no floor set)"
     if champion is None:
-        return GateDecision(True, f"first model; {metric} {challenger:.6g} clears the floor")
+        return GateDecision(True, f"first model; {metric} {challenger:.6g} {cleared}")
+    if not math.isfinite(champion):
+        return GateDecision(
+            True,
+            f"{metric} {challenger:.6g} {cleared}; the champion's {metric} is {champion} on the holdout, "
+            "not a finite number, so it is replaced",
+        )
     improvement = better_sign * (challenger - champion)
     if improvement <= settings.promotion_margin:
         return GateDecision(

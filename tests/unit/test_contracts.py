@@ -64,3 +64,47 @@ def test_a_regression_target_must_be_numeric() -> None:
 )
 def test_the_format_comes_from_the_suffix(key: str, expected: DataFormat | None) -> None:
     assert data_format_of(key) == expected
+
+
+def _with_training(**training: object) -> str:
+    import yaml
+
+    document = yaml.safe_load((CONTRACTS / "house-prices.yaml").read_text())
+    document["training"] = {key: value for key, value in document["training"].items() if key != "direction"}
+    document["training"].update(training)
+    return yaml.safe_dump(document)
+
+
+@pytest.mark.parametrize(
+    ("metric", "direction"),
+    [("rmse", "minimize"), ("mae", "minimize"), ("r2", "maximize")],
+)
+def test_a_left_out_direction_is_the_metrics_own(metric: str, direction: str) -> None:
+    contract = parse_contract(_with_training(metric=metric))
+    assert contract.training.direction == direction
+
+
+def test_the_default_metric_is_maximized() -> None:
+    from common.contracts import TrainingSettings
+
+    assert TrainingSettings().direction == "maximize"
+    assert TrainingSettings(metric="mae").direction == "minimize"
+
+
+def test_a_direction_that_contradicts_the_metric_is_refused() -> None:
+    with pytest.raises(
+        ValidationError, match=r"training\.direction 'maximize' contradicts the metric 'rmse'"
+    ):
+        parse_contract(_with_training(metric="rmse", direction="maximize"))
+
+
+def test_an_unknown_metric_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValidationError, match="unknown metric 'logloss'; known: accuracy, f1_macro, mae"):
+        parse_contract(_with_training(metric="logloss"))
+
+
+@pytest.mark.parametrize("field", ["floor", "promotion_margin"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(field: str) -> None:
+    # NaN compares false with every score, so a NaN floor or margin would let any model through.
+    with pytest.raises(ValidationError, match=field):
+        parse_contract(_with_training(**{field: float("nan")}))

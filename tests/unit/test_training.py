@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pandas as pd
 import pytest
 
@@ -181,3 +186,146 @@ def test_tied_votes_do_not_count_against_the_onnx_export_nor_enter_the_serving_c
     assert (probabilities[:, -1] - probabilities[:, -2] > 1e-5).all()
     assert len(check["records"]) == 20
     assert not decisive_rows(model, features).all()
+
+
+R2 = TrainingSettings(metric="r2", promotion_margin=0.0, floor=0.5)
+RMSE_NO_FLOOR = TrainingSettings(metric="rmse")
+
+
+@pytest.mark.parametrize("settings", [R2, RMSE_NO_FLOOR, MAXIMIZE, MINIMIZE])
+@pytest.mark.parametrize("challenger", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("champion", [None, 0.9, 45_000])
+def test_the_gate_never_promotes_a_challenger_whose_score_is_not_finite(
+    settings: TrainingSettings, challenger: float, champion: float | None
+) -> None:
+    decision = training.gate(settings, challenger, champion)
+    assert decision.promote is False
+    assert f"{settings.metric} is {challenger}" in decision.reason
+    assert "not a finite number" in decision.reason
+
+
+@pytest.mark.parametrize("champion", [float("nan"), float("inf"), float("-inf")])
+def test_a_champion_whose_score_is_not_finite_gives_way_only_to_a_challenger_that_clears_the_floor(
+    champion: float,
+) -> None:
+    # GIVEN a champion that cannot be scored on this holdout (its predictions are not finite)
+    # WHEN a challenger clears the floor, THEN it replaces the champion, and the reason says why
+    replaced = training.gate(R2, 0.8, champion)
+    assert replaced.promote is True
+    assert f"the champion's r2 is {champion}" in replaced.reason
+    # WHEN a challenger misses the floor, THEN the champion's missing score does not let it through
+    refused = training.gate(R2, 0.3, champion)
+    assert refused.promote is False
+    assert "floor" in refused.reason
+
+
+def test_every_metric_the_trainer_computes_has_a_direction() -> None:
+    from common.contracts import METRIC_DIRECTIONS
+
+    assert set(training.METRICS) == set(METRIC_DIRECTIONS)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.2, 1.0])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 10])
+def test_a_small_dataset_leaves_a_row_to_train_on_and_one_to_judge_with(fraction: float, rows: int) -> None:
+    for seed in range(20):
+        frame = datasets.iris_frame(rows, seed=seed)
+        mask = training.holdout_mask(frame, fraction)
+        assert (~mask).sum() >= 1  # something to fit
+        assert mask.sum() >= (1 if rows >= 2 else 0)  # something to judge with, once there are 2 rows
+        shuffled = frame.sample(frac=1, random_state=seed)
+        assert (training.holdout_mask(shuffled, fraction) == mask[shuffled.index.to_numpy()]).all()
+
+
+def _evaluate(workspace: Path, contract: DataContract, train: pd.DataFrame, holdout: pd.DataFrame) -> Any:
+    import joblib
+    import yaml
+    from typer.testing import CliRunner
+
+    from worker.stages import app
+
+    (workspace / "data").mkdir(parents=True)
+    (workspace / "model").mkdir()
+    (workspace / "contract.yaml").write_text(yaml.safe_dump(contract.model_dump(mode="json")))
+    holdout.to_parquet(workspace / "data" / "holdout.parquet", index=False)
+    model = training.build_model(
+        contract, {"n_estimators": 5} if contract.training.family == "random_forest" else {}
+    )
+    joblib.dump(
+        model.fit(training.features_of(train, contract), train[contract.target]),
+        workspace / "model" / "model.joblib",
+    )
+    return CliRunner().invoke(app, ["evaluate", "--workspace", str(workspace)])
+
+
+def test_an_empty_holdout_gives_a_version_rejected_for_it_not_a_crash(
+    iris: DataContract, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import train_model
+
+    # GIVEN data of a single distinct row: it is all training data, and the holdout is empty
+    frame = datasets.iris_frame(1)
+    assert not training.holdout_mask(frame, 0.2).any()
+
+    # WHEN the model is evaluated and judged
+    result = _evaluate(tmp_path, iris, frame, frame.iloc[:0])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    serving = SimpleNamespace(name="iris", version="3")
+    monkeypatch.setattr(train_model.tracking, "champion", lambda name: serving)
+    decision, champion, champion_metric = train_model._judge(
+        SimpleNamespace(contract=iris),  # type: ignore[arg-type]
+        metrics,
+        pd.read_parquet(tmp_path / "data" / "holdout.parquet"),
+    )
+
+    # THEN it has no metric, and is rejected saying why and what to do
+    assert iris.training.metric not in metrics
+    assert decision.promote is False
+    assert "the holdout is empty" in decision.reason
+    assert "upload more data" in decision.reason
+    assert champion is serving  # recorded with the decision, though it was not scored
+    assert champion_metric is None
+
+
+@pytest.mark.filterwarnings("ignore:R\\^2 score is not well-defined")
+def test_a_metric_that_is_not_finite_stays_out_of_the_metrics_file(
+    houses: DataContract, tmp_path: Path
+) -> None:
+    # GIVEN a regression judged by r2 on a holdout of one row, where r2 is undefined (NaN)
+    r2 = houses.model_copy(update={"training": TrainingSettings(metric="r2", family="linear")})
+    frame = datasets.house_frame(20)
+
+    # WHEN it is evaluated
+    result = _evaluate(tmp_path, r2, frame, frame.iloc[:1])
+
+    # THEN metrics.json is plain JSON (NaN is not; EventBridge refuses it), without the undefined r2
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert "r2" not in metrics
+    assert metrics["rmse"] >= 0
+
+
+def test_a_holdout_of_only_tied_rows_proves_nothing_about_the_onnx_export(iris: DataContract) -> None:
+    import numpy as np
+
+    from worker.onnx_export import decisive_rows, parity_problem, serving_check
+
+    # GIVEN a two-tree forest on shuffled labels, and a holdout of only the rows its votes tie on
+    frame = datasets.iris_frame(400, seed=3)
+    frame["species"] = frame["species"].sample(frac=1, random_state=1).to_numpy()
+    model = training.build_model(iris, {"n_estimators": 2})
+    model.fit(training.features_of(frame, iris), frame[iris.target])
+    tied = frame[~decisive_rows(model, training.features_of(frame, iris))]
+    features = training.features_of(tied, iris)
+    assert len(tied) > 0
+
+    # WHEN ONNX is checked on them
+    measured = parity(model, to_onnx_bytes(model, iris), features, iris)
+    check = serving_check(model, tied, features, iris)
+
+    # THEN no row checks it: the version is not servable (serving refuses a bundle without check rows)
+    assert check["records"] == [] and check["predictions"] == []
+    problem = parity_problem(iris, measured)
+    assert problem is not None and "nothing checked the ONNX export" in problem
+    assert np.isclose(measured["onnx_tied_rows"], len(tied))
