@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 
@@ -251,8 +251,14 @@ async def list_models(store: StoreDep) -> list[ModelDescription]:
     return [describe(model) for _, model in sorted(store.models.items())]
 
 
+# serving/openapi.py adds the Problems schema to every document it serves.
+PROBLEMS_JSON = {JSON: {"schema": {"$ref": "#/components/schemas/Problems"}}}
+
+
 @models_router.get(
-    "/{model}", response_model=ModelDescription, responses={404: {"description": "No such model"}}
+    "/{model}",
+    response_model=ModelDescription,
+    responses={404: {"description": "No such model (the known ones are listed)", "content": PROBLEMS_JSON}},
 )
 async def get_model(model: str, store: StoreDep) -> Response | ModelDescription:
     """One model's version, metrics, promotion time, lineage and request schema."""
@@ -287,7 +293,8 @@ async def ready(store: StoreDep) -> Response:
     return Response(orjson.dumps(document), status_code=200 if readiness.ready else 503, media_type=JSON)
 
 
-@operations_router.get("/metrics")
+# Prometheus' text format, not JSON: documented so, or a client generated from the schema parses JSON.
+@operations_router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(store: StoreDep) -> Response:
     """Prometheus metrics: requests, latency, refusals by rule, loaded versions and reloads."""
     return Response(generate_latest(store.registry), media_type=CONTENT_TYPE_LATEST)

@@ -91,7 +91,10 @@ class LoadedModel:
         # which load_bundle checked once for all.
         outputs = self.session._sess.run(self.output_names, self.build_inputs(records), None)
         values = np.asarray(outputs[0]).reshape(-1)
-        probabilities = np.asarray(outputs[1]) if self.class_names is not None else None
+        probabilities = None
+        if self.class_names is not None:
+            # float32 rounding can put a sure class at 1.0000001, which no client takes for a probability
+            probabilities = np.clip(np.asarray(outputs[1]), 0.0, 1.0)
         return Predictions(values, probabilities)
 
 

@@ -29,6 +29,9 @@ def invocation_records(body: bytes, schemas: RequestSchemas) -> list[Record]:
         payload = json.loads(body)
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise RequestError(400, [Problem("body", "json_invalid", f"Invalid JSON: {error}")]) from None
+    except RecursionError:  # a body of ~1,000 nested arrays reaches the interpreter's stack limit
+        message = "Invalid JSON: nested too deeply"
+        raise RequestError(400, [Problem("body", "json_invalid", message)]) from None
     keys = sorted(payload) if isinstance(payload, dict) else []
     if len(keys) != 1 or keys[0] not in FORMATS:
         expected = ", ".join(FORMATS)

@@ -83,6 +83,8 @@ def _model_components(model: LoadedModel) -> dict[str, Any]:
     else:
         prediction, single_extra, batch_extra = {"type": "number"}, {}, {}
     identity = {"model": {"const": name}, "version": {"type": "string", "examples": [model.version]}}
+    # Without required keys a regressor's answer, single or batch, matches both shapes: oneOf refuses it.
+    single_required, batch_required = ["model", "version", "prediction"], ["model", "version", "predictions"]
     return {
         f"{name}.Record": model.schemas.record_json_schema,
         f"{name}.Batch": {
@@ -95,10 +97,12 @@ def _model_components(model: LoadedModel) -> dict[str, Any]:
         f"{name}.Prediction": {
             "type": "object",
             "properties": {**identity, "prediction": prediction, **single_extra},
+            "required": single_required,
         },
         f"{name}.Predictions": {
             "type": "object",
             "properties": {**identity, "predictions": {"type": "array", "items": prediction}, **batch_extra},
+            "required": batch_required,
         },
         f"{name}.Invocation": {
             "title": f"{name} invocation (MLflow scoring formats)",
@@ -117,10 +121,7 @@ def _model_components(model: LoadedModel) -> dict[str, Any]:
                     },
                 ),
                 _one_key("instances", records),
-                _one_key(
-                    "inputs",
-                    {"anyOf": [records, {"type": "object", "additionalProperties": {"type": "array"}}]},
-                ),
+                _one_key("inputs", {"anyOf": [records, _columns(model)]}),
             ],
         },
         f"{name}.InvocationResult": {
@@ -128,6 +129,17 @@ def _model_components(model: LoadedModel) -> dict[str, Any]:
             "properties": {"predictions": {"type": "array", "items": prediction}},
         },
     }
+
+
+def _columns(model: LoadedModel) -> dict[str, Any]:
+    """The column form of `inputs`: each feature's values as a list, under the record's own rules."""
+    record = model.schemas.record_json_schema
+    columns = {
+        feature: {"type": "array", "items": schema, "minItems": 1, "maxItems": model.schemas.max_batch}
+        for feature, schema in record["properties"].items()
+    }
+    required = record.get("required", [])
+    return {"type": "object", "properties": columns, "required": required, "additionalProperties": False}
 
 
 def _one_key(key: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +169,9 @@ def _model_paths(model: LoadedModel) -> dict[str, Any]:
                 name,
                 f"invocations_{name}",
                 "Predict, as `mlflow models serve` does",
-                about,
+                f"{about} Two rules beyond this schema are answered with a 422: the columns of `inputs` are "
+                "of one length (`column_lengths`), and each row of `dataframe_split.data` has a value per "
+                "column (`row_length`).",
                 _ref(f"{name}.Invocation"),
                 _ref(f"{name}.InvocationResult"),
             )

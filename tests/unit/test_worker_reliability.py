@@ -76,6 +76,11 @@ def test_a_steady_stream_of_uploads_cannot_hold_training_past_the_longest_wait()
     uploader = threading.Thread(target=upload_every_tenth_of_a_second, daemon=True)
     uploader.start()
     try:
+        # The list exists before the wait starts (no list at all means "nothing to wait for").
+        deadline = time.monotonic() + 5
+        while s3.get_bytes("unit-processed", "stream/accepted.json") is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         waited: list[float] = []
         waiter = threading.Thread(
             target=lambda: (
