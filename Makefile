@@ -11,12 +11,13 @@ export ARRIVAL_AWS_PORT ARRIVAL_MLFLOW_PORT ARRIVAL_API_PORT
 DEMO_ENV := AWS_ENDPOINT_URL=http://127.0.0.1:$(ARRIVAL_AWS_PORT) AWS_ACCESS_KEY_ID=test \
 	AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 MLFLOW_TRACKING_URI=http://127.0.0.1:$(ARRIVAL_MLFLOW_PORT)
 
-.PHONY: help install demo test test-unit lint up down
+.PHONY: help install demo test test-unit soak lint up down audit audit-secrets audit-deps
 
 help:
 	@echo "make demo   bootstrap, bring the local cloud up, run the chain on a sample file"
 	@echo "make test   install everything and run the whole test suite (unit, integration, e2e)"
 	@echo "make lint   ruff + mypy"
+	@echo "make audit  secret scan against .secrets.baseline, and known vulnerabilities in uv.lock"
 
 install:
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
@@ -44,6 +45,42 @@ test-unit: install
 test: install lint
 	uv run pytest
 
+# What CI's audit job runs; neither step changes a file. A new finding of the secret scanner fails until
+# it is labelled in .secrets.baseline (`uvx detect-secrets==1.5.0 scan --baseline .secrets.baseline`,
+# then `uvx detect-secrets==1.5.0 audit .secrets.baseline`). The findings labelled there so far are
+# false positives: LocalStack's and moto's `test`/`testing` credentials, the README's placeholder
+# `user:password` URI, and the receipt handles and digests of the sample events.
+# pip-audit asks PyPI's JSON API (`-s pypi`), which every machine that installs the project reaches;
+# PIP_AUDIT_SERVICE=osv asks OSV instead.
+PIP_AUDIT_SERVICE ?= pypi
+
+audit: audit-secrets audit-deps
+
+audit-secrets:
+	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	@scratch="$$(mktemp -d)" && trap 'rm -rf "$$scratch"' EXIT \
+		&& cp .secrets.baseline "$$scratch/baseline.json" \
+		&& uvx detect-secrets==1.5.0 scan --exclude-files '^\.secrets\.baseline$$' \
+			--baseline "$$scratch/baseline.json" \
+		&& python3 -c 'import json, sys; found = json.load(open(sys.argv[1]))["results"]; \
+			new = ["%s:%s: %s" % (name, s["line_number"], s["type"]) for name, hits in found.items() \
+				for s in hits if s.get("is_secret") is not False]; \
+			print("\n".join(["secrets not in .secrets.baseline:", *new]) if new else "no new secrets"); \
+			sys.exit(1 if new else 0)' "$$scratch/baseline.json"
+
+audit-deps:
+	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	@scratch="$$(mktemp -d)" && trap 'rm -rf "$$scratch"' EXIT \
+		&& uv export --frozen --all-groups --no-emit-project --format requirements-txt \
+			> "$$scratch/requirements.txt" \
+		&& uvx pip-audit==2.10.1 --strict --disable-pip --require-hashes -s $(PIP_AUDIT_SERVICE) \
+			-r "$$scratch/requirements.txt"
+
+# The load suites (200 uploads in a minute; serving through 10 promotions): minutes long, so not
+# part of `make test`. Figures in benchmarks/results/soak.md.
+soak: install
+	uv run pytest tests/soak -q -s
+
 # `sam build`'s makefile build method for the Lambda functions (also used by `arrival deploy`).
 # Each package holds only the modules its function runs (tests/unit/test_packaging.py checks that
 # every project import in it resolves inside it). Its requirements come from a dependency group of
@@ -51,7 +88,7 @@ test: install lint
 # project's environment has.
 INGEST_SOURCES := handlers common/__init__.py common/contracts.py common/ingest.py common/layout.py \
 	common/observability.py common/reconcile.py common/settings.py common/tabular.py common/validation.py \
-	common/adapters/__init__.py common/adapters/ec2.py common/adapters/events.py \
+	common/adapters/__init__.py common/adapters/ec2.py common/adapters/events.py common/adapters/functions.py \
 	common/adapters/idempotency.py common/adapters/s3.py common/adapters/sqs.py
 SERVING_SOURCES := serving common/__init__.py common/contracts.py common/bundles.py \
 	common/adapters/__init__.py common/adapters/s3.py common/adapters/sqs.py

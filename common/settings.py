@@ -38,6 +38,11 @@ class PipelineSettings(BaseSettings):
         default=900.0, gt=0, validation_alias="TRAINER_BOOT_GRACE_SECONDS"
     )
     chunk_rows: int = Field(default=100_000, validation_alias="INGEST_CHUNK_ROWS")
+    # Unset (a developer's process): a file that keeps failing is left to the queue's redrive policy.
+    ingest_dead_letter_queue_url: str | None = Field(
+        default=None, validation_alias="INGEST_DEAD_LETTER_QUEUE_URL"
+    )
+    ingest_max_receive_count: int = Field(default=3, ge=1, validation_alias="INGEST_MAX_RECEIVE_COUNT")
     scratch_dir: Path = Field(default=Path("/tmp"), validation_alias="INGEST_SCRATCH_DIR")  # noqa: S108  # Lambda's only writable disk
 
 

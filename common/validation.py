@@ -6,6 +6,7 @@ Two passes, because value checks on a column that failed to parse only add noise
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -36,13 +37,57 @@ class Rule(StrEnum):
     unknown_category = "unknown_category"
 
 
+# A report travels whole in a DatasetQuarantined event (EventBridge takes 256 KB at most) and is
+# read by people, often in a spreadsheet: a file with 10,000 unknown columns or a 100 MB cell must
+# not make one that large.
+REPORT_LIST_LIMIT = 20
+REPORT_EXAMPLES_LIMIT = 5
+REPORT_TEXT_LIMIT = 200
+REPORT_DETAIL_LIMIT = 2000
+# OWASP's CSV-injection advice: a spreadsheet evaluates a cell that starts with one of these.
+_FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def report_text(value: object) -> str:
+    """A value taken from a file, as a report may show it: clipped, and inert in a spreadsheet (a
+    leading single quote before =, +, -, @, tab or CR). A number such as -2 is left as it is: it is
+    no formula, and the data itself is never changed."""
+    text = _clipped(str(value), REPORT_TEXT_LIMIT)
+    if text.startswith(_FORMULA_TRIGGERS) and not _is_number(text):
+        return f"'{text}"
+    return text
+
+
 @dataclass(frozen=True)
 class Violation:
+    """One broken rule, bounded whatever the file: at most REPORT_LIST_LIMIT columns (the rest
+    counted in `columns_omitted`) and REPORT_EXAMPLES_LIMIT examples, each shown by report_text."""
+
     rule: Rule
     detail: str
     columns: list[str] = field(default_factory=list)
     rows: int = 0
     examples: list[str] = field(default_factory=list)
+    columns_omitted: int = 0
+
+    def __post_init__(self) -> None:
+        omitted = self.columns_omitted + max(0, len(self.columns) - REPORT_LIST_LIMIT)
+        object.__setattr__(self, "columns", [report_text(c) for c in self.columns[:REPORT_LIST_LIMIT]])
+        object.__setattr__(self, "columns_omitted", omitted)
+        object.__setattr__(self, "examples", [report_text(e) for e in self.examples[:REPORT_EXAMPLES_LIMIT]])
+        object.__setattr__(self, "detail", _clipped(self.detail, REPORT_DETAIL_LIMIT))
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rule": self.rule.value}
@@ -134,8 +179,14 @@ def _violations(errors: SchemaErrors, contract: DataContract) -> list[Violation]
     return sorted(violations, key=lambda violation: order.index(violation.rule))
 
 
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(report_text(name) for name in names[:REPORT_LIST_LIMIT])
+    more = len(names) - REPORT_LIST_LIMIT
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
 def _describe(rule: Rule, columns: list[str], rows: int, contract: DataContract) -> str:
-    names = ", ".join(columns)
+    names = _listed(columns)
     descriptions = {
         Rule.missing_columns: f"columns required by the contract are missing: {names}",
         Rule.unexpected_columns: f"columns not in the contract: {names}",
@@ -147,9 +198,28 @@ def _describe(rule: Rule, columns: list[str], rows: int, contract: DataContract)
     return descriptions.get(rule, f"{rule} in {names}")
 
 
+def check_columns(columns: Iterable[object], contract: DataContract) -> None:
+    """Missing or unexpected columns, found from the header alone: readers call it before they
+    build a single row, so a file with 10,000 columns is refused in milliseconds (pandera and the
+    per-column cleaning took seconds a chunk, and a chunk that wide can fill the memory)."""
+    present = [str(column) for column in columns]
+    known = set(present)
+    missing = sorted(name for name in contract.columns if name not in known)
+    unexpected = sorted(name for name in present if name not in contract.columns)
+    violations = [
+        Violation(rule, _describe(rule, names, 0, contract), names)
+        for rule, names in ((Rule.missing_columns, missing), (Rule.unexpected_columns, unexpected))
+        if names
+    ]
+    if violations:
+        raise DatasetRejectedError(violations)
+
+
 def validate(frame: pd.DataFrame, contract: DataContract) -> pd.DataFrame:
     """The frame typed as the contract says (numeric: float64, categorical: str), or
-    DatasetRejectedError with every violation found."""
+    DatasetRejectedError with every violation found (only the column ones when the columns are
+    wrong: checks on data that does not fit the contract's shape add noise)."""
+    check_columns(frame.columns, contract)
     try:
         typed = structure_schema(contract).validate(frame, lazy=True)
         values_schema(contract).validate(typed, lazy=True)

@@ -1,11 +1,12 @@
-"""Reconciler Lambda, on a schedule: start a trainer if training is queued and none runs."""
+"""Reconciler Lambda: start a trainer if training is queued and none runs, and end trainers that
+stopped renewing their heartbeat. Invoked on a schedule and, asynchronously, by the ingest function
+after it queues a job; the event says only why, so it is not read."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
 
-from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.observability import logger, tracer
@@ -15,8 +16,7 @@ from common.settings import get_pipeline_settings
 
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
-@event_source(data_class=EventBridgeEvent)
-def handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     outcome = ensure_trainer(get_pipeline_settings())
     logger.info("reconciled trainers", extra=asdict(outcome))
     return asdict(outcome)

@@ -1,11 +1,13 @@
-"""The only place arrival's Lambda code touches EC2: finding and starting trainer instances."""
+"""The only place arrival's Lambda code touches EC2: finding, starting and ending trainer instances."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
 import boto3
+from botocore.config import Config
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -15,14 +17,31 @@ ROLE_TAG = "arrival:role"
 STACK_TAG = "arrival:stack"
 LIVE_STATES = ["pending", "running"]
 
+# A call must end well inside the reconciler's lease (30 s by default), so a holder never acts on
+# a lease it lost while a call hung. botocore's defaults (60 s to connect, 60 s per read, retried)
+# could hold one call for minutes. Standard mode's first retry backs off at most 1 s.
+_CONNECT_SECONDS, _READ_SECONDS, _ATTEMPTS = 3, 8, 2
+WORST_CASE_CALL_SECONDS = _ATTEMPTS * (_CONNECT_SECONDS + _READ_SECONDS) + 1.0
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    launched_at: float  # epoch seconds
+
 
 @cache
 def ec2_client() -> EC2Client:
-    return boto3.client("ec2")
+    config = Config(
+        connect_timeout=_CONNECT_SECONDS,
+        read_timeout=_READ_SECONDS,
+        retries={"mode": "standard", "total_max_attempts": _ATTEMPTS},
+    )
+    return boto3.client("ec2", config=config)
 
 
-def live_instances(role: str, stack: str) -> list[str]:
-    """Ids of this stack's instances of one role that are pending or running."""
+def live_instances_launched(role: str, stack: str) -> list[Instance]:
+    """This stack's instances of one role that are pending or running, with their launch times."""
     pages = (
         ec2_client()
         .get_paginator("describe_instances")
@@ -35,16 +54,21 @@ def live_instances(role: str, stack: str) -> list[str]:
         )
     )
     return [
-        instance["InstanceId"]
+        Instance(instance["InstanceId"], instance["LaunchTime"].timestamp())
         for page in pages
         for reservation in page["Reservations"]
         for instance in reservation["Instances"]
     ]
 
 
+def live_instances(role: str, stack: str) -> list[str]:
+    """Ids of this stack's instances of one role that are pending or running."""
+    return [instance.instance_id for instance in live_instances_launched(role, stack)]
+
+
 def run_from_template(launch_template_id: str, role: str, stack: str, client_token: str) -> str:
     """Start one instance from the stack's launch template, tagged so it can be found again.
-    The client token makes a retried call start no second instance."""
+    EC2 answers a repeated client token with the instance it started for it, not a second one."""
     tag_specification: TagSpecificationTypeDef = {
         "ResourceType": "instance",
         "Tags": [{"Key": ROLE_TAG, "Value": role}, {"Key": STACK_TAG, "Value": stack}],

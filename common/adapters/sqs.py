@@ -64,6 +64,15 @@ def extend_visibility(queue_url: str, receipt_handle: str, seconds: int) -> None
     )
 
 
+def send_with_reason(queue_url: str, body: str, *, reason: str) -> None:
+    sqs_client().send_message(
+        QueueUrl=queue_url,
+        MessageBody=body,
+        # SQS caps a message attribute with the whole message at 256 KiB; a reason needs far less.
+        MessageAttributes={"failure_reason": {"DataType": "String", "StringValue": reason[:4000]}},
+    )
+
+
 def send_fifo_with_reason(
     queue_url: str, body: str, *, group_id: str, deduplication_id: str, reason: str
 ) -> None:

@@ -12,6 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from common import ingest, tabular
 from common.adapters import ec2, events, s3, sqs
 from common.settings import get_pipeline_settings
 from handlers import handle_ingest
@@ -173,3 +174,133 @@ def test_two_models_accepting_the_same_bytes_each_get_a_job(
     handle_ingest.handler(_upload(stack, "iris-b/a.csv", body), lambda_context)
 
     assert sorted(job["model"] for job in stack.jobs()) == ["iris", "iris-b"]
+
+
+def _fail_if_converted(monkeypatch: pytest.MonkeyPatch) -> None:
+    def conversion(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the file was converted again")
+
+    monkeypatch.setattr(tabular, "csv_chunks", conversion)
+
+
+def test_a_redelivery_and_a_renamed_copy_are_duplicates_without_conversion(
+    stack: FakeStack, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a file that was accepted
+    body = datasets.to_csv(datasets.iris_frame(50))
+    first = stack.s3.put_object(Bucket=RAW, Key="iris/a.csv", Body=body)["VersionId"]
+    handle_ingest.handler(stack.event_for("iris/a.csv", first), lambda_context)
+    copy = stack.s3.put_object(Bucket=RAW, Key="iris/copy.csv", Body=body)["VersionId"]
+
+    # WHEN S3 delivers its event again, and the same bytes arrive under another name
+    _fail_if_converted(monkeypatch)
+    again = ingest.ingest_object(ingest.RawObject(RAW, "iris/a.csv", first))
+    renamed = ingest.ingest_object(ingest.RawObject(RAW, "iris/copy.csv", copy))
+
+    # THEN both are recognised as duplicates before any conversion
+    assert again.outcome is ingest.Outcome.duplicate
+    assert renamed.outcome is ingest.Outcome.duplicate
+    assert again.content_hash == renamed.content_hash
+
+
+def test_a_contract_that_names_another_model_is_refused(
+    stack: FakeStack, lambda_context: FakeLambdaContext
+) -> None:
+    # GIVEN contracts/foo.yaml that declares model iris
+    stack.s3.put_object(
+        Bucket="unit-config", Key="contracts/foo.yaml", Body=datasets.contract_yaml("iris", "iris")
+    )
+
+    # WHEN a valid iris file lands under foo/
+    handle_ingest.handler(
+        _upload(stack, "foo/data.csv", datasets.to_csv(datasets.iris_frame(50))), lambda_context
+    )
+
+    # THEN it is quarantined for want of foo's contract, and iris's list is untouched
+    report = json.loads(
+        stack.s3.get_object(Bucket="unit-quarantine", Key="foo/data.csv.report.json")["Body"].read()
+    )
+    assert report["rule"] == "no_contract"
+    assert "the contract at contracts/foo.yaml declares model 'iris'" in report["violations"][0]["detail"]
+    assert stack.accepted("iris") is None
+    assert stack.accepted("foo") is None
+    assert stack.jobs() == []
+
+
+def _published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """Records each event the pipeline publishes, and publishes it. (moto routes bus events to
+    targets only with jsonpath-ng installed, which arrival does not need.)"""
+    publish = events.publish
+    published: list[tuple[str, dict[str, Any]]] = []
+
+    def spy(
+        bus_name: str, detail_type: str, detail: dict[str, Any], resources: list[str] | None = None
+    ) -> None:
+        published.append((detail_type, detail))
+        publish(bus_name, detail_type, detail, resources)
+
+    monkeypatch.setattr(events, "publish", spy)
+    return published
+
+
+def test_a_redelivered_bad_file_is_quarantined_once(
+    stack: FakeStack, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a bad file that was quarantined
+    published = _published(monkeypatch)
+    event = _upload(stack, "iris/bad.csv", b"a,b\n1,2\n")
+    handle_ingest.handler(event, lambda_context)
+
+    # WHEN S3 delivers its event again
+    response = handle_ingest.handler(event, lambda_context)
+
+    # THEN one DatasetQuarantined event went out, and the report is still in place
+    assert response == {"batchItemFailures": []}
+    assert [(kind, detail["rule"]) for kind, detail in published] == [
+        ("DatasetQuarantined", "missing_columns")
+    ]
+    report = stack.s3.get_object(Bucket="unit-quarantine", Key="iris/bad.csv.report.json")
+    assert json.loads(report["Body"].read())["rule"] == "missing_columns"
+
+
+def test_a_new_version_of_a_quarantined_key_is_quarantined_again(
+    stack: FakeStack, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published = _published(monkeypatch)
+    handle_ingest.handler(_upload(stack, "iris/bad.csv", b"a,b\n1,2\n"), lambda_context)
+
+    handle_ingest.handler(_upload(stack, "iris/bad.csv", b"a,c\n1,2\n"), lambda_context)
+
+    assert [kind for kind, _ in published] == ["DatasetQuarantined"] * 2
+
+
+def test_a_lineage_that_failed_to_write_is_written_on_redelivery(
+    stack: FakeStack, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the first attempt dies while writing the dataset's lineage
+    put_json = s3.put_json
+    failures = []
+
+    def dies_on_lineage(bucket: str, key: str, document: Any) -> None:
+        if key.endswith(".lineage.json") and not failures:
+            failures.append(key)
+            raise ConnectionError("the Lambda died here")
+        put_json(bucket, key, document)
+
+    monkeypatch.setattr(s3, "put_json", dies_on_lineage)
+    event = _upload(stack, "iris/a.csv", datasets.to_csv(datasets.iris_frame(50)))
+    first = handle_ingest.handler(event, lambda_context)
+    assert first == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+
+    # WHEN SQS delivers the record again
+    handle_ingest.handler(event, lambda_context)
+
+    # THEN the accepted dataset has its lineage beside it
+    accepted = stack.accepted("iris")
+    assert accepted is not None
+    [entry] = accepted["datasets"]
+    lineage = stack.s3.get_object(
+        Bucket="unit-processed", Key=f"iris/data/{entry['content_hash']}.lineage.json"
+    )
+    assert json.loads(lineage["Body"].read())["source"]["key"] == "iris/a.csv"
+    assert stack.jobs() == [{"model": "iris"}]

@@ -1,0 +1,24 @@
+"""The only place arrival's Lambda code invokes another function."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import boto3
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
+
+
+@cache
+def lambda_client() -> LambdaClient:
+    return boto3.client("lambda")
+
+
+def invoke_async(function_name: str, payload: dict[str, Any]) -> None:
+    """Queue an invocation and return at once; Lambda retries it if the function fails."""
+    lambda_client().invoke(
+        FunctionName=function_name, InvocationType="Event", Payload=json.dumps(payload).encode()
+    )

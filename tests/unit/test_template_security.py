@@ -1,0 +1,296 @@
+"""Least privilege and bucket hygiene, read off template.yaml: each role may do what its code does
+and no more, and every bucket is private, encrypted, TLS-only and cleans up after itself.
+
+Policies are checked with a small evaluator: intrinsic functions are rendered as `${Name}` /
+`${Name.Attr}` placeholders, and actions and resources match as IAM matches them (`*` and `?`)."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.layout import accepted_list_key, contract_key, trainer_heartbeat_key
+from common.reconcile import LEASE_KEY
+from localcloud.deploy import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = load_template(ROOT / "template.yaml")
+RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
+ARN = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}"
+TRAINER_LAUNCH_TEMPLATE = f"{ARN}:launch-template/${{TrainerLaunchTemplate}}"
+# EC2 actions that take no resource-level permissions (IAM's service reference): only these may
+# name the resource "*".
+WITHOUT_RESOURCE_LEVEL = {"ec2:DescribeInstances"}
+# SAM policy templates the functions use; none grants EC2, IAM or Lambda actions.
+SAM_TEMPLATES_WITHOUT_COMPUTE = {
+    "S3ReadPolicy",
+    "S3CrudPolicy",
+    "SQSSendMessagePolicy",
+    "EventBridgePutEventsPolicy",
+}
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if "Ref" in value:
+        return f"${{{value['Ref']}}}"
+    if "Fn::GetAtt" in value:
+        return "${" + ".".join(value["Fn::GetAtt"]) + "}"
+    if "Fn::Sub" in value and isinstance(value["Fn::Sub"], str):
+        return str(value["Fn::Sub"])
+    raise AssertionError(f"cannot render {value}")
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _statements(policy_holder: Any) -> Iterator[dict[str, Any]]:
+    """Every policy statement anywhere below a template node."""
+    if isinstance(policy_holder, dict):
+        if "Statement" in policy_holder:
+            yield from _listed(policy_holder["Statement"])
+        for value in policy_holder.values():
+            yield from _statements(value)
+    elif isinstance(policy_holder, list):
+        for value in policy_holder:
+            yield from _statements(value)
+
+
+def _identity_statements(logical_id: str) -> list[dict[str, Any]]:
+    """What a role, or a SAM function's role, is allowed: inline statements and the template's
+    managed policies it references."""
+    properties = RESOURCES[logical_id]["Properties"]
+    found = list(_statements(properties.get("Policies", [])))
+    for policy in _listed(properties.get("Policies", [])) + properties.get("ManagedPolicyArns", []):
+        if isinstance(policy, dict) and "Ref" in policy and policy["Ref"] in RESOURCES:
+            found += _statements(RESOURCES[policy["Ref"]]["Properties"]["PolicyDocument"])
+    return [statement for statement in found if statement["Effect"] == "Allow"]
+
+
+def _allows(statements: list[dict[str, Any]], action: str, resource: str) -> bool:
+    return any(
+        any(fnmatch.fnmatchcase(action, pattern) for pattern in _listed(statement["Action"]))
+        and any(fnmatch.fnmatchcase(resource, _render(pattern)) for pattern in _listed(statement["Resource"]))
+        for statement in statements
+    )
+
+
+def _granting(statements: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
+    return [s for s in statements if any(fnmatch.fnmatchcase(action, p) for p in _listed(s["Action"]))]
+
+
+def _of_type(resource_type: str) -> list[str]:
+    return [name for name, resource in RESOURCES.items() if resource["Type"] == resource_type]
+
+
+ROLES = [*_of_type("AWS::IAM::Role"), *_of_type("AWS::Serverless::Function")]
+BUCKETS = _of_type("AWS::S3::Bucket")
+
+
+def test_no_statement_allows_everything_or_everywhere_but_what_must() -> None:
+    for statement in _statements(RESOURCES):
+        if statement["Effect"] != "Allow":
+            continue
+        actions = _listed(statement["Action"])
+        assert "NotAction" not in statement and "NotResource" not in statement
+        assert not [action for action in actions if action == "*" or action.endswith(":*")], statement
+        if "*" in _listed(statement.get("Resource", [])):
+            assert set(actions) <= WITHOUT_RESOURCE_LEVEL, statement
+
+
+def test_the_only_aws_managed_policy_is_session_manager_on_instances() -> None:
+    for role in _of_type("AWS::IAM::Role"):
+        for arn in RESOURCES[role]["Properties"].get("ManagedPolicyArns", []):
+            assert _render(arn).endswith(":iam::aws:policy/AmazonSSMManagedInstanceCore")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_instances_start_only_from_the_trainer_launch_template(role: str) -> None:
+    for statement in _granting(_identity_statements(role), "ec2:RunInstances"):
+        resources = [_render(resource) for resource in _listed(statement["Resource"])]
+        assert TRAINER_LAUNCH_TEMPLATE in resources
+        assert f"{ARN}:instance/*" in resources
+        assert "*" not in resources
+        (operator, keys), *others = statement["Condition"].items()
+        assert operator in {"ArnEquals", "ArnLike"} and not others
+        assert _render(keys["ec2:LaunchTemplate"]) == TRAINER_LAUNCH_TEMPLATE
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_tags_are_set_only_at_launch(role: str) -> None:
+    for statement in _granting(_identity_statements(role), "ec2:CreateTags"):
+        assert statement["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_only_the_stacks_trainers_can_be_terminated(role: str) -> None:
+    for statement in _granting(_identity_statements(role), "ec2:TerminateInstances"):
+        assert [_render(resource) for resource in _listed(statement["Resource"])] == [f"{ARN}:instance/*"]
+        assert statement["Condition"] == {
+            "StringEquals": {
+                "aws:ResourceTag/arrival:stack": {"Ref": "AWS::StackName"},
+                "aws:ResourceTag/arrival:role": "trainer",
+            }
+        }
+
+
+def test_only_the_reconcile_function_starts_instances_and_passes_the_trainer_role() -> None:
+    starters = [role for role in ROLES if _granting(_identity_statements(role), "ec2:RunInstances")]
+    passers = [role for role in ROLES if _granting(_identity_statements(role), "iam:PassRole")]
+    assert starters == passers == ["ReconcileFunction"]
+    (pass_role,) = _granting(_identity_statements("ReconcileFunction"), "iam:PassRole")
+    assert pass_role["Resource"] == {"Fn::GetAtt": ["TrainerRole", "Arn"]}
+
+
+def test_the_ingest_function_cannot_start_instances_only_ask_the_reconciler() -> None:
+    policies = RESOURCES["IngestFunction"]["Properties"]["Policies"]
+    sam_templates = {name for policy in policies if isinstance(policy, dict) for name in policy}
+    assert sam_templates - {"Statement", "Ref"} <= SAM_TEMPLATES_WITHOUT_COMPUTE
+    statements = _identity_statements("IngestFunction")
+    assert not [s for s in statements for a in _listed(s["Action"]) if a.startswith(("ec2:", "iam:"))]
+    (invoke,) = _granting(statements, "lambda:InvokeFunction")
+    assert invoke["Resource"] == {"Fn::GetAtt": ["ReconcileFunction", "Arn"]}
+    environment = RESOURCES["IngestFunction"]["Properties"]["Environment"]["Variables"]
+    assert environment["RECONCILE_FUNCTION_NAME"] == {"Ref": "ReconcileFunction"}
+
+
+PROCESSED = "${ProcessedBucket.Arn}"
+RECONCILER_NEEDS = [
+    ("sqs:GetQueueAttributes", "${TrainingQueue.Arn}"),
+    ("ec2:DescribeInstances", "*"),
+    ("ec2:RunInstances", f"{ARN}:instance/i-0abc"),
+    ("ec2:RunInstances", TRAINER_LAUNCH_TEMPLATE),
+    ("ec2:CreateTags", f"{ARN}:instance/i-0abc"),
+    ("ec2:TerminateInstances", f"{ARN}:instance/i-0abc"),
+    ("iam:PassRole", "${TrainerRole.Arn}"),
+    ("s3:GetObject", f"{PROCESSED}/{LEASE_KEY}"),
+    ("s3:PutObject", f"{PROCESSED}/{LEASE_KEY}"),
+    ("s3:GetObject", f"{PROCESSED}/{trainer_heartbeat_key('i-0abc')}"),
+    ("s3:ListBucket", PROCESSED),
+]
+
+
+@pytest.mark.parametrize(("action", "resource"), RECONCILER_NEEDS)
+def test_the_reconciler_may_do_what_it_does(action: str, resource: str) -> None:
+    assert _allows(_identity_statements("ReconcileFunction"), action, resource)
+
+
+TRAINER_NEEDS = [
+    ("cloudformation:DescribeStacks", "${AWS::StackId}"),
+    ("sqs:ReceiveMessage", "${TrainingQueue.Arn}"),
+    ("sqs:DeleteMessage", "${TrainingQueue.Arn}"),
+    ("sqs:ChangeMessageVisibility", "${TrainingQueue.Arn}"),
+    ("sqs:SendMessage", "${TrainingDeadLetterQueue.Arn}"),
+    ("sqs:GetQueueAttributes", "${IngestQueue.Arn}"),
+    ("events:PutEvents", "${EventBus.Arn}"),
+    ("s3:GetObject", f"{PROCESSED}/{accepted_list_key('iris')}"),
+    ("s3:GetObject", f"{PROCESSED}/iris/data/0a1b.parquet"),
+    ("s3:PutObject", f"{PROCESSED}/_arrival/dvc/iris/files/md5/0a/1b"),
+    ("s3:PutObject", f"{PROCESSED}/{trainer_heartbeat_key('i-0abc')}"),
+    ("s3:DeleteObject", f"{PROCESSED}/{trainer_heartbeat_key('i-0abc')}"),
+    ("s3:ListBucket", PROCESSED),
+    ("s3:GetObject", f"${{ConfigBucket.Arn}}/{contract_key('iris')}"),
+    ("s3:PutObject", "${ModelsBucket.Arn}/bundles/iris/3/model.onnx"),
+    ("s3:PutObject", "${ModelsBucket.Arn}/pointers/iris.json"),
+    ("ec2:TerminateInstances", f"{ARN}:instance/i-0abc"),
+]
+
+
+@pytest.mark.parametrize(("action", "resource"), TRAINER_NEEDS)
+def test_the_trainer_may_do_what_the_worker_does(action: str, resource: str) -> None:
+    assert _allows(_identity_statements("TrainerRole"), action, resource)
+
+
+@pytest.mark.parametrize(
+    ("action", "resource"),
+    [
+        ("s3:PutObject", f"${{ConfigBucket.Arn}}/{contract_key('iris')}"),
+        ("s3:DeleteObject", f"${{ConfigBucket.Arn}}/{contract_key('iris')}"),
+        ("s3:PutObject", f"{PROCESSED}/{accepted_list_key('iris')}"),
+        ("s3:PutObject", f"{PROCESSED}/{LEASE_KEY}"),
+        ("ec2:RunInstances", f"{ARN}:instance/i-0abc"),
+    ],
+)
+def test_the_trainer_cannot_change_contracts_accepted_data_or_start_instances(
+    action: str, resource: str
+) -> None:
+    assert not _allows(_identity_statements("TrainerRole"), action, resource)
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_every_bucket_is_private_and_encrypted(bucket: str) -> None:
+    properties = RESOURCES[bucket]["Properties"]
+    assert properties["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    (rule,) = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms", "aws:kms:dsse"}
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_every_bucket_refuses_requests_without_tls(bucket: str) -> None:
+    policies = [
+        RESOURCES[name]["Properties"]
+        for name in _of_type("AWS::S3::BucketPolicy")
+        if RESOURCES[name]["Properties"]["Bucket"] == {"Ref": bucket}
+    ]
+    denials = [
+        statement
+        for policy in policies
+        for statement in _statements(policy["PolicyDocument"])
+        if statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "s3:*"
+    ]
+    assert [d["Condition"] for d in denials] == [{"Bool": {"aws:SecureTransport": "false"}}]
+    assert sorted(map(_render, denials[0]["Resource"])) == [f"${{{bucket}.Arn}}", f"${{{bucket}.Arn}}/*"]
+
+
+def _lifecycle_rules(bucket: str, key: str) -> list[dict[str, Any]]:
+    rules = RESOURCES[bucket]["Properties"]["LifecycleConfiguration"]["Rules"]
+    return [rule for rule in rules if rule["Status"] == "Enabled" and key.startswith(rule.get("Prefix", ""))]
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_every_bucket_aborts_abandoned_uploads(bucket: str) -> None:
+    days = [
+        rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]
+        for rule in _lifecycle_rules(bucket, "any/key")
+        if "AbortIncompleteMultipartUpload" in rule
+    ]
+    assert days and min(days) <= 7
+
+
+def _noncurrent_days(bucket: str, key: str) -> int | None:
+    """When S3 deletes the key's overwritten versions: the soonest of the rules that match it."""
+    days = [
+        rule["NoncurrentVersionExpiration"]["NoncurrentDays"]
+        for rule in _lifecycle_rules(bucket, key)
+        if "NoncurrentVersionExpiration" in rule
+    ]
+    return min(days) if days else None
+
+
+@pytest.mark.parametrize(
+    "key",
+    [LEASE_KEY, "_arrival/idempotency/iris#0a1b.json", trainer_heartbeat_key("i-0abc")],
+    ids=["leases", "idempotency", "heartbeats"],
+)
+def test_bookkeeping_versions_do_not_pile_up(key: str) -> None:
+    days = _noncurrent_days("ProcessedBucket", key)
+    assert days is not None and days <= 7
+
+
+def test_accepted_lists_keep_a_month_of_history_for_audit() -> None:
+    assert _noncurrent_days("ProcessedBucket", accepted_list_key("iris")) == 30
+
+
+def test_raw_versions_named_by_lineage_never_expire() -> None:
+    assert _noncurrent_days("RawBucket", "iris/data.csv") is None
