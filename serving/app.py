@@ -91,6 +91,14 @@ def problems_json(problems: list[Problem], **extra: Any) -> bytes:
 
 
 def unknown_model_response(name: str, store: ModelStore) -> Response:
+    """404 for a name that has no pointer; 503 while it may have one that is not loaded yet (the
+    server is starting, or the model's only bundle cannot be loaded): a client that retries, or a
+    load balancer that reads /ready, is then right to wait rather than to give up."""
+    missing = store.readiness().missing
+    if why := missing.get(name) or missing.get("pointers"):
+        message = f"model {name!r} is not loaded yet: {why}"
+        content = problems_json([Problem("model", "not_loaded", message)], known_models=sorted(store.models))
+        return Response(content, status_code=503, media_type=JSON, headers={"Retry-After": "1"})
     known = sorted(store.models)
     message = f"no model named {name!r}; known models: {', '.join(known) or 'none yet'}"
     content = problems_json([Problem("model", "unknown_model", message)], known_models=known)
@@ -173,8 +181,12 @@ async def _answer(request: Request, route: str, read: Reader, write: Writer) -> 
     request_metrics: RequestMetrics = state.request_metrics
     model = store.models.get(name)  # one read of the snapshot: the whole request sees this version
     if model is None:
-        request_metrics.observe(UNKNOWN_MODEL, route, 404, time.perf_counter() - started, ["unknown_model"])
-        return unknown_model_response(name, store)
+        response = unknown_model_response(name, store)
+        rule = "unknown_model" if response.status_code == 404 else "not_loaded"
+        request_metrics.observe(
+            UNKNOWN_MODEL, route, response.status_code, time.perf_counter() - started, [rule]
+        )
+        return response
     rules: Iterable[str] = ()
     try:
         body = await read_json_body(request, state.settings.max_body_bytes)
@@ -258,7 +270,13 @@ PROBLEMS_JSON = {JSON: {"schema": {"$ref": "#/components/schemas/Problems"}}}
 @models_router.get(
     "/{model}",
     response_model=ModelDescription,
-    responses={404: {"description": "No such model (the known ones are listed)", "content": PROBLEMS_JSON}},
+    responses={
+        404: {"description": "No such model (the known ones are listed)", "content": PROBLEMS_JSON},
+        503: {
+            "description": "The model is not loaded yet (the server is starting)",
+            "content": PROBLEMS_JSON,
+        },
+    },
 )
 async def get_model(model: str, store: StoreDep) -> Response | ModelDescription:
     """One model's version, metrics, promotion time, lineage and request schema."""

@@ -34,6 +34,7 @@ _ERRORS = {
     "413": "Body over the size limit, or a batch over the record limit",
     "415": "The content type is not application/json",
     "422": "A record breaks the data contract: the field and the rule are named",
+    "503": "The model is not loaded yet (the server is starting): retry after Retry-After seconds",
 }
 
 

@@ -327,6 +327,24 @@ def test_an_unknown_model_is_404_naming_it_and_the_known_ones(serving: Serving) 
         assert response.json()["known_models"] == ["house-prices", "iris"]
 
 
+def test_a_server_still_loading_its_models_answers_503_to_retry_not_404(serving: Serving) -> None:
+    # A restarted server whose first look at the pointers has not happened yet: "no such model"
+    # would be wrong, and a client or a load balancer would give up on a model that exists.
+    starting = ModelStore(MODELS_BUCKET, max_batch=MAX_BATCH)
+    client = TestClient(create_app(ServingSettings(models_bucket=MODELS_BUCKET), store=starting))
+
+    for response in (client.post("/models/iris/predict", json=IRIS_RECORD), client.get("/models/iris")):
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert _problem(response)["rule"] == "not_loaded"
+    assert client.get("/ready").status_code == 503
+
+    starting.refresh()
+    assert client.get("/ready").status_code == 200
+    assert client.post("/models/iris/predict", json=IRIS_RECORD).status_code == 200
+    assert client.post("/models/penguins/predict", json=IRIS_RECORD).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("payload", "field", "rule"),
     [
