@@ -66,6 +66,11 @@ def status(
         typer.echo(json.dumps(report, indent=2))
         return
     console.print(f"status: {report['status']}" + (f" (pid {report['pid']})" if report["pid"] else ""))
+    if not report["running"] and report.get("last_error"):
+        console.print(
+            f"  it stopped because {report['last_error'].splitlines()[0]}; `arrival up` starts it again "
+            "(empty: then `arrival deploy`, put the contracts and upload the data again)"
+        )
     for name, url in report["endpoints"].items():
         console.print(f"  {name}: {url}")
     for model in report.get("models", []):

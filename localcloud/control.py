@@ -178,4 +178,6 @@ def status(settings: LocalCloudSettings, stack_name: str = "arrival") -> dict[st
         "endpoints": endpoints,
         "mlflow_artifact_bucket": settings.mlflow_artifact_bucket,
         "services": state.get("services", {}),
+        # Why the last local cloud stopped on its own (a service that exited), until the next `up`.
+        "last_error": read_state(paths).get("error"),
     }

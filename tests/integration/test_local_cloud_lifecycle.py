@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from localcloud import control
-from localcloud.processes import free_port, marked_processes, port_is_listening, wait_until
+from localcloud.processes import free_port, marked_processes, port_is_listening, process_tree, wait_until
 from localcloud.settings import LocalCloudSettings
 from tests.conftest import LocalCloud
 
@@ -73,3 +73,38 @@ def test_a_port_taken_by_another_program_is_named_with_its_setting(tmp_path: Pat
     assert f"port {port}" in message
     assert "ARRIVAL_AWS_PORT" in message
     assert "\n" not in message
+
+
+def test_after_the_emulator_crashes_up_starts_a_clean_consistent_cloud(tmp_path: Path) -> None:
+    """LocalStack keeps its state in memory: after a crash nothing of the stack survives. The local
+    cloud must then stop as a whole (not limp on with an empty emulator under a full registry), say
+    why, and `arrival up` must give a cloud whose registry is as empty as its buckets."""
+    import boto3
+    from mlflow.tracking import MlflowClient
+
+    settings = _fresh_settings(tmp_path)
+    control.up(settings)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=settings.aws_endpoint_url,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket="survivor")
+    MlflowClient(settings.mlflow_url).create_experiment("survivor")
+
+    localstack = int(control.status(settings)["services"]["localstack"]["pid"])
+    for pid in process_tree(localstack):
+        os.kill(pid, signal.SIGKILL)
+
+    assert wait_until(lambda: not marked_processes(settings.cloud_id), timeout=60)
+    assert "localstack exited" in (control.status(settings)["last_error"] or "")
+
+    try:
+        assert control.up(settings).already_running is False
+        buckets = [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]
+        assert "survivor" not in buckets
+        assert MlflowClient(settings.mlflow_url).get_experiment_by_name("survivor") is None
+    finally:
+        control.down(settings)
