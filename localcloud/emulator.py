@@ -132,6 +132,10 @@ def localstack_service(settings: LocalCloudSettings, venv_python: Path) -> Servi
         # Lambda's SQS pollers on AWS long-poll without pause; LocalStack's back off up to 10 s after
         # an empty poll, which showed up as 1-7 s of "event delivery" in the chain benchmark.
         "LAMBDA_EVENT_SOURCE_MAPPING_MAX_BACKOFF_ON_EMPTY_POLL_SEC": "1",
+        # Its poller also waits this long after each batch it hands over (default 1 s), and hands
+        # over one batch at a time: with batches of one file, 200 uploads queued for minutes (the
+        # load soak), where Lambda on AWS runs up to MaximumConcurrency batches at once.
+        "LAMBDA_EVENT_SOURCE_MAPPING_POLL_INTERVAL_SEC": "0.05",
         "ARRIVAL_LAMBDA_VENV_CACHE": str(settings.cache_dir / "lambda-venvs"),
         "ARRIVAL_UV": _uv(),
         CLOUD_ID_VARIABLE: settings.cloud_id,

@@ -97,6 +97,7 @@ class Supervisor:
         self.services = services
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, list[float]] = {}
+        self.error: str | None = None
         self.stopping = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -148,10 +149,12 @@ class Supervisor:
         return f"{service.name} was not healthy at {service.health_url} in time"
 
     def _state(self, status: str, error: str | None = None) -> dict[str, Any]:
+        # Why the cloud failed outlives its stop: `arrival status` reports it until the next `up`.
+        self.error = error or self.error
         return {
             "pid": os.getpid(),
             "status": status,
-            "error": error,
+            "error": self.error,
             "state_dir": str(self.paths.root),
             "endpoints": {
                 "aws": self.settings.aws_endpoint_url,
@@ -210,7 +213,10 @@ class Supervisor:
         # Grandchildren (Lambda environments, trainers) that outlived their parent.
         terminate(marked_processes(self.settings.cloud_id), 5)
         self.paths.pidfile.unlink(missing_ok=True)
-        self.paths.state.unlink(missing_ok=True)
+        if self.error:  # kept for `arrival status` until the next `up` or `down`
+            _write_state(self.paths, {**self._state("failed"), "services": {}})
+        else:
+            self.paths.state.unlink(missing_ok=True)
 
 
 def running_pid(paths: StatePaths) -> int | None:

@@ -27,6 +27,7 @@ WORKER_SETTINGS = {
     "ARRIVAL_WORKER_VISIBILITY_SECONDS": "10",
     "ARRIVAL_WORKER_MAX_ATTEMPTS": "2",
     "ARRIVAL_WORKER_RETRY_BACKOFF_SECONDS": "1",
+    "ARRIVAL_WORKER_HEARTBEAT_SECONDS": "2",
 }
 
 # Short timeouts and retries, so failure paths reach their dead-letter queues in seconds.
@@ -34,6 +35,13 @@ TEST_STACK_PARAMETERS = {
     "IngestTimeoutSeconds": "30",
     "IngestVisibilityTimeoutSeconds": "35",
     "IngestMaxReceiveCount": "2",
+}
+# The stack whose trainers really run: a frozen one is found out in seconds (a heartbeat every 2 s).
+# (The ingest stacks' trainers are records that never beat; they keep the template's defaults.)
+TRAINING_STACK_PARAMETERS = {
+    **TEST_STACK_PARAMETERS,
+    "TrainerHeartbeatStaleSeconds": "15",
+    "TrainerBootGraceSeconds": "60",
 }
 
 
@@ -93,7 +101,7 @@ def ingest_stack(local_cloud: LocalCloud) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def training_stack(local_cloud: LocalCloud) -> dict[str, str]:
     """The production template again, whose trainer instances the agent boots."""
-    return local_cloud.deploy(PROJECT_ROOT / "template.yaml", TRAINING_STACK, TEST_STACK_PARAMETERS)
+    return local_cloud.deploy(PROJECT_ROOT / "template.yaml", TRAINING_STACK, TRAINING_STACK_PARAMETERS)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ every event sent at least once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from localcloud.processes import free_port, process_tree
 from tests import datasets
 from tests.conftest import INGEST_STACK
 from tests.e2e.conftest import Chain, Pipeline
+from tests.e2e.test_training import _worker_pids
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -275,3 +277,40 @@ def test_a_file_the_ingest_function_cannot_handle_is_dead_lettered_with_its_reas
     accepted = pipeline.wait_accepted(model, 1)
     assert [entry["source"]["key"] for entry in accepted["datasets"]] == [key]
     assert dead_lettered() is None
+
+
+def test_a_frozen_trainer_stops_beating_and_the_reconciler_replaces_it(chain: Chain, unique: str) -> None:
+    # GIVEN a trainer that hangs mid-training (on AWS: an instance that stays "running" for ever)
+    model = f"frozen-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("iris", model))
+    chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(300, seed=26))
+    experiment = eventually(
+        lambda: chain.mlflow.get_experiment_by_name(model), 180, interval=0.1, what="the experiment"
+    )
+    eventually(
+        lambda: chain.mlflow.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"),
+        180,
+        interval=0.1,
+        what="a RUNNING run",
+    )
+    frozen_instances = {instance["InstanceId"] for instance in chain.trainers()}
+    frozen = [pid for worker in _worker_pids(chain.cloud) for pid in process_tree(worker)]
+    assert frozen_instances and frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        # WHEN the reconciler runs (on its schedule; invoked here so the test need not wait a minute)
+        def replaced() -> bool:
+            chain.cloud.client("lambda").invoke(FunctionName=chain.outputs["ReconcileFunctionName"])
+            live = {instance["InstanceId"] for instance in chain.trainers()}
+            return bool(live) and not live & frozen_instances
+
+        # THEN the frozen trainer is terminated and a new one trains the job, once
+        eventually(replaced, 120, interval=2, what="the frozen trainer replaced")
+        versions = chain.wait_versions(model, 1, timeout=300)
+        assert len(versions) == 1
+        assert chain.champion(model) == versions[0].version
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)

@@ -1,0 +1,1 @@
+"""The load suites (`make soak`): minutes long, so not part of `make test`."""
