@@ -365,7 +365,13 @@ def ingest_object(raw: RawObject) -> IngestResult:
         logger.info("ignored a file of an unsupported type", extra={"key": raw.key})
         return IngestResult(Outcome.ignored, raw.key, detail="unsupported suffix")
     model = raw.key.split("/", 1)[0] if "/" in raw.key else None
-    info = s3.head_object(raw.bucket, raw.key, raw.version_id)
+    info = s3.find_object(raw.bucket, raw.key, raw.version_id)
+    if info is None:
+        # A very late notification (a redrive days later) for a version someone deleted since: there
+        # is nothing left to judge, and retrying would only fill the dead-letter queue.
+        logger.warning("the object no longer exists; nothing to ingest", extra={"key": raw.key})
+        _metric("FilesVanished", model)
+        return IngestResult(Outcome.ignored, raw.key, model, "the object no longer exists")
     contract: DataContract | None = None
     scratch = settings.scratch_dir / f"ingest-{uuid.uuid4().hex}"
     scratch.mkdir(parents=True)

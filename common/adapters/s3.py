@@ -59,6 +59,16 @@ def head_object(bucket: str, key: str, version_id: str | None = None) -> ObjectI
     )
 
 
+def find_object(bucket: str, key: str, version_id: str | None = None) -> ObjectInfo | None:
+    """None when the object (or that version of it) no longer exists."""
+    try:
+        return head_object(bucket, key, version_id)
+    except ClientError as error:
+        if _is_missing(error) or _error_code(error) == "NoSuchVersion":
+            return None
+        raise
+
+
 def download(info: ObjectInfo, destination: Path) -> None:
     extra = {"VersionId": info.version_id} if info.version_id else None
     s3_client().download_file(info.bucket, info.key, str(destination), ExtraArgs=extra)
