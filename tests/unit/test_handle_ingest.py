@@ -152,8 +152,9 @@ def test_an_invalid_file_is_quarantined_not_failed(
 
 
 def test_a_record_that_fails_is_reported_alone(stack: FakeStack, lambda_context: FakeLambdaContext) -> None:
-    # GIVEN a notification for an object that does not exist, and an s3:TestEvent
-    event = stack.event_for("iris/vanished.csv")
+    # GIVEN a notification for a file whose model's contract does not parse, and an s3:TestEvent
+    stack.s3.put_object(Bucket="unit-config", Key="contracts/broken.yaml", Body=b"model: [broken")
+    event = _upload(stack, "broken/data.csv", datasets.to_csv(datasets.iris_frame(50)))
 
     response = handle_ingest.handler(event, lambda_context)
 
