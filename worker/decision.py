@@ -130,6 +130,7 @@ def finish_interrupted(model: str, list_hash: str, resources: StackResources) ->
             promote, reason = False, f"champion moved to version {champion.version} meanwhile"
         if promote and not serving_bundle.bundle_exists(resources.models_bucket, model, version.version):
             _publish_from_run(resources, version)
-        carry_out(resources, model, version.version, promote, reason, _event_detail(model, version, reason))
+        # The dead trainer's run is closed before the event, so whoever the event wakes sees it done.
         tracking.finish_run_if_running(version.run_id)
+        carry_out(resources, model, version.version, promote, reason, _event_detail(model, version, reason))
     return TrainingOutcome(model, version.version, promote, reason, {}, version.run_id, trained=False)
