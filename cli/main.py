@@ -22,6 +22,33 @@ def _say(message: str) -> None:
     console.print(f"[dim]{message}[/dim]")
 
 
+# The commands that talk to a cloud, and so must know which one (cli/target.py).
+NEEDS_A_CLOUD = {"deploy", "contract", "demo", "reproduce", "rollback", "redrive"}
+
+
+@app.callback()
+def choose_target(
+    ctx: typer.Context,
+    aws: Annotated[
+        bool, typer.Option("--aws", help="talk to your AWS account (default: the local cloud, while it runs)")
+    ] = False,
+) -> None:
+    """Drop a dataset into an S3 bucket, and a better model arrives in service by itself."""
+    from cli.target import CliSettings, Target, TargetError, environment_for
+
+    target = Target.aws if aws else CliSettings().target
+    ctx.obj = target
+    if ctx.invoked_subcommand not in NEEDS_A_CLOUD:
+        return
+    settings = get_local_cloud_settings()
+    running = bool(target is Target.local and control.status(settings)["running"])
+    try:
+        os.environ.update(environment_for(target, settings, cloud_running=running, environ=dict(os.environ)))
+    except TargetError as error:
+        errors.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        raise typer.Exit(1) from error
+
+
 @app.command()
 def up() -> None:
     """Start the local cloud (LocalStack and, later, its other services) in the background."""
@@ -53,11 +80,14 @@ def down() -> None:
 
 @app.command()
 def status(
+    ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
     """Show whether the local cloud runs, its endpoints, and each model's champion and served version."""
     report = control.status(get_local_cloud_settings(), stack_name)
+    # Which cloud the other commands talk to (cli/target.py): real AWS only when chosen.
+    report["target"] = str(ctx.obj or "local")
     if report["running"]:
         from cli import operations
 
@@ -66,6 +96,7 @@ def status(
         typer.echo(json.dumps(report, indent=2))
         return
     console.print(f"status: {report['status']}" + (f" (pid {report['pid']})" if report["pid"] else ""))
+    console.print(f"  commands target: {report['target']} (--aws or ARRIVAL_TARGET=aws for your AWS account)")
     if not report["running"] and report.get("last_error"):
         console.print(
             f"  it stopped because {report['last_error'].splitlines()[0]}; `arrival up` starts it again "
@@ -82,12 +113,19 @@ def status(
 
 @app.command()
 def deploy(
+    ctx: typer.Context,
     template: Annotated[Path, typer.Option(help="SAM template to deploy")] = Path("template.yaml"),
     stack_name: Annotated[str, typer.Option(help="CloudFormation stack name")] = "arrival",
     parameter: Annotated[list[str] | None, typer.Option(help="Key=Value template parameter")] = None,
 ) -> None:
-    """Package the template's functions and create or update its stack (LocalStack or AWS, by
-    AWS_ENDPOINT_URL)."""
+    """Package the template's functions and create or update its stack on the local cloud."""
+    if str(ctx.obj) == "aws":
+        # The local executor builds each function's environment itself, so these packages carry no
+        # dependencies: on AWS they would fail on their first import. sam build vendors them.
+        errors.print(
+            "[red]error:[/red] to deploy to AWS, use `sam build && sam deploy --guided` (docs/aws.md)"
+        )
+        raise typer.Exit(1)
     from localcloud import deploy as deployment  # boto3 and zip work only when deploying
 
     overrides = dict(item.split("=", 1) for item in parameter or [])

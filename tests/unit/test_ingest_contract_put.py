@@ -5,13 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
 from tests import datasets
 
 
-def test_a_contract_whose_name_is_not_its_model_is_refused(tmp_path: Path) -> None:
+def test_a_contract_whose_name_is_not_its_model_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cloud pointed at on purpose (nothing listens there: unit tests have no network)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     # GIVEN foo.yaml that declares model iris
     contract = tmp_path / "foo.yaml"
     contract.write_bytes(datasets.contract_yaml("iris", "iris"))

@@ -23,9 +23,19 @@ CHAMPION = "champion"
 _REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "cloudpickle")
 
 
+class NoTrackingServerError(RuntimeError):
+    pass
+
+
 @cache
 def client() -> MlflowClient:
     # MLFLOW_TRACKING_URI comes from the environment (the instance agent, or the user's shell).
+    # Without it MLflow would quietly create a store of its own in the working directory.
+    if not mlflow.is_tracking_uri_set():  # type: ignore[no-untyped-call]
+        raise NoTrackingServerError(
+            "MLFLOW_TRACKING_URI is not set: point it at the stack's tracking server "
+            "(`arrival status` shows the local cloud's)"
+        )
     return MlflowClient()
 
 

@@ -1,0 +1,112 @@
+"""Which cloud a command talks to: the local cloud while it runs, real AWS only when chosen, and
+never a tracking store of MLflow's own making."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from cli.target import Target, TargetError, environment_for
+from localcloud.settings import LocalCloudSettings
+from worker.adapters import tracking
+
+CLOUD = LocalCloudSettings(aws_port=4566, mlflow_port=5000)
+
+
+def test_a_running_local_cloud_is_the_default_target() -> None:
+    environment = environment_for(Target.local, CLOUD, cloud_running=True, environ={"AWS_PROFILE": "prod"})
+
+    assert environment == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+    }
+
+
+def test_without_a_local_cloud_nothing_falls_back_to_the_default_aws_account() -> None:
+    with pytest.raises(TargetError, match=r"arrival up.*--aws"):
+        environment_for(Target.local, CLOUD, cloud_running=False, environ={"AWS_PROFILE": "prod"})
+
+
+def test_aws_is_chosen_explicitly_and_needs_its_tracking_server() -> None:
+    with pytest.raises(TargetError, match="MLFLOW_TRACKING_URI"):
+        environment_for(Target.aws, CLOUD, cloud_running=True, environ={})
+    assert (
+        environment_for(Target.aws, CLOUD, cloud_running=False, environ={"MLFLOW_TRACKING_URI": "https://m"})
+        == {}
+    )
+
+
+def test_an_endpoint_set_on_purpose_is_kept() -> None:
+    pointed = {"AWS_ENDPOINT_URL": "http://127.0.0.1:5566", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5050"}
+    assert environment_for(Target.local, CLOUD, cloud_running=False, environ=pointed) == {}
+    with pytest.raises(TargetError, match="MLFLOW_TRACKING_URI is not set"):
+        environment_for(Target.local, CLOUD, cloud_running=False, environ={"AWS_ENDPOINT_URL": "http://x"})
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["contract", "put", "contracts/iris.yaml"],
+        ["demo"],
+        ["redrive", "ingest"],
+        ["rollback", "--model", "iris"],
+        ["reproduce", "champion"],
+        ["deploy"],
+    ],
+)
+def test_a_command_run_without_exports_and_without_a_cloud_says_what_to_do_in_one_line(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "ARRIVAL_TARGET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ARRIVAL_STATE_DIR", str(tmp_path))  # no local cloud there
+    from localcloud.settings import get_local_cloud_settings
+
+    get_local_cloud_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, command)
+    finally:
+        get_local_cloud_settings.cache_clear()
+
+    assert result.exit_code == 1
+    assert "no local cloud is running" in result.output
+    assert len(result.output.strip().splitlines()) <= 2  # one line, wrapped at most once
+
+
+def test_status_names_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARRIVAL_STATE_DIR", str(tmp_path))
+    from localcloud.settings import get_local_cloud_settings
+
+    get_local_cloud_settings.cache_clear()
+    try:
+        local = CliRunner().invoke(app, ["status"])
+        aws = CliRunner().invoke(app, ["--aws", "status", "--json"])
+    finally:
+        get_local_cloud_settings.cache_clear()
+    assert "commands target: local" in local.output
+    assert '"target": "aws"' in aws.output
+
+
+def test_no_tracking_store_is_created_by_accident(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    tracking.client.cache_clear()
+    try:
+        with pytest.raises(tracking.NoTrackingServerError, match="MLFLOW_TRACKING_URI"):
+            tracking.client()
+    finally:
+        tracking.client.cache_clear()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_deploying_to_aws_goes_through_sam(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example")
+    result = CliRunner().invoke(app, ["--aws", "deploy"])
+    assert result.exit_code == 1
+    assert "sam build && sam deploy" in result.output
