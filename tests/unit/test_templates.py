@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -49,3 +50,51 @@ def test_the_same_code_zips_to_the_same_bytes(tmp_path: Path) -> None:
 
     assert (tmp_path / "one.zip").read_bytes() == (tmp_path / "two.zip").read_bytes()
     assert zipfile.ZipFile(tmp_path / "one.zip").namelist() == ["pkg/app.py"]
+
+
+def _tracking_uri_parameter() -> dict[str, str]:
+    parameter: dict[str, str] = load_template(ROOT / "template.yaml")["Parameters"]["MlflowTrackingUri"]
+    return parameter
+
+
+def test_aws_refuses_a_stack_without_a_tracking_uri() -> None:
+    # GIVEN the template's rules (AWS evaluates them when a change set is created; LocalStack does not)
+    template = load_template(ROOT / "template.yaml")
+    assertions = [assertion for rule in template["Rules"].values() for assertion in rule["Assertions"]]
+    refusing_empty = [
+        assertion
+        for assertion in assertions
+        if assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "MlflowTrackingUri"}, ""]}]}
+    ]
+
+    # THEN the parameter has no default but the empty one, and a rule refuses that, saying what to pass
+    assert _tracking_uri_parameter().get("Default", "") == ""
+    assert len(refusing_empty) == 1
+    assert "MlflowTrackingUri=http" in refusing_empty[0]["AssertDescription"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["http://10.0.1.20:5000", "https://mlflow.example.com", "http://mlflow.internal:5000/tracking/"],
+)
+def test_the_tracking_uri_pattern_accepts_a_server_url(value: str) -> None:
+    assert re.fullmatch(_tracking_uri_parameter()["AllowedPattern"], value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "mlflow:5000",  # no scheme
+        "file:///tmp/mlruns",  # the trainer's own disk dies with the instance
+        "s3://bucket/mlruns",
+        "http://",
+        "http://host:5000/$(reboot)",  # the value is expanded unquoted in the user data script
+        "http://host:5000; reboot",
+        "http://user:secret@host:5000",  # no credentials in user data
+    ],
+)
+def test_the_tracking_uri_pattern_refuses_anything_else(value: str) -> None:
+    parameter = _tracking_uri_parameter()
+
+    assert not re.fullmatch(parameter["AllowedPattern"], value)
+    assert "http://" in parameter["ConstraintDescription"]
