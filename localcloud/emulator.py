@@ -59,7 +59,7 @@ def _executor_fingerprint() -> str:
 
 def ensure_virtualenv(settings: LocalCloudSettings, say: object = None) -> Path:
     """Create or update LocalStack's virtualenv; returns its Python. Cheap when nothing changed."""
-    python = find_python((3, 12), settings.localstack_python)
+    python = find_python((3, 13), settings.localstack_python)
     venv = settings.cache_dir / f"localstack-{LOCALSTACK_VERSION}"
     venv_python = venv / "bin" / "python"
     wanted_stamp = "\n".join(

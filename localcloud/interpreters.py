@@ -1,7 +1,8 @@
 """Finding a Python interpreter of a given minimum version on a machine that may not have it on PATH.
 
-LocalStack 2026.3.0 needs Python >= 3.12 (its code uses PEP 695 generics), while the project itself
-runs on 3.11+. Developers often have the newer Python only under pyenv or uv, not as ``python3.13``.
+LocalStack 2026.3.0 needs Python >= 3.13 (its code uses PEP 695 generics and
+`warnings.deprecated`), while the project itself runs on 3.11+. Developers often have the newer
+Python only under pyenv or uv, not as ``python3.13``.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class LocalCloudSettings(BaseSettings):
     )
     region: str = "us-east-1"
     localstack_python: str | None = Field(
-        default=None, description="interpreter (>= 3.12) for LocalStack; found automatically if unset"
+        default=None, description="interpreter (>= 3.13) for LocalStack; found automatically if unset"
     )
     startup_timeout_seconds: float = 180.0
     shutdown_timeout_seconds: float = 60.0

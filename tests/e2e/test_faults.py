@@ -159,7 +159,7 @@ class ServerProcess:
             **os.environ,
             "AWS_ENDPOINT_URL": chain.cloud.endpoint_url,
             "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",  # pragma: allowlist secret  # LocalStack's dummy
             "AWS_DEFAULT_REGION": "us-east-1",
             "ARRIVAL_SERVING_MODELS_BUCKET": chain.outputs["ModelsBucketName"],
             "ARRIVAL_SERVING_HOST": "127.0.0.1",

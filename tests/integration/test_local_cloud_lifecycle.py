@@ -88,7 +88,7 @@ def test_after_the_emulator_crashes_up_starts_a_clean_consistent_cloud(tmp_path:
         "s3",
         endpoint_url=settings.aws_endpoint_url,
         aws_access_key_id="test",
-        aws_secret_access_key="test",
+        aws_secret_access_key="test",  # pragma: allowlist secret  # LocalStack's dummy
         region_name="us-east-1",
     )
     s3.create_bucket(Bucket="survivor")

@@ -22,7 +22,7 @@ def test_a_running_local_cloud_is_the_default_target() -> None:
     assert environment == {
         "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
         "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",  # pragma: allowlist secret
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
     }

@@ -90,7 +90,7 @@ def test_the_tracking_uri_pattern_accepts_a_server_url(value: str) -> None:
         "http://",
         "http://host:5000/$(reboot)",  # the value is expanded unquoted in the user data script
         "http://host:5000; reboot",
-        "http://user:secret@host:5000",  # no credentials in user data
+        "http://user:secret@host:5000",  # no credentials in user data  # pragma: allowlist secret
     ],
 )
 def test_the_tracking_uri_pattern_refuses_anything_else(value: str) -> None:
