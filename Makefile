@@ -2,6 +2,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export UV_COMPILE_BYTECODE := 1
+# Where uv goes on a machine without it (localcloud/bootstrap_uv.py: stdlib only, since pip cannot
+# install into Debian's or Ubuntu's system Python); on PATH for every recipe, as is uv's own
+# installer's ~/.local/bin.
+UV_BOOTSTRAP := $(HOME)/.cache/arrival/bootstrap/bin
+export PATH := $(UV_BOOTSTRAP):$(HOME)/.local/bin:$(PATH)
 
 # The local cloud the demo talks to. Tests start their own on free ports.
 ARRIVAL_AWS_PORT ?= 4566
@@ -20,7 +25,7 @@ help:
 	@echo "make audit  secret scan against .secrets.baseline, and known vulnerabilities in uv.lock"
 
 install:
-	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null || python3 localcloud/bootstrap_uv.py $(UV_BOOTSTRAP)
 	uv sync --frozen
 
 up: install
@@ -57,7 +62,7 @@ PIP_AUDIT_SERVICE ?= pypi
 audit: audit-secrets audit-deps
 
 audit-secrets:
-	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null || python3 localcloud/bootstrap_uv.py $(UV_BOOTSTRAP)
 	@scratch="$$(mktemp -d)" && trap 'rm -rf "$$scratch"' EXIT \
 		&& cp .secrets.baseline "$$scratch/baseline.json" \
 		&& uvx detect-secrets==1.5.0 scan --exclude-files '^\.secrets\.baseline$$' \
@@ -69,7 +74,7 @@ audit-secrets:
 			sys.exit(1 if new else 0)' "$$scratch/baseline.json"
 
 audit-deps:
-	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null || python3 localcloud/bootstrap_uv.py $(UV_BOOTSTRAP)
 	@scratch="$$(mktemp -d)" && trap 'rm -rf "$$scratch"' EXIT \
 		&& uv export --frozen --all-groups --no-emit-project --format requirements-txt \
 			> "$$scratch/requirements.txt" \

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localcloud.interpreters import find_python
+from localcloud.interpreters import find_python, install_with_uv
 from localcloud.processes import CLOUD_ID_VARIABLE
 from localcloud.settings import LocalCloudSettings
 
@@ -59,7 +59,13 @@ def _executor_fingerprint() -> str:
 
 def ensure_virtualenv(settings: LocalCloudSettings, say: object = None) -> Path:
     """Create or update LocalStack's virtualenv; returns its Python. Cheap when nothing changed."""
-    python = find_python((3, 13), settings.localstack_python)
+
+    def install(version: str) -> bool:
+        if callable(say):
+            say(f"no Python >= {version} for LocalStack here: installing one (`uv python install {version}`)")
+        return install_with_uv(version)
+
+    python = find_python((3, 13), settings.localstack_python, install=install)
     venv = settings.cache_dir / f"localstack-{LOCALSTACK_VERSION}"
     venv_python = venv / "bin" / "python"
     wanted_stamp = "\n".join(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -57,18 +58,43 @@ def _candidates(minimum: tuple[int, int]) -> list[Path]:
     return found
 
 
-def find_python(minimum: tuple[int, int], explicit: str | None = None) -> Path:
-    """The newest interpreter >= minimum: the explicit one if given, else from PATH, pyenv or uv."""
+def install_with_uv(wanted: str) -> bool:
+    """`uv python install`: uv fetches a standalone build (from GitHub), where the network allows."""
+    uv = shutil.which("uv")
+    if uv is None:
+        return False
+    try:
+        result = subprocess.run(
+            [uv, "python", "install", wanted], capture_output=True, text=True, timeout=600, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
+
+
+def _first_good(minimum: tuple[int, int]) -> Path | None:
+    for candidate in _candidates(minimum):
+        version = _version_of(candidate)
+        if version is not None and version >= minimum:
+            return candidate
+    return None
+
+
+def find_python(
+    minimum: tuple[int, int], explicit: str | None = None, install: Callable[[str], bool] | None = None
+) -> Path:
+    """The newest interpreter >= minimum: the explicit one if given, else from PATH, pyenv or uv;
+    if none, `install(version)` may get one (see `install_with_uv`) before giving up."""
     wanted = f"{minimum[0]}.{minimum[1]}"
     if explicit:
         version = _version_of(Path(explicit))
         if version is None or version < minimum:
             raise InterpreterNotFoundError(f"{explicit} is not a Python >= {wanted}")
         return Path(explicit)
-    for candidate in _candidates(minimum):
-        version = _version_of(candidate)
-        if version is not None and version >= minimum:
-            return candidate
+    if found := _first_good(minimum):
+        return found
+    if install is not None and install(wanted) and (found := _first_good(minimum)):
+        return found
     raise InterpreterNotFoundError(
         f"LocalStack needs Python >= {wanted}, and none was found on PATH (python{wanted}..), "
         f"under pyenv ({_pyenv_root()}/versions) or by `uv python find`. Install one with "
