@@ -222,7 +222,7 @@ class Trainer:
         from worker.train_model import train_model
 
         received_at = time.time()
-        deadline = time.monotonic() + self.settings.max_quiet_seconds
+        deadline = self.wait_deadline(messages)
         if self.heartbeat is not None:
             self.heartbeat.model = model
         try:
@@ -256,6 +256,22 @@ class Trainer:
         lease.forget(messages)
         for message in messages:
             sqs.delete(self.queue_url, message["ReceiptHandle"])
+
+    def wait_deadline(self, messages: list[dict[str, Any]]) -> float:
+        """When waiting for quiet ends (time.monotonic()): `max_quiet_seconds` after the oldest job
+        was sent, so time it spent queued (behind another model's training, or a trainer's boot)
+        counts; but never before one quiet period from now, so a burst still has a chance to settle."""
+        now_wall, now = time.time(), time.monotonic()
+        sent = min(
+            (
+                float(message["Attributes"]["SentTimestamp"]) / 1000
+                for message in messages
+                if "SentTimestamp" in message.get("Attributes", {})
+            ),
+            default=now_wall,
+        )
+        until = sent + self.settings.max_quiet_seconds - now_wall
+        return now + max(until, self.settings.quiet_seconds)
 
     def retry_delay(self, attempts: int) -> int:
         """Seconds before a failed job is tried again: minutes, not seconds, so that a tracking
