@@ -243,11 +243,10 @@ class Invocations:
             return ""
         return (
             "The ingest function ran one invocation at a time, whatever the template's "
-            "MaximumConcurrency (5): LocalStack's SQS event source mapping polls from one thread, invokes "
-            "the function synchronously, and waits `LAMBDA_EVENT_SOURCE_MAPPING_POLL_INTERVAL_SEC` (1 s by "
-            "default) after every batch; with `IngestBatchSize` 1 that is at most one file per second plus "
-            "its duration. Uploads faster than that queue up, hence *upload -> accepted*; on AWS the "
-            "mapping scales up to MaximumConcurrency invocations at once."
+            "MaximumConcurrency (5): LocalStack's SQS event source mapping polls from one thread and "
+            "invokes the function synchronously (the local cloud sets "
+            "`LAMBDA_EVENT_SOURCE_MAPPING_POLL_INTERVAL_SEC` to 0.05 s, from LocalStack's 1 s, so batches follow each other at once). On AWS the mapping "
+            "scales up to MaximumConcurrency invocations at once."
         )
 
 
