@@ -245,8 +245,9 @@ class Invocations:
             "The ingest function ran one invocation at a time, whatever the template's "
             "MaximumConcurrency (5): LocalStack's SQS event source mapping polls from one thread and "
             "invokes the function synchronously (the local cloud sets "
-            "`LAMBDA_EVENT_SOURCE_MAPPING_POLL_INTERVAL_SEC` to 0.05 s, from LocalStack's 1 s, so batches follow each other at once). On AWS the mapping "
-            "scales up to MaximumConcurrency invocations at once."
+            "`LAMBDA_EVENT_SOURCE_MAPPING_POLL_INTERVAL_SEC` to 0.05 s, from LocalStack's 1 s, so batches "
+            "follow each other at once). On AWS the mapping scales up to MaximumConcurrency invocations "
+            "at once."
         )
 
 
