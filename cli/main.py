@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from localcloud import control
 from localcloud.settings import get_local_cloud_settings
@@ -23,7 +24,8 @@ def _say(message: str) -> None:
 
 
 # The commands that talk to a cloud, and so must know which one (cli/target.py).
-NEEDS_A_CLOUD = {"deploy", "contract", "demo", "reproduce", "rollback", "redrive"}
+# (`contract` decides per subcommand: `check` against a local contract file needs no cloud.)
+NEEDS_A_CLOUD = {"deploy", "demo", "reproduce", "rollback", "redrive", "upload"}
 
 
 @app.callback()
@@ -34,16 +36,24 @@ def choose_target(
     ] = False,
 ) -> None:
     """Drop a dataset into an S3 bucket, and a better model arrives in service by itself."""
-    from cli.target import CliSettings, Target, TargetError, environment_for
+    from cli.target import CliSettings, Target
 
     target = Target.aws if aws else CliSettings().target
     ctx.obj = target
-    if ctx.invoked_subcommand not in NEEDS_A_CLOUD:
-        return
+    if ctx.invoked_subcommand in NEEDS_A_CLOUD:
+        point_at_cloud(target)
+
+
+def point_at_cloud(target: object) -> None:
+    """Set the environment for the chosen cloud, or exit with one line saying what to do."""
+    from cli.target import Target, TargetError, environment_for
+
     settings = get_local_cloud_settings()
-    running = bool(target is Target.local and control.status(settings)["running"])
+    running = bool(target == Target.local and control.status(settings)["running"])
     try:
-        os.environ.update(environment_for(target, settings, cloud_running=running, environ=dict(os.environ)))
+        os.environ.update(
+            environment_for(Target(str(target)), settings, cloud_running=running, environ=dict(os.environ))
+        )
     except TargetError as error:
         errors.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(1) from error
@@ -141,6 +151,13 @@ contract_app = typer.Typer(no_args_is_help=True, help="Data contracts: what each
 app.add_typer(contract_app, name="contract")
 
 
+@contract_app.callback()
+def contract_target(ctx: typer.Context) -> None:
+    """Data contracts: what each model accepts."""
+    if ctx.invoked_subcommand != "check":
+        point_at_cloud(ctx.obj)
+
+
 @contract_app.command("put")
 def contract_put(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="the contract, <model>.yaml")],
@@ -160,6 +177,139 @@ def contract_put(
         errors.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(1) from error
     console.print(f"contract uploaded to {location}")
+
+
+def _fail(error: Exception, code: int = 1) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True, highlight=False)
+    return typer.Exit(code)
+
+
+@contract_app.command("get")
+def contract_get(
+    model: Annotated[str, typer.Argument(help="the model whose contract to print")],
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Print the contract the stack holds for a model (YAML, as uploaded)."""
+    from cli import operations
+
+    try:
+        text = operations.contract_text(model, stack_name)
+    except operations.OperationError as error:
+        raise _fail(error) from error
+    typer.echo(text, nl=not text.endswith("\n"))
+
+
+@contract_app.command("list")
+def contract_list(
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON list")] = False,
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """The models with a contract in the stack, one per line."""
+    from cli import operations
+
+    try:
+        models = operations.contract_models(stack_name)
+    except operations.OperationError as error:
+        raise _fail(error) from error
+    typer.echo(json.dumps(models) if as_json else "\n".join(models), nl=as_json or bool(models))
+
+
+# Exit codes of `contract check` and `upload --wait`, for scripts: 1 stays "could not tell".
+EXIT_REJECTED = 3
+EXIT_QUARANTINED = 4
+
+
+def _print_quarantine(report: dict[str, Any], where: str) -> None:
+    # Details and examples are the file's own text: never rich markup.
+    errors.print(f"[red]quarantined:[/red] rule {report['rule']}", highlight=False)
+    for violation in report["violations"][:3]:
+        errors.print(f"  {violation['rule']}: {escape(violation['detail'])}", soft_wrap=True, highlight=False)
+        if violation.get("examples"):
+            examples = ", ".join(violation["examples"])
+            errors.print(f"    e.g. {escape(examples)}", soft_wrap=True, highlight=False)
+    errors.print(f"  report: {escape(where)}", soft_wrap=True, highlight=False)
+
+
+@contract_app.command("check")
+def contract_check(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="the data file (.csv, .csv.gz or .parquet)")],
+    contract: Annotated[
+        str, typer.Option(help="a contract file (checked without any AWS call), or a model of the stack")
+    ],
+    stack_name: Annotated[str, typer.Option(help="the deployed stack (for a model's name)")] = "arrival",
+) -> None:
+    """Would ingest accept this file? Exit 0 if so; 4 with the quarantine's report if not."""
+    from cli import operations
+
+    if not Path(contract).is_file():  # a model of the stack: its contract is in the cloud
+        point_at_cloud(ctx.obj)
+    try:
+        parsed = operations.contract_for_check(contract, stack_name)
+        report = operations.check_file(file, parsed)
+    except operations.OperationError as error:
+        raise _fail(error) from error
+    if report is None:
+        console.print(f"{file}: would be accepted for model {parsed.model}", highlight=False)
+        return
+    _print_quarantine(report, "(below; nothing was uploaded)")
+    typer.echo(json.dumps(report, indent=2))
+    raise typer.Exit(EXIT_QUARANTINED)
+
+
+@app.command()
+def upload(
+    file: Annotated[Path, typer.Argument(help="the data file (.csv, .csv.gz or .parquet)")],
+    model: Annotated[str, typer.Option(help="the model it trains: the key's first segment")],
+    wait: Annotated[
+        bool, typer.Option(help="follow it to the gate: 0 promoted, 3 rejected, 4 quarantined, 1 otherwise")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits for the gate's decision")] = 600,
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Upload a data file to the raw bucket under <model>/, and (--wait) follow it through the chain."""
+    from cli import operations
+    from cli.demo import timed_printer
+
+    try:
+        uploaded = operations.upload(file, model, stack_name)
+        follow = operations.Follower(stack_name, timed_printer(console)) if wait else None
+    except operations.OperationError as error:
+        raise _fail(error) from error
+    console.print(
+        f"uploaded s3://{uploaded.bucket}/{uploaded.key} (version {uploaded.version_id})",
+        highlight=False,
+        soft_wrap=True,  # one line, for whoever copies or parses it
+    )
+    if follow is None:
+        return
+    try:
+        result = operations.follow_upload(follow, uploaded, timeout)
+    except TimeoutError as error:
+        raise _fail(
+            TimeoutError(
+                f"{error} within {timeout:.0f} s; `arrival status` shows the chain, --timeout waits longer"
+            )
+        ) from error
+    if result.outcome == "duplicate":
+        raise _fail(
+            RuntimeError(
+                f"the same bytes were already accepted as {result.duplicate_of}: ingest drops this copy, "
+                "so nothing trains on it; upload new data"
+            )
+        )
+    if result.outcome == "quarantined" and result.report is not None:
+        _print_quarantine(result.report, result.report_uri or "")
+        raise typer.Exit(EXIT_QUARANTINED)
+    if result.outcome == "rejected":
+        errors.print(
+            f"[red]rejected:[/red] version {result.version} was not promoted (the champion stays): "
+            f"{escape(result.detail)}",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_REJECTED)
+    console.print(f"[green]promoted: {model} version {result.version} is the champion[/green]")
 
 
 @app.command()

@@ -3,26 +3,54 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
+import tempfile
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import yaml
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 
 from common.adapters import events, s3
 from common.adapters.stack import stack_outputs
-from common.contracts import parse_contract
-from common.layout import contract_key
+from common.contracts import DataContract, data_format_of, parse_contract
+from common.layout import CONTRACT_PREFIX, accepted_list_key, contract_key
 
 if TYPE_CHECKING:
     from worker.reproduce import Reproduction
 
+T = TypeVar("T")
+
 
 class OperationError(Exception):
     """A one-line reason the command cannot do what was asked, and what to do about it."""
+
+
+def outputs_of(stack_name: str) -> dict[str, str]:
+    """The stack's outputs, or an OperationError saying how to get a stack."""
+    try:
+        return stack_outputs(stack_name)
+    except ClientError as error:
+        # CloudFormation answers a missing stack with the generic ValidationError code: only its
+        # message tells it apart from a malformed request.
+        if "does not exist" in str(error):
+            raise OperationError(f"no stack named {stack_name}: run `arrival deploy`") from None
+        raise
+    except BotoCoreError as error:
+        raise OperationError(
+            f"cannot reach the cloud to read stack {stack_name} ({error}): "
+            "is the local cloud up (`arrival status`)?"
+        ) from None
 
 
 def put_contract(path: Path, stack_name: str) -> str:
@@ -37,7 +65,7 @@ def put_contract(path: Path, stack_name: str) -> str:
             f"{path} is named {name!r} but declares model {contract.model!r}; "
             f"rename the file to {contract.model}.yaml or declare model: {name}"
         )
-    bucket = stack_outputs(stack_name)["ConfigBucketName"]
+    bucket = outputs_of(stack_name)["ConfigBucketName"]
     key = contract_key(contract.model)
     s3.put_bytes(bucket, key, text, "application/yaml")
     return f"s3://{bucket}/{key}"
@@ -96,7 +124,7 @@ def rollback(model: str, to_version: str | None, stack_name: str) -> Rollback:
     from worker.adapters import tracking
     from worker.serving_bundle import bundle_exists, move_pointer
 
-    outputs = stack_outputs(stack_name)
+    outputs = outputs_of(stack_name)
     current = tracking.champion(model)
     if current is None:
         raise OperationError(f"model {model!r} has no champion to roll back from")
@@ -188,7 +216,266 @@ def redrive(stage: str, stack_name: str) -> int:
 
     if stage not in REDRIVE_QUEUES:
         raise OperationError(f"unknown stage {stage!r}; redrive one of: {', '.join(REDRIVE_QUEUES)}")
-    outputs = stack_outputs(stack_name)
+    outputs = outputs_of(stack_name)
     dead_letters, queue = (outputs[name] for name in REDRIVE_QUEUES[stage])
     fifo_group = (lambda body: str(json.loads(body)["model"])) if stage == "training" else None
     return sqs.move_all(dead_letters, queue, fifo_group=fifo_group)
+
+
+# --- Contracts ---------------------------------------------------------------------------------------
+
+
+def _contract_bytes(model: str, stack_name: str) -> tuple[bytes, str]:
+    bucket = outputs_of(stack_name)["ConfigBucketName"]
+    found = s3.get_bytes(bucket, contract_key(model))
+    if found is None:
+        known = ", ".join(contract_models(stack_name)) or "none yet"
+        raise OperationError(
+            f"no contract for model {model!r} in stack {stack_name} (models with one: {known}): "
+            f"upload one with `arrival contract put {model}.yaml`"
+        )
+    return found[0], f"s3://{bucket}/{contract_key(model)}"
+
+
+def contract_text(model: str, stack_name: str) -> str:
+    return _contract_bytes(model, stack_name)[0].decode()
+
+
+def contract_models(stack_name: str) -> list[str]:
+    """Every model whose contract is in the stack's config bucket, sorted."""
+    bucket = outputs_of(stack_name)["ConfigBucketName"]
+    return sorted(
+        key.removeprefix(CONTRACT_PREFIX).removesuffix(".yaml")
+        for key, _ in s3.list_objects(bucket, CONTRACT_PREFIX)
+        if key.endswith(".yaml") and "/" not in key.removeprefix(CONTRACT_PREFIX)
+    )
+
+
+def _parsed(text: bytes, where: str) -> DataContract:
+    try:
+        return parse_contract(text)
+    except (yaml.YAMLError, ValidationError) as error:
+        first = str(error).splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise OperationError(
+            f"{where} is not a valid contract ({detail}); fix it, then check again"
+        ) from None
+
+
+def contract_for_check(path_or_model: str, stack_name: str) -> DataContract:
+    """A local contract file, read without any AWS call; otherwise the stack's contract of that model."""
+    path = Path(path_or_model)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        return _parsed(_read_file(path, "contract"), str(path))
+    text, where = _contract_bytes(path_or_model, stack_name)
+    return _parsed(text, where)
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    if not path.is_file():
+        raise OperationError(f"no such {what} file: {path}; check the path")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise OperationError(f"cannot read {path} ({error.strerror}); check its permissions") from None
+
+
+def _hashes(path: Path) -> tuple[str, str]:
+    """The file's sha256 (ingest's content hash) and md5 (S3's ETag of a single-part upload)."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as stream:
+        while block := stream.read(1 << 20):
+            sha256.update(block)
+            md5.update(block)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+def check_file(path: Path, contract: DataContract) -> dict[str, Any] | None:
+    """What ingest would decide about this file uploaded under `<model>/<its name>`: None if it would
+    be accepted, else the report the quarantine would write (the same rules, run by common/ingest's
+    own functions, in the same order; `source.bucket` and `quarantined_at` are null: nothing moved)."""
+    from common import ingest, tabular
+    from common.validation import DatasetRejectedError, Rule, reject
+
+    _read_file(path, "data")
+    key = f"{contract.model}/{path.name}"
+    content_hash, md5 = _hashes(path)
+    info = s3.ObjectInfo(bucket="", key=key, version_id=None, etag=md5, size=path.stat().st_size)
+    try:
+        data_format = data_format_of(path.name)
+        if data_format is None:
+            raise reject(Rule.unsupported_format, f"{path.name} is not .csv, .csv.gz or .parquet")
+        ingest._check_before_reading(info, data_format, contract)
+        tabular.check_inflated_size(path, data_format, contract.limits.max_file_bytes)
+        source = ingest.DownloadedObject(info, data_format, path, content_hash)
+        with tempfile.TemporaryDirectory(prefix="arrival-check-") as scratch:
+            ingest.convert(source, contract, Path(scratch) / "processed.parquet", tabular.CHUNK_ROWS)
+    except DatasetRejectedError as rejected:
+        return {
+            "source": {"bucket": None, "key": key, "version_id": None, "etag": md5},
+            "quarantine_key": ingest.quarantine_key(key),
+            "size": info.size,
+            "model": contract.model,
+            "rule": rejected.rule.value,
+            "violations": [violation.as_dict() for violation in rejected.violations],
+            "contract_hash": contract.content_hash,
+            "quarantined_at": None,
+        }
+    return None
+
+
+# --- Following a file through the chain ---------------------------------------------------------------
+
+
+def wait_for(probe: Callable[[], T | None], deadline: float, what: str) -> T:
+    """Poll until `probe` answers, or TimeoutError once time.monotonic() passes `deadline`."""
+    while (result := probe()) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen in time")
+        time.sleep(0.5)
+    return result
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    model: str
+    bucket: str
+    key: str
+    version_id: str | None
+    content_hash: str
+    etag: str
+
+    @property
+    def source_uri(self) -> str:
+        """As the trainer lists it in a run's `lineage.sources` (worker/decision.py)."""
+        return f"s3://{self.bucket}/{self.key}?versionId={self.version_id}"
+
+
+_CONTENT_TYPES = {
+    "csv": "text/csv",
+    "csv.gz": "application/gzip",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
+def upload(path: Path, model: str, stack_name: str) -> Uploaded:
+    """Put the file in the raw bucket under `<model>/<its name>`, once its model has a contract."""
+    body = _read_file(path, "data")
+    _contract_bytes(model, stack_name)  # refuse before upload: ingest would only quarantine it
+    bucket = outputs_of(stack_name)["RawBucketName"]
+    key = f"{model}/{path.name}"
+    data_format = data_format_of(path.name)
+    content_type = _CONTENT_TYPES.get(data_format.value if data_format else "", "application/octet-stream")
+    version_id = s3.put_bytes(bucket, key, body, content_type)
+    content_hash, md5 = _hashes(path)
+    return Uploaded(model, bucket, key, version_id, content_hash, md5)
+
+
+@dataclass(frozen=True)
+class FollowResult:
+    """Where a file's journey got to: accepted (on its way), promoted, rejected, quarantined or
+    duplicate."""
+
+    outcome: str
+    detail: str = ""
+    version: str | None = None
+    report: dict[str, Any] | None = None
+    report_uri: str | None = None
+    duplicate_of: str | None = None
+    accepted: dict[str, Any] | None = None
+
+
+class Follower:
+    """Watches the deployed stack from outside, as a user would, through arrival's adapters."""
+
+    def __init__(self, stack_name: str, say: Callable[[str], None]) -> None:
+        self.outputs = outputs_of(stack_name)
+        self.stack_name = stack_name
+        self.say = say
+
+    def accepted_entries(self, model: str) -> list[dict[str, Any]]:
+        found = s3.get_bytes(self.outputs["ProcessedBucketName"], accepted_list_key(model))
+        return list(json.loads(found[0])["datasets"]) if found else []
+
+    def accepted_copy_of(self, uploaded: Uploaded) -> dict[str, Any] | None:
+        """The accepted dataset with the same bytes from another upload: ingest keeps one copy of
+        the same data per model, so this upload will never train anything."""
+        for entry in self.accepted_entries(uploaded.model):
+            same_source = (entry["source"]["key"], entry["source"].get("version_id")) == (
+                uploaded.key,
+                uploaded.version_id,
+            )
+            if entry["content_hash"] == uploaded.content_hash and not same_source:
+                return entry
+        return None
+
+    def ingested(self, uploaded: Uploaded) -> FollowResult | None:
+        """How ingest judged this object version (accepted, with its entry; quarantined; duplicate),
+        or None while it has not."""
+        from common.ingest import REPORT_SUFFIX, quarantine_key
+
+        for entry in self.accepted_entries(uploaded.model):
+            if (entry["source"]["key"], entry["source"].get("version_id")) == (
+                uploaded.key,
+                uploaded.version_id,
+            ):
+                return FollowResult("accepted", accepted=entry)
+        bucket = self.outputs["QuarantineBucketName"]
+        report_key = f"{quarantine_key(uploaded.key)}{REPORT_SUFFIX}"
+        found = s3.get_bytes(bucket, report_key)
+        report = json.loads(found[0]) if found else None
+        if report and report["source"].get("version_id") == uploaded.version_id:
+            return FollowResult(
+                "quarantined", report["rule"], report=report, report_uri=f"s3://{bucket}/{report_key}"
+            )
+        if (copy := self.accepted_copy_of(uploaded)) is not None:
+            source = copy["source"]
+            return FollowResult(
+                "duplicate",
+                duplicate_of=f"s3://{source['bucket']}/{source['key']}?versionId={source['version_id']}",
+            )
+        return None
+
+    def trainer(self) -> str | None:
+        from common.adapters import ec2
+        from common.reconcile import TRAINER_ROLE
+
+        live = ec2.live_instances(TRAINER_ROLE, self.stack_name)
+        return live[0] if live else None
+
+
+def follow_upload(follow: Follower, uploaded: Uploaded, timeout: float) -> FollowResult:
+    """Follow one object version through ingest, training and the gate, saying each step as it
+    happens. Raises TimeoutError if the chain has not decided within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    ingested = wait_for(partial(follow.ingested, uploaded), deadline, "ingest")
+    if ingested.accepted is None:
+        return ingested
+    entry = ingested.accepted
+    follow.say(
+        f"ingest Lambda: valid against the contract; {entry['rows']} rows "
+        f"({entry['duplicate_rows_dropped']} duplicates dropped) -> "
+        f"s3://{follow.outputs['ProcessedBucketName']}/{entry['processed_key']}"
+    )
+    queue = follow.outputs["TrainingQueueUrl"].rsplit("/", 1)[-1]
+    follow.say(f"training job queued on {queue} (group '{uploaded.model}')")
+    return _follow_training(follow, uploaded, deadline)
+
+
+def _follow_training(follow: Follower, uploaded: Uploaded, deadline: float) -> FollowResult:
+    from worker.adapters import tracking
+
+    model = uploaded.model
+    instance_id = wait_for(follow.trainer, deadline, "a trainer instance")
+    follow.say(f"trainer {instance_id} running (started by the reconciler)")
+    run = wait_for(lambda: tracking.run_with_source(model, uploaded.key), deadline, "an MLflow run")
+    follow.say(f"MLflow run {run.run_id} is {run.status} (DVC: prepare, train, evaluate)")
+    # The version id pins this upload: a file uploaded again under the same key is another source.
+    decision = wait_for(
+        lambda: tracking.decided_version_with_source(model, uploaded.source_uri), deadline, "a judged version"
+    )
+    promoted = "promotion" in decision.tags
+    reason = decision.tags.get("promotion") or decision.tags.get("rejected") or ""
+    verdict = "promoted" if promoted else "rejected"
+    follow.say(f"version {decision.version} registered; gate: {verdict}: {reason}")
+    return FollowResult("promoted" if promoted else "rejected", reason, version=decision.version)

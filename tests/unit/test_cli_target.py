@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+# Imported before the tests block sockets: importing it probes the network stack (urllib3's IPv6
+# check, the X-Ray emitter), which no test of the CLI's behaviour is about.
+import common.ingest  # noqa: F401
 from cli.main import app
 from cli.target import Target, TargetError, environment_for
 from localcloud.settings import LocalCloudSettings
@@ -110,3 +113,27 @@ def test_deploying_to_aws_goes_through_sam(monkeypatch: pytest.MonkeyPatch) -> N
     result = CliRunner().invoke(app, ["--aws", "deploy"])
     assert result.exit_code == 1
     assert "sam build && sam deploy" in result.output
+
+
+def test_checking_a_file_against_a_local_contract_needs_no_cloud(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import datasets
+
+    for name in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "ARRIVAL_TARGET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ARRIVAL_STATE_DIR", str(tmp_path))  # no local cloud there
+    data = tmp_path / "iris.csv"
+    data.write_bytes(datasets.to_csv(datasets.iris_frame(50)))
+    from localcloud.settings import get_local_cloud_settings
+
+    get_local_cloud_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app, ["contract", "check", str(data), "--contract", "contracts/iris.yaml"]
+        )
+    finally:
+        get_local_cloud_settings.cache_clear()
+
+    assert result.exit_code == 0, result.output
+    assert "would be accepted for model iris" in " ".join(result.output.split())
