@@ -89,16 +89,21 @@ soak: install
 # `sam build`'s makefile build method for the Lambda functions (also used by `arrival deploy`).
 # Each package holds only the modules its function runs (tests/unit/test_packaging.py checks that
 # every project import in it resolves inside it). Its requirements come from a dependency group of
-# uv.lock (`lambda`, `serving`), so they are pinned and a function never borrows a package only the
-# project's environment has.
-INGEST_SOURCES := handlers common/__init__.py common/contracts.py common/ingest.py common/layout.py \
-	common/observability.py common/reconcile.py common/settings.py common/tabular.py common/validation.py \
-	common/adapters/__init__.py common/adapters/ec2.py common/adapters/events.py common/adapters/functions.py \
-	common/adapters/idempotency.py common/adapters/s3.py common/adapters/sqs.py
+# uv.lock (`lambda`, `reconcile`, `serving`), so they are pinned and a function never borrows a
+# package only the project's environment has.
+# The reconciler has a package of its own: built from the ingest one, it carried pandas and the
+# Parquet libraries it never imports, and was as large as ingest.
+# What both run: ingest calls the reconciler's code to start a trainer once it has queued a job.
+TRAINER_CONTROL_SOURCES := handlers/__init__.py common/__init__.py common/layout.py common/observability.py \
+	common/reconcile.py common/settings.py common/adapters/__init__.py common/adapters/ec2.py \
+	common/adapters/functions.py common/adapters/s3.py common/adapters/sqs.py
+RECONCILE_SOURCES := $(TRAINER_CONTROL_SOURCES) handlers/handle_reconcile.py
+INGEST_SOURCES := $(TRAINER_CONTROL_SOURCES) handlers/handle_ingest.py common/contracts.py common/ingest.py \
+	common/tabular.py common/validation.py common/adapters/events.py common/adapters/idempotency.py
 SERVING_SOURCES := serving common/__init__.py common/contracts.py common/bundles.py \
 	common/adapters/__init__.py common/adapters/s3.py common/adapters/sqs.py
 # The functions' runtime (template.yaml's Globals), not this machine's Python: wheels with compiled
-# code (numpy, onnxruntime, pyarrow) exist per Python version and platform.
+# code (numpy, onnxruntime, fastparquet) exist per Python version and platform.
 LAMBDA_PYTHON := 3.12
 LAMBDA_PLATFORM := x86_64-manylinux_2_28
 # The AWS SDK the python3.12 runtime already has (AWS Lambda docs, "Python runtimes"): vendoring it
@@ -127,7 +132,8 @@ endef
 build-IngestFunction:
 	$(call lambda_package,$(INGEST_SOURCES),lambda)
 
-build-ReconcileFunction: build-IngestFunction
+build-ReconcileFunction:
+	$(call lambda_package,$(RECONCILE_SOURCES),reconcile)
 
 build-ServingFunction:
 	$(call lambda_package,$(SERVING_SOURCES),serving)

@@ -6,22 +6,29 @@ Everything here works on streams and DataFrames; where the bytes come from is th
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
+import faulthandler
 import gzip
 import io
+import multiprocessing
+import os
 import re
+import resource
+import signal
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import fastparquet
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from common.contracts import DataContract, DataFormat, NumericColumn
-from common.validation import Rule, check_columns, reject
+from common.validation import DatasetRejectedError, Rule, check_columns, reject
 
 CHUNK_ROWS = 100_000
 # The parser holds a whole line in memory, several times over (its tokens, then Python strings): a
@@ -171,25 +178,174 @@ def csv_chunks(
         raise reject(Rule.unreadable, f"not a readable CSV: {error}") from None
 
 
+# Parquet is read and written with fastparquet, not pyarrow, which alone took the ingest function
+# past Lambda's 250 MiB limit (pyproject.toml, the `lambda` group). fastparquet's decoder is compiled
+# without bounds checks, and a damaged footer or page crashes the process: random byte flips of a
+# valid file did within a thousand tries. An uploaded file is therefore decoded in a child process,
+# so a crash makes the file unreadable instead of killing the function before it quarantines it.
+# The child is forked: it shares the loaded modules, where spawning one imported pandas again (a
+# second). The function runs one file at a time, with no thread of its own, which forking needs.
+_FORK = multiprocessing.get_context("fork")
+# fastparquet also trusts the sizes a footer gives: a 20-byte footer declaring a list of two billion
+# items took 8 GB before it was stopped. The child may map that many bytes more than it was forked
+# with, twice the decoded-size limit (a string decodes to a Python object, larger than Arrow counts
+# it) and no less than the floor, so a bomb runs the child out of memory, not the function.
+_DECODE_MEMORY_FLOOR = 256 * 2**20
+_DECODE_MEMORY_PER_LIMIT_BYTE = 2
+# What a Parquet value takes at least once decoded, when it is not a number: the 4-byte offset Arrow
+# keeps for a string (its characters are counted once it is decoded).
+_OFFSET_BYTES = 4
+
+
+@dataclass(frozen=True)
+class _Footer:
+    """What the child learnt from the footer, before decoding a value."""
+
+    columns: list[str]
+    least_decoded_bytes: int
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    reason: str
+
+
+_GO_ON = "go on"
+_END = "end"
+
+
+def _least_decoded_bytes(parquet: Any) -> int:
+    """The decoded size the footer commits to: a number takes its width, anything else an offset.
+    The decoder allocates each row group at the footer's row count, so this bounds its memory."""
+    rows = sum(int(group.num_rows) for group in parquet.row_groups)
+    widths = [
+        dtype.itemsize if isinstance(dtype, np.dtype) and dtype.kind in "biufcmM" else _OFFSET_BYTES
+        for dtype in parquet.dtypes.values()
+    ]
+    return rows * sum(widths)
+
+
+def _decoded_bytes(frame: pd.DataFrame) -> int:
+    """The decoded size of a chunk as Arrow counts it: a number's width, a string's characters and
+    its offset."""
+    numbers = frame.select_dtypes(include=["number", "bool", "datetime", "timedelta"])
+    text = [name for name in frame.columns if name not in numbers.columns]
+    lengths = sum(int(frame[name].astype("str").str.len().sum()) for name in text)
+    return int(numbers.memory_usage(index=False).sum()) + lengths + _OFFSET_BYTES * len(text) * len(frame)
+
+
+def _send_chunks(path: str, chunk_rows: int, connection: Connection) -> None:
+    parquet = fastparquet.ParquetFile(path)
+    columns = list(parquet.columns)
+    connection.send(_Footer(columns, _least_decoded_bytes(parquet)))
+    if connection.recv() != _GO_ON:
+        return
+    for group in parquet.iter_row_groups(columns=columns, index=False):
+        for start in range(0, len(group), chunk_rows):
+            connection.send(group.iloc[start : start + chunk_rows])
+    connection.send(_END)
+
+
+def _limit_memory(budget: int) -> None:
+    statm = Path("/proc/self/statm")
+    if not statm.exists():  # not Linux, so not Lambda: a developer's machine
+        return
+    pages = int(statm.read_text().split()[0])
+    cap = pages * os.sysconf("SC_PAGE_SIZE") + budget
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+def _decode(path: str, chunk_rows: int, memory_budget: int, connection: Connection) -> None:
+    """The child's side: the footer, then the rows a chunk at a time, then the end or why not."""
+    _limit_memory(memory_budget)
+    # A crash here is the file's doing, and the parent reports it as such: no interpreter dump.
+    faulthandler.disable()
+    # fastparquet prints what it cannot parse; the reason goes back to the parent instead.
+    with Path(os.devnull).open("w") as discard, contextlib.redirect_stdout(discard):
+        try:
+            _send_chunks(path, chunk_rows, connection)
+        except (BrokenPipeError, EOFError):
+            return  # the parent stopped reading: nothing waits for the rest
+        except MemoryError:
+            connection.send(_Unreadable(f"decoding it took more than {memory_budget} bytes of memory"))
+        except Exception as error:  # a damaged file can make the decoder raise anything at all
+            reason = str(error).replace(path, "the file") or type(error).__name__
+            connection.send(_Unreadable(reason))
+
+
+def _unreadable(reason: str) -> DatasetRejectedError:
+    return reject(Rule.unreadable, f"not a readable Parquet file: {reason}")
+
+
+class _ParquetDecoder:
+    """A child process decoding one Parquet file, which waits to be told to go on past the footer."""
+
+    def __init__(self, path: Path, chunk_rows: int, memory_budget: int) -> None:
+        self._connection, child_end = _FORK.Pipe()
+        self._process = _FORK.Process(
+            target=_decode, args=(str(path), chunk_rows, memory_budget, child_end), daemon=True
+        )
+        self._process.start()
+        child_end.close()
+
+    def _receive(self) -> object:
+        try:
+            message: object = self._connection.recv()
+        except EOFError:
+            self._process.join()
+            code = self._process.exitcode or 0
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            raise _unreadable(f"its decoder crashed ({how})") from None
+        if isinstance(message, _Unreadable):
+            raise _unreadable(message.reason)
+        return message
+
+    def footer(self) -> _Footer:
+        footer = self._receive()
+        assert isinstance(footer, _Footer)
+        return footer
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        with contextlib.suppress(OSError):  # the child died: receiving says how
+            self._connection.send(_GO_ON)
+        while isinstance(chunk := self._receive(), pd.DataFrame):
+            yield chunk
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+        self._connection.close()
+
+
 def parquet_chunks(
     path: Path, contract: DataContract, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[pd.DataFrame]:
-    """The Parquet file batch by batch, its columns checked against the contract on the schema in
-    its footer, before a batch is read. The size limit holds for the decoded data, as it does for a
-    .csv.gz once inflated: run-length encoding packs 50 million equal rows into 1 MB, and
-    validating them all outlasts the Lambda's timeout."""
+    """The Parquet file row group by row group, in chunks of at most `chunk_rows` rows, its columns
+    checked against the contract on the schema in its footer, before a value is decoded. The size
+    limit holds for the decoded data, as it does for a .csv.gz once inflated: run-length encoding
+    packs 50 million equal rows into 1 MB, and validating them all outlasts the Lambda's timeout.
+    What the footer declares is checked before decoding, what the strings hold as they come."""
     limit = contract.limits.max_file_bytes
+    too_large = f"more than {limit} bytes once decoded"
+    memory = max(_DECODE_MEMORY_FLOOR, _DECODE_MEMORY_PER_LIMIT_BYTE * limit)
+    decoder = _ParquetDecoder(path, chunk_rows, memory)
     try:
-        parquet = pq.ParquetFile(path)
-        check_columns(parquet.schema_arrow.names, contract)
+        footer = decoder.footer()
+        check_columns(footer.columns, contract)
+        if footer.least_decoded_bytes > limit:
+            raise reject(Rule.decompressed_too_large, too_large)
         decoded = 0
-        for batch in parquet.iter_batches(batch_size=chunk_rows):
-            decoded += batch.nbytes
+        for chunk in decoder.chunks():
+            decoded += _decoded_bytes(chunk)
             if decoded > limit:
-                raise reject(Rule.decompressed_too_large, f"more than {limit} bytes once decoded")
-            yield batch.to_pandas()
-    except (pa.ArrowInvalid, OSError) as error:
-        raise reject(Rule.unreadable, f"not a readable Parquet file: {error}") from None
+                raise reject(Rule.decompressed_too_large, too_large)
+            yield chunk
+    finally:
+        decoder.close()
 
 
 def strip_whitespace(frame: pd.DataFrame) -> pd.DataFrame:
@@ -223,26 +379,31 @@ class DuplicateRowFilter:
         return kept
 
 
-def arrow_schema(contract: DataContract) -> pa.Schema:
-    return pa.schema(
-        [
-            (name, pa.float64() if isinstance(column, NumericColumn) else pa.string())
+# Written in-process: the frames are our own, typed by validation.
+_COMPRESSION = "ZSTD"
+
+
+def _empty_frame(contract: DataContract) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            name: pd.Series(dtype="float64" if isinstance(column, NumericColumn) else "str")
             for name, column in contract.columns.items()
-        ]
+        }
     )
 
 
 class ParquetSink:
-    """Writes typed chunks to one Parquet file with the contract's schema."""
+    """Writes typed chunks to one Parquet file with the contract's schema (numbers as doubles,
+    categories as UTF-8 strings, every column nullable), a row group a chunk."""
 
     def __init__(self, path: Path, contract: DataContract) -> None:
-        self.schema = arrow_schema(contract)
-        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        fastparquet.write(str(path), _empty_frame(contract), compression=_COMPRESSION, write_index=False)
+        self._file = fastparquet.ParquetFile(str(path))
         self.rows = 0
 
     def write(self, frame: pd.DataFrame) -> None:
-        self._writer.write_table(pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False))
+        self._file.write_row_groups(frame, compression=_COMPRESSION)
         self.rows += len(frame)
 
     def close(self) -> None:
-        self._writer.close()
+        """Nothing is buffered: each write leaves a whole file, its footer rewritten."""
