@@ -210,6 +210,9 @@ class _Unreadable:
     reason: str
 
 
+# The longest a healthy decoder goes between two messages: one row group of a file at the contract's
+# default size limit (256 MiB) decodes in a few seconds.
+DECODE_STALL_SECONDS = 30.0
 _GO_ON = "go on"
 _END = "end"
 
@@ -292,6 +295,12 @@ class _ParquetDecoder:
         child_end.close()
 
     def _receive(self) -> object:
+        # A damaged file can also send the decoder into a loop (seen once in a thousand fuzzed files,
+        # at full CPU): no word from it for this long and the file is unreadable, long before the
+        # function's own timeout would retry it into the dead-letter queue.
+        if not self._connection.poll(DECODE_STALL_SECONDS):
+            self.close()
+            raise _unreadable(f"its decoder made no progress for {DECODE_STALL_SECONDS:g} s")
         try:
             message: object = self._connection.recv()
         except EOFError:

@@ -221,7 +221,29 @@ def test_a_crash_of_the_decoder_makes_the_file_unreadable_not_the_function_fail(
     assert str(rejected.value).endswith("not a readable Parquet file: its decoder crashed (signal SIGSEGV)")
 
 
-def test_damaged_parquet_files_are_read_or_refused_never_anything_else(tmp_path: Path) -> None:
+def test_a_decoder_stuck_in_a_loop_makes_the_file_unreadable_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a decoder that never answers, as fastparquet looped on one fuzzed file
+    path = tmp_path / "data.parquet"
+    datasets.iris_frame(10).to_parquet(path, index=False)
+    monkeypatch.setattr(fastparquet, "ParquetFile", lambda _: time.sleep(600))
+    monkeypatch.setattr(tabular, "DECODE_STALL_SECONDS", 1.0)
+
+    started = time.monotonic()
+    with pytest.raises(DatasetRejectedError) as rejected:
+        list(tabular.parquet_chunks(path, IRIS))
+
+    assert time.monotonic() - started < 10
+    assert rejected.value.rule is Rule.unreadable
+    assert "made no progress for 1 s" in str(rejected.value)
+
+
+def test_damaged_parquet_files_are_read_or_refused_never_anything_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A damaged file that sends the decoder into a loop is given up on sooner than in production.
+    monkeypatch.setattr(tabular, "DECODE_STALL_SECONDS", 5.0)
     # GIVEN a valid file, then copies with bytes changed, cut short, or cut short with the trailer kept
     # (the cut that crashed fastparquet most often)
     whole = datasets.to_parquet(datasets.iris_frame(3000))
