@@ -141,6 +141,28 @@ class Chain:
 
         return eventually(enough, timeout, interval=0.5, what=f"{count} decided version(s) of {model}")
 
+    def requeue(self, model: str, deduplication_id: str) -> None:
+        """The model's job comes back, as after a dead trainer's lease ran out; the reconciler runs."""
+        self.cloud.client("sqs").send_message(
+            QueueUrl=self.outputs["TrainingQueueUrl"],
+            MessageBody=json.dumps({"model": model}),
+            MessageGroupId=model,
+            MessageDeduplicationId=deduplication_id,
+        )
+        self.cloud.client("lambda").invoke(FunctionName=self.outputs["ReconcileFunctionName"])
+
+    def wait_running_run(self, model: str, timeout: float = 180) -> Any:
+        """The model's first MLflow run once it is RUNNING (its trainer is mid-training)."""
+        experiment = eventually(
+            lambda: self.mlflow.get_experiment_by_name(model), timeout, interval=0.1, what="the experiment"
+        )
+        return eventually(
+            lambda: self.mlflow.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"),
+            timeout,
+            interval=0.1,
+            what="a RUNNING run",
+        )[0]
+
     def champion(self, model: str) -> str | None:
         try:
             return str(self.mlflow.get_model_version_by_alias(model, "champion").version)

@@ -33,17 +33,6 @@ from tests.helpers import eventually
 pytestmark = pytest.mark.e2e
 
 
-def _requeue(chain: Chain, model: str, unique: str) -> None:
-    """The job comes back, as after a dead trainer's lease ran out; the reconciler then runs."""
-    chain.cloud.client("sqs").send_message(
-        QueueUrl=chain.outputs["TrainingQueueUrl"],
-        MessageBody=json.dumps({"model": model}),
-        MessageGroupId=model,
-        MessageDeduplicationId=f"redelivered-{unique}",
-    )
-    chain.cloud.client("lambda").invoke(FunctionName=chain.outputs["ReconcileFunctionName"])
-
-
 def _promoted_events(chain: Chain, model: str) -> list[dict[str, Any]]:
     return [event["body"]["detail"] for event in chain.events.of(("ModelPromoted", model))]
 
@@ -63,7 +52,7 @@ def test_a_promotion_whose_event_was_lost_is_announced_by_the_next_trainer(chain
     chain.mlflow.delete_model_version_tag(model, version.version, "event.published")
 
     # WHEN its job comes back
-    _requeue(chain, model, unique)
+    chain.requeue(model, f"redelivered-{unique}")
 
     # THEN the event goes out (again: at least once), for the same version, with nothing retrained
     resent = eventually(lambda: _promoted_events(chain, model)[1:], 120, what="the event sent again")
@@ -91,7 +80,7 @@ def test_a_trainer_that_died_while_registering_leaves_no_version_and_the_next_tr
         chain.s3.delete_object(Bucket=models_bucket, Key=key)
 
     # WHEN its job comes back
-    _requeue(chain, model, unique)
+    chain.requeue(model, f"redelivered-{unique}")
 
     # THEN the next trainer trains again, registers exactly one version and promotes it
     version = eventually(
@@ -123,15 +112,7 @@ def test_the_tracking_server_killed_mid_training_comes_back_and_the_training_com
     model = f"mlflow-down-{unique}"
     chain.put_contract(model, datasets.contract_yaml("iris", model))
     chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(300, seed=23))
-    experiment = eventually(
-        lambda: chain.mlflow.get_experiment_by_name(model), 180, interval=0.1, what="the experiment"
-    )
-    eventually(
-        lambda: chain.mlflow.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"),
-        180,
-        interval=0.1,
-        what="a RUNNING run",
-    )
+    chain.wait_running_run(model)
 
     # WHEN the tracking server dies mid-training (the local cloud starts it again, as systemd would)
     killed = _kill_tracking_server(chain)
@@ -284,15 +265,7 @@ def test_a_frozen_trainer_stops_beating_and_the_reconciler_replaces_it(chain: Ch
     model = f"frozen-{unique}"
     chain.put_contract(model, datasets.contract_yaml("iris", model))
     chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(300, seed=26))
-    experiment = eventually(
-        lambda: chain.mlflow.get_experiment_by_name(model), 180, interval=0.1, what="the experiment"
-    )
-    eventually(
-        lambda: chain.mlflow.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"),
-        180,
-        interval=0.1,
-        what="a RUNNING run",
-    )
+    chain.wait_running_run(model)
     frozen_instances = {instance["InstanceId"] for instance in chain.trainers()}
     frozen = [pid for worker in _worker_pids(chain.cloud) for pid in process_tree(worker)]
     assert frozen_instances and frozen

@@ -220,13 +220,7 @@ def test_a_version_registered_by_a_trainer_that_died_before_the_gate_acted_is_fi
         chain.s3.delete_object(Bucket=models_bucket, Key=key)
 
     # WHEN its job comes back (as after the dead trainer's lease ran out) and the reconciler runs
-    chain.cloud.client("sqs").send_message(
-        QueueUrl=chain.outputs["TrainingQueueUrl"],
-        MessageBody=json.dumps({"model": model}),
-        MessageGroupId=model,
-        MessageDeduplicationId=f"redelivered-{unique}",
-    )
-    chain.cloud.client("lambda").invoke(FunctionName=chain.outputs["ReconcileFunctionName"])
+    chain.requeue(model, f"redelivered-{unique}")
 
     # THEN the next trainer carries out the recorded decision, without training again
     eventually(lambda: chain.champion(model) == version.version, 120, what="champion restored")
