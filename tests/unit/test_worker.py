@@ -36,6 +36,10 @@ def aws(aws_credentials: None) -> Iterator[Any]:
         boto3.client("s3").create_bucket(Bucket="unit-processed")
         client = boto3.client("sqs")
         OUTPUTS["IngestQueueUrl"] = client.create_queue(QueueName="ingest")["QueueUrl"]
+        OUTPUTS["TrainingQueueUrl"] = client.create_queue(QueueName="jobs")["QueueUrl"]
+        OUTPUTS["TrainingDeadLetterQueueUrl"] = client.create_queue(
+            QueueName="jobs-dlq.fifo", Attributes={"FifoQueue": "true"}
+        )["QueueUrl"]
         yield client
     s3.s3_client.cache_clear()
     sqs.sqs_client.cache_clear()

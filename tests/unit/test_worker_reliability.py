@@ -6,51 +6,23 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
-from moto import mock_aws
 
 from common.adapters import ec2, events, s3, sqs
 from common.contracts import parse_contract
 from common.settings import WorkerSettings
+from tests.unit.test_worker import OUTPUTS
+from tests.unit.test_worker import aws as aws  # the fixture: moto with the stack's queues
 from worker import decision, main, train_model
 from worker.adapters import tracking
 from worker.main import Trainer, TrainerHeartbeat, VisibilityHeartbeat
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
-OUTPUTS = {
-    "IngestQueueUrl": "",
-    "TrainingQueueUrl": "",
-    "TrainingDeadLetterQueueUrl": "",
-    "ProcessedBucketName": "unit-processed",
-    "ConfigBucketName": "unit-config",
-    "EventBusName": "unit-bus",
-    "DvcRemoteUrl": "s3://unit-dvc",
-    "ModelsBucketName": "unit-models",
-}
-
-
-@pytest.fixture
-def aws(aws_credentials: None) -> Iterator[Any]:
-    s3.s3_client.cache_clear()
-    sqs.sqs_client.cache_clear()
-    with mock_aws():
-        boto3.client("s3").create_bucket(Bucket="unit-processed")
-        client = boto3.client("sqs")
-        OUTPUTS["IngestQueueUrl"] = client.create_queue(QueueName="ingest")["QueueUrl"]
-        OUTPUTS["TrainingQueueUrl"] = client.create_queue(QueueName="jobs")["QueueUrl"]
-        OUTPUTS["TrainingDeadLetterQueueUrl"] = client.create_queue(
-            QueueName="jobs-dlq.fifo", Attributes={"FifoQueue": "true"}
-        )["QueueUrl"]
-        yield client
-    s3.s3_client.cache_clear()
-    sqs.sqs_client.cache_clear()
 
 
 def _visible(client: Any, queue_url: str) -> list[dict[str, Any]]:
