@@ -7,8 +7,10 @@ import datetime
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import PROJECT_ROOT
 
@@ -77,3 +79,15 @@ def _sections(text: str) -> dict[str, str]:
         title = chunk.split("\n", 1)[0].strip()
         found[title] = f"## {chunk.rstrip()}\n"
     return found
+
+
+@contextmanager
+def recorded(section: str, run: Any, render: Callable[[], str]) -> Iterator[None]:
+    """Writes a suite's figures however it ends; a failure goes into `run.failure`, and so into them."""
+    try:
+        yield
+    except BaseException as error:
+        run.failure = str(error).splitlines()[0][:300] if str(error) else repr(error)
+        raise
+    finally:
+        record(section, render())

@@ -11,9 +11,9 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -302,15 +302,8 @@ class LoadReport:
     def lost(self) -> list[str]:
         return sorted(key for key, outcome in self.outcomes().items() if outcome is None)
 
-    @contextmanager
-    def recorded(self, chain: Chain) -> Iterator[None]:
-        try:
-            yield
-        except BaseException as error:
-            self.failure = str(error).splitlines()[0][:300] if str(error) else repr(error)
-            raise
-        finally:
-            figures.record(SECTION, self.render(chain))
+    def recorded(self, chain: Chain) -> AbstractContextManager[None]:
+        return figures.recorded(SECTION, self, lambda: self.render(chain))
 
     def render(self, chain: Chain) -> str:
         sent = Counter("bad" if upload.bad else upload.kind for upload in self.uploads)

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,15 +135,8 @@ class ServingReport:
     load_seconds: float | None = None
     failure: str | None = None
 
-    @contextmanager
-    def recorded(self, clients: Clients) -> Iterator[None]:
-        try:
-            yield
-        except BaseException as error:
-            self.failure = str(error).splitlines()[0][:300] if str(error) else repr(error)
-            raise
-        finally:
-            figures.record(SECTION, self.render(clients))
+    def recorded(self, clients: Clients) -> AbstractContextManager[None]:
+        return figures.recorded(SECTION, self, lambda: self.render(clients))
 
     def render(self, clients: Clients) -> str:
         answers = clients.all_answers()
