@@ -91,34 +91,36 @@ def down() -> None:
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable: the same as the screen")] = False,
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
-    """Show whether the local cloud runs, its endpoints, and each model's champion and served version."""
+    """The local cloud, then each model: data accepted and quarantined, jobs, versions, serving."""
+    from cli.target import Target
+
     report = control.status(get_local_cloud_settings(), stack_name)
     # Which cloud the other commands talk to (cli/target.py): real AWS only when chosen.
-    report["target"] = str(ctx.obj or "local")
-    if report["running"]:
-        from cli import operations
+    target = Target(str(ctx.obj or "local"))
+    report["target"] = str(target)
+    if report["running"] or target == Target.aws:
+        from cli.status import stack_status_or_reason
 
-        report["models"] = operations.champions(report["endpoints"]["mlflow"], stack_name)
+        point_at_cloud(target)
+        api_url = os.environ.get("ARRIVAL_API_URL") or (
+            report["endpoints"].get("api") if target == Target.local else None
+        )
+        report["stack"] = stack_status_or_reason(stack_name, api_url)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    console.print(f"status: {report['status']}" + (f" (pid {report['pid']})" if report["pid"] else ""))
-    console.print(f"  commands target: {report['target']} (--aws or ARRIVAL_TARGET=aws for your AWS account)")
-    if not report["running"] and report.get("last_error"):
-        console.print(
-            f"  it stopped because {report['last_error'].splitlines()[0]}; `arrival up` starts it again "
-            "(empty: then `arrival deploy`, put the contracts and upload the data again)"
-        )
-    for name, url in report["endpoints"].items():
-        console.print(f"  {name}: {url}")
-    for model in report.get("models", []):
-        line = f"  model {model['name']}: champion version {model['champion']}, serving {model['serving']}"
-        if not model["serving_agrees"]:
-            line += " [red](serving pointer and champion alias disagree)[/red]"
-        console.print(line)
+    _print_status(report)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    from cli.status_view import print_cloud, print_stack
+
+    print_cloud(console, report)
+    if "stack" in report:
+        print_stack(console, report["stack"])
 
 
 @app.command()

@@ -6,7 +6,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import tempfile
 import time
 import urllib.error
@@ -76,39 +75,6 @@ def reproduce(model: str, version: str, stack_name: str) -> Reproduction:
 
     remote = stack_outputs(stack_name)["DvcRemoteUrl"]
     return reproduce_version(model, version, remote)
-
-
-def _models_bucket(stack_name: str) -> str | None:
-    try:
-        return stack_outputs(stack_name).get("ModelsBucketName")
-    except Exception:  # no such stack (yet): status still reports the registry
-        return None
-
-
-def champions(tracking_uri: str, stack_name: str = "arrival") -> list[dict[str, Any]]:
-    """Each registered model, its champion version, and the version serving answers with (its
-    pointer), flagging any model whose two disagree."""
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
-    from worker.adapters import tracking
-    from worker.serving_bundle import read_pointer
-
-    bucket = _models_bucket(stack_name)
-    models = []
-    for name in tracking.registered_models():
-        champion = tracking.champion(name)
-        pointer = read_pointer(bucket, name) if bucket else None
-        champion_version = champion.version if champion else None
-        serving_version = pointer.version if pointer else None
-        models.append(
-            {
-                "name": name,
-                "champion": champion_version,
-                "serving": serving_version,
-                "serving_agrees": champion_version == serving_version,
-                "metrics": tracking.run_metrics(champion.run_id) if champion else {},
-            }
-        )
-    return models
 
 
 @dataclass(frozen=True)

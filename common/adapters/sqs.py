@@ -54,6 +54,22 @@ def receive(
     return list(response.get("Messages", []))  # type: ignore[arg-type]
 
 
+def peek(queue_url: str, limit: int = 100) -> list[dict[str, Any]]:
+    """Up to `limit` messages, left where they are (visible again at once), for a count by
+    content. Only for queues without a redrive policy (dead-letter queues): each look counts as a
+    receive, and on a queue that has one enough looks would dead-letter the message."""
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(max(1, limit // 10) + 2):
+        batch = receive(queue_url, wait_seconds=0, visibility_seconds=0)
+        new = [message for message in batch if message["MessageId"] not in seen]
+        if not new:
+            break
+        seen.update((message["MessageId"], message) for message in new)
+        if len(seen) >= limit:
+            break
+    return list(seen.values())[:limit]
+
+
 def delete(queue_url: str, receipt_handle: str) -> None:
     sqs_client().delete_message(QueueUrl=queue_url, ReceiptHandle=receipt_handle)
 

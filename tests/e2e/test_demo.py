@@ -70,5 +70,9 @@ def test_the_demo_reaches_a_served_prediction_twice_and_status_reports_it(
     assert report["endpoints"]["aws"] == settings.aws_endpoint_url
     assert report["endpoints"]["mlflow"] == settings.mlflow_url
     assert report["endpoints"]["api"] == api
-    iris = next(model for model in report["models"] if model["name"] == "iris")
-    assert iris["champion"] == iris["serving"] == summary["champion"]
+    iris = next(model for model in report["stack"]["models"] if model["name"] == "iris")
+    assert iris["champion"] == iris["serving"]["pointer"] == iris["serving"]["api"] == summary["champion"]
+    assert iris["datasets"]["accepted"] == 1
+    assert iris["versions"][0]["decision"] == "promoted"
+    assert "champion" in iris["versions"][0]["aliases"]
+    assert iris["problems"] == []

@@ -199,9 +199,10 @@ def test_serving_follows_each_promotion_and_rollback_without_a_failed_request(
         assert api.post(f"/models/{model}/predict", json=_iris_record()).status_code == 200
 
     # AND status reports that serving's pointer and the registry's alias now disagree
-    reported = next(entry for entry in _status(local_cloud, monkeypatch)["models"] if entry["name"] == model)
-    assert (reported["champion"], reported["serving"]) == (first.version, second.version)
-    assert reported["serving_agrees"] is False
+    models = _status(local_cloud, monkeypatch)["stack"]["models"]
+    reported = next(entry for entry in models if entry["name"] == model)
+    assert (reported["champion"], reported["serving"]["pointer"]) == (first.version, second.version)
+    assert any("disagree" in problem for problem in reported["problems"])
 
 
 def test_the_lambda_api_answers_as_the_serving_instance_does(

@@ -205,6 +205,23 @@ def tag_version(name: str, model_version: str, key: str, value: str) -> None:
     client().set_model_version_tag(name, model_version, key, value)
 
 
+def untag_version(name: str, model_version: str, key: str) -> None:
+    """A no-op when the tag is already gone, so a step that crashed half-way can be run again."""
+    client().delete_model_version_tag(name, model_version, key)
+
+
+def versions_of(name: str) -> list[ModelVersion]:
+    """Every version of the model, oldest first; none if it has no version yet."""
+    try:
+        found = client().search_model_versions(f"name = '{name}'")
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    versions = [ModelVersion(name, str(v.version), str(v.run_id), dict(v.tags)) for v in found]
+    return sorted(versions, key=lambda version: int(version.version))
+
+
 def promoted_versions(name: str) -> list[ModelVersion]:
     """Every version the gate (or a rollback) made champion at some time, oldest first."""
     found = client().search_model_versions(f"name = '{name}'")
@@ -270,3 +287,31 @@ def decided_version_with_source(name: str, source_key: str) -> ModelVersion | No
         if source_key in client().get_run(str(found.run_id)).data.tags.get("lineage.sources", ""):
             return ModelVersion(name, str(found.version), str(found.run_id), dict(found.tags))
     return None
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """A version as `arrival status` shows it: its aliases, tags and the run's metrics."""
+
+    version: str
+    run_id: str
+    aliases: list[str]
+    tags: dict[str, str]
+    created_ms: int
+
+
+def version_summaries(name: str, newest: int = 20) -> list[VersionSummary]:
+    """The model's newest versions, newest first; none if the model has no version yet."""
+    try:
+        found = client().search_model_versions(f"name = '{name}'", max_results=1000)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    ordered = sorted(found, key=lambda v: int(v.version), reverse=True)[:newest]
+    return [
+        VersionSummary(
+            str(v.version), str(v.run_id), list(v.aliases or []), dict(v.tags), int(v.creation_timestamp or 0)
+        )
+        for v in ordered
+    ]

@@ -1,0 +1,259 @@
+"""`arrival status`: the deployed stack, model by model, on one screen (and as JSON for scripts).
+
+Everything here is read from outside, as an operator sees it: the stack's buckets, queues and
+instances through arrival's adapters, the registry through MLflow, the API over HTTP. Nothing is
+changed, and a part that does not answer is reported as such instead of failing the whole view.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cli.operations import OperationError, contract_models, outputs_of
+from common.adapters import s3, sqs
+from common.contracts import parse_contract
+from common.layout import accepted_list_key, contract_key
+
+# How much of a model's history one screen shows; --json carries the same.
+VERSIONS_SHOWN = 8
+# Quarantine reports read per model to count them by rule (newest keys first is not something S3
+# lists, so a model with more is counted in full and only this many are read for their rule).
+REPORTS_READ = 200
+# A dead-letter queue is peeked (left as it is) for at most this many messages.
+DEAD_LETTERS_PEEKED = 100
+
+# Tags the gate and an operator leave on a version, in the order they settle its state.
+DECISION_TAGS = (
+    ("promotion", "promoted"),
+    ("rejected", "rejected"),
+    ("superseded", "superseded"),
+    ("awaiting_approval", "awaiting approval"),
+)
+
+
+def stack_status(stack_name: str, api_url: str | None) -> dict[str, Any]:
+    """The stack's queues and trainers, and each model's data, jobs, versions and serving."""
+    outputs = outputs_of(stack_name)
+    ingest_dead = _dead_letter_models(outputs["IngestDeadLetterQueueUrl"], _model_of_s3_event)
+    training_dead = _dead_letter_models(outputs["TrainingDeadLetterQueueUrl"], _model_of_job)
+    report: dict[str, Any] = {
+        "stack": stack_name,
+        "queues": {
+            "ingest": _queue_counts(outputs["IngestQueueUrl"], outputs["IngestDeadLetterQueueUrl"]),
+            "training": _queue_counts(outputs["TrainingQueueUrl"], outputs["TrainingDeadLetterQueueUrl"]),
+        },
+        "trainers": _trainers(stack_name),
+        "api": api_url,
+    }
+    registry_error, registered = _registered_models()
+    if registry_error:
+        report["registry_error"] = registry_error
+    names = sorted(set(contract_models(stack_name)) | set(registered) | set(ingest_dead) | set(training_dead))
+    report["models"] = [
+        _model_status(
+            name,
+            outputs,
+            api_url,
+            ingest_dead_letters=ingest_dead.get(name, 0),
+            training_dead_letters=training_dead.get(name, 0),
+            registry_up=not registry_error,
+        )
+        for name in names
+    ]
+    return report
+
+
+def _queue_counts(queue_url: str, dead_letter_url: str) -> dict[str, int]:
+    attributes = sqs.sqs_client().get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    dead = sqs.sqs_client().get_queue_attributes(
+        QueueUrl=dead_letter_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return {
+        "queued": int(attributes.get("ApproximateNumberOfMessages", 0)),
+        "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        "dead_letters": int(dead.get("ApproximateNumberOfMessages", 0)),
+    }
+
+
+def _model_of_s3_event(body: str) -> str | None:
+    """The model a dead-lettered S3 notification was for: its key's first segment."""
+    from urllib.parse import unquote_plus
+
+    try:
+        records = json.loads(body).get("Records", [])
+        return unquote_plus(records[0]["s3"]["object"]["key"]).split("/", 1)[0] if records else None
+    except (ValueError, KeyError, IndexError, AttributeError):
+        return None
+
+
+def _model_of_job(body: str) -> str | None:
+    try:
+        return str(json.loads(body)["model"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _dead_letter_models(queue_url: str, model_of: Any) -> dict[str, int]:
+    """Dead-lettered messages by model, counted without taking them off the queue."""
+    counts: Counter[str] = Counter()
+    for message in sqs.peek(queue_url, DEAD_LETTERS_PEEKED):
+        counts[model_of(message["Body"]) or "(unknown)"] += 1
+    return dict(counts)
+
+
+def _trainers(stack_name: str) -> list[dict[str, Any]]:
+    from common.adapters import ec2
+    from common.reconcile import TRAINER_ROLE
+
+    now = time.time()
+    return [
+        {"instance_id": instance.instance_id, "running_seconds": round(now - instance.launched_at)}
+        for instance in ec2.live_instances_launched(TRAINER_ROLE, stack_name)
+    ]
+
+
+def _registered_models() -> tuple[str | None, list[str]]:
+    from mlflow.exceptions import MlflowException
+
+    from worker.adapters import tracking
+
+    try:
+        return None, tracking.registered_models()
+    except (MlflowException, OSError, tracking.NoTrackingServerError) as error:
+        return f"the model registry does not answer ({str(error).splitlines()[0][:200]})", []
+
+
+def _model_status(
+    name: str,
+    outputs: dict[str, str],
+    api_url: str | None,
+    *,
+    ingest_dead_letters: int,
+    training_dead_letters: int,
+    registry_up: bool,
+) -> dict[str, Any]:
+    from worker.serving_bundle import read_pointer
+
+    contract = s3.get_bytes(outputs["ConfigBucketName"], contract_key(name))
+    metric = parse_contract(contract[0]).training.metric if contract else None
+    accepted = s3.get_bytes(outputs["ProcessedBucketName"], accepted_list_key(name))
+    datasets = json.loads(accepted[0])["datasets"] if accepted else []
+    versions = _versions(name, metric) if registry_up else []
+    champion = next((v["version"] for v in versions if "champion" in v["aliases"]), None)
+    pointer = read_pointer(outputs["ModelsBucketName"], name)
+    served = _served_version(api_url, name) if pointer else None
+    status = {
+        "name": name,
+        "contract": contract is not None,
+        "metric": metric,
+        "datasets": {
+            "accepted": len(datasets),
+            "rows": sum(int(entry.get("rows", 0)) for entry in datasets),
+            "quarantined": _quarantined_by_rule(outputs["QuarantineBucketName"], name),
+        },
+        "jobs": {"ingest_dead_letters": ingest_dead_letters, "training_dead_letters": training_dead_letters},
+        "versions": versions,
+        "awaiting_approval": [v["version"] for v in versions if v["decision"] == "awaiting approval"],
+        "champion": champion,
+        "serving": {"pointer": pointer.version if pointer else None, "api": served},
+    }
+    status["problems"] = _problems(status, registry_up)
+    return status
+
+
+def _quarantined_by_rule(bucket: str, model: str) -> dict[str, int]:
+    from common.ingest import REPORT_SUFFIX
+
+    reports = [key for key, _ in s3.list_objects(bucket, f"{model}/") if key.endswith(REPORT_SUFFIX)]
+    counts: Counter[str] = Counter()
+    for key in reports[-REPORTS_READ:]:
+        found = s3.get_bytes(bucket, key)
+        counts[json.loads(found[0]).get("rule", "unknown") if found else "unknown"] += 1
+    if len(reports) > REPORTS_READ:
+        counts["(not read)"] = len(reports) - REPORTS_READ
+    return dict(counts)
+
+
+def _versions(name: str, metric: str | None) -> list[dict[str, Any]]:
+    from worker.adapters import tracking
+
+    shown = []
+    for version in tracking.version_summaries(name, VERSIONS_SHOWN):
+        decision, reason = next(
+            ((state, version.tags[tag]) for tag, state in DECISION_TAGS if tag in version.tags),
+            ("training" if "gate.decision" not in version.tags else "deciding", ""),
+        )
+        metrics = tracking.run_metrics(version.run_id)
+        shown.append(
+            {
+                "version": version.version,
+                "aliases": version.aliases,
+                "metric": {metric: metrics.get(metric)} if metric else {},
+                "decision": decision,
+                "reason": reason,
+                "created_ms": version.created_ms,
+            }
+        )
+    return shown
+
+
+def _served_version(api_url: str | None, model: str) -> str | None:
+    """The version the API answers with, or None if no API is known or it does not answer."""
+    if not api_url:
+        return None
+    try:
+        with urllib.request.urlopen(  # noqa: S310  # the operator's own API
+            f"{api_url.rstrip('/')}/models/{model}", timeout=3
+        ) as response:
+            return str(json.loads(response.read()).get("version"))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _problems(status: dict[str, Any], registry_up: bool) -> list[str]:
+    """What an operator should look at, each with what to do."""
+    name, pointer, served = status["name"], status["serving"]["pointer"], status["serving"]["api"]
+    problems = []
+    if not status["contract"]:
+        problems.append(f"no contract: uploads are quarantined; `arrival contract put {name}.yaml`")
+    if registry_up and pointer != status["champion"]:
+        problems.append(
+            f"serving pointer (version {pointer}) and champion alias (version {status['champion']}) "
+            f"disagree; `arrival rollback --model {name} --to <version>` sets both"
+        )
+    if pointer and served and served != pointer:
+        problems.append(
+            f"the API still answers with version {served}, not {pointer} (it reloads within seconds)"
+        )
+    dead = status["jobs"]
+    if dead["ingest_dead_letters"]:
+        problems.append(
+            f"{dead['ingest_dead_letters']} file(s) dead-lettered in ingest: `arrival logs ingest`, "
+            "then `arrival redrive ingest`"
+        )
+    if dead["training_dead_letters"]:
+        problems.append(
+            f"{dead['training_dead_letters']} training job(s) dead-lettered: `arrival logs trainer`, "
+            "then `arrival redrive training`"
+        )
+    return problems
+
+
+def stack_status_or_reason(stack_name: str, api_url: str | None) -> dict[str, Any]:
+    """The stack's status, or {"error": ...} saying in one line why it cannot be read."""
+    try:
+        return stack_status(stack_name, api_url)
+    except OperationError as error:
+        return {"stack": stack_name, "error": str(error)}
+    except (ClientError, BotoCoreError) as error:
+        return {"stack": stack_name, "error": f"the cloud does not answer ({error})"}
