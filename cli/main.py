@@ -25,7 +25,7 @@ def _say(message: str) -> None:
 
 # The commands that talk to a cloud, and so must know which one (cli/target.py).
 # (`contract` decides per subcommand: `check` against a local contract file needs no cloud.)
-NEEDS_A_CLOUD = {"deploy", "demo", "reproduce", "rollback", "redrive", "upload"}
+NEEDS_A_CLOUD = {"deploy", "demo", "logs", "reproduce", "rollback", "redrive", "upload"}
 
 
 @app.callback()
@@ -287,6 +287,13 @@ def upload(
         return
     try:
         result = operations.follow_upload(follow, uploaded, timeout)
+    except operations.TrainingFailedError as error:
+        raise _fail(
+            RuntimeError(
+                f"training {model} on it failed and its job was dead-lettered: {error}; "
+                "`arrival logs trainer` shows why, `arrival redrive training` retries once it is fixed"
+            )
+        ) from error
     except TimeoutError as error:
         raise _fail(
             TimeoutError(
@@ -372,6 +379,39 @@ def redrive(
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error
     console.print(f"moved {moved} message(s) from the {stage} dead-letter queue back to its queue")
+
+
+@app.command()
+def logs(
+    source: Annotated[
+        str | None, typer.Argument(help="ingest, reconcile, serving or trainer; all of them if left out")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
+    since: Annotated[str, typer.Option(help="how far back: 30s, 10m, 2h, 1d")] = "1h",
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """The functions' logs (CloudWatch Logs) and the trainer's and server's output, in time order."""
+    from datetime import UTC, datetime
+
+    from cli import logs as log_reading
+    from cli.operations import OperationError
+
+    try:
+        groups = log_reading.log_groups(source, stack_name)
+        start_ms = log_reading.since_ms(since)
+    except OperationError as error:
+        raise _fail(error) from error
+    lines = log_reading.follow(groups, start_ms) if follow else iter(log_reading.read(groups, start_ms))
+    printed = 0
+    try:
+        for item in lines:
+            at = datetime.fromtimestamp(item.line.timestamp_ms / 1000, UTC).strftime("%H:%M:%S")
+            typer.echo(f"{at} {item.source:<9} {item.line.stream[-19:]:<19} {item.line.message.rstrip()}")
+            printed += 1
+    except KeyboardInterrupt:
+        return
+    if not printed:
+        errors.print(f"no log lines since {since} ago (--since goes further back)", highlight=False)
 
 
 @app.command()

@@ -402,6 +402,22 @@ class Follower:
             )
         return None
 
+    def dead_lettered_reason(self, model: str, since_ms: int) -> str | None:
+        """Why the model's training job was dead-lettered after `since_ms`, if it was: the job is
+        the model's, not the file's, so a job failed after the upload is this upload's failure."""
+        from common.adapters import sqs
+
+        for message in sqs.peek(self.outputs["TrainingDeadLetterQueueUrl"]):
+            sent_ms = int(message.get("Attributes", {}).get("SentTimestamp", 0))
+            try:
+                job_model = json.loads(message["Body"]).get("model")
+            except ValueError:
+                continue
+            if job_model == model and sent_ms >= since_ms:
+                reason = message.get("MessageAttributes", {}).get("failure_reason", {})
+                return str(reason.get("StringValue") or "no reason recorded")
+        return None
+
     def trainer(self) -> str | None:
         from common.adapters import ec2
         from common.reconcile import TRAINER_ROLE
@@ -428,17 +444,32 @@ def follow_upload(follow: Follower, uploaded: Uploaded, timeout: float) -> Follo
     return _follow_training(follow, uploaded, deadline)
 
 
+class TrainingFailedError(Exception):
+    """The upload's training job was dead-lettered: the message is its failure reason."""
+
+
 def _follow_training(follow: Follower, uploaded: Uploaded, deadline: float) -> FollowResult:
     from worker.adapters import tracking
 
     model = uploaded.model
-    instance_id = wait_for(follow.trainer, deadline, "a trainer instance")
+    uploaded_ms = int(time.time() * 1000) - 1000  # the follower's clock against SQS's: a second's slack
+
+    def unless_failed(probe: Callable[[], T | None], what: str) -> T:
+        def probe_or_fail() -> T | None:
+            found = probe()
+            if found is None and (reason := follow.dead_lettered_reason(model, uploaded_ms)):
+                raise TrainingFailedError(reason)
+            return found
+
+        return wait_for(probe_or_fail, deadline, what)
+
+    instance_id = unless_failed(follow.trainer, "a trainer instance")
     follow.say(f"trainer {instance_id} running (started by the reconciler)")
-    run = wait_for(lambda: tracking.run_with_source(model, uploaded.key), deadline, "an MLflow run")
+    run = unless_failed(lambda: tracking.run_with_source(model, uploaded.key), "an MLflow run")
     follow.say(f"MLflow run {run.run_id} is {run.status} (DVC: prepare, train, evaluate)")
     # The version id pins this upload: a file uploaded again under the same key is another source.
-    decision = wait_for(
-        lambda: tracking.decided_version_with_source(model, uploaded.source_uri), deadline, "a judged version"
+    decision = unless_failed(
+        lambda: tracking.decided_version_with_source(model, uploaded.source_uri), "a judged version"
     )
     promoted = "promotion" in decision.tags
     reason = decision.tags.get("promotion") or decision.tags.get("rejected") or ""

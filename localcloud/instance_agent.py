@@ -31,6 +31,7 @@ from typing import Any
 import boto3
 
 from localcloud.emulator import Service
+from localcloud.log_shipper import LogShipper
 from localcloud.processes import die_with_parent
 from localcloud.settings import LocalCloudSettings, get_local_cloud_settings
 
@@ -129,6 +130,13 @@ class BootedInstance:
     role: str
     process: subprocess.Popen[bytes]
     metadata: _MetadataServer
+    shipper: LogShipper | None = None
+
+    def stopped(self) -> None:
+        """What outlives the process: its metadata stub, and the shipping of its last lines."""
+        self.metadata.shutdown()
+        if self.shipper is not None:
+            self.shipper.stop()
 
 
 @dataclass(frozen=True)
@@ -143,18 +151,22 @@ class Identity:
 class InstanceAgent:
     def __init__(self, settings: LocalCloudSettings) -> None:
         self.settings = settings
-        self.ec2: Any = boto3.client(
-            "ec2",
-            endpoint_url=settings.aws_endpoint_url,
-            region_name=settings.region,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",  # noqa: S106  # LocalStack accepts any credentials
-        )
+        self.ec2: Any = self._client("ec2")
+        self.logs: Any = self._client("logs")
         self.booted: dict[str, BootedInstance] = {}
         self.finished: set[str] = set()
         self.waiting: set[str] = set()
         self.stopping = False
         self.bin_dir = Path(sys.executable).parent
+
+    def _client(self, service: str) -> Any:
+        return boto3.client(  # type: ignore[call-overload]
+            service,
+            endpoint_url=self.settings.aws_endpoint_url,
+            region_name=self.settings.region,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",  # noqa: S106  # LocalStack accepts any credentials
+        )
 
     def _instances(self) -> list[dict[str, Any]]:
         # Every instance, not only those with a role tag: see _identity.
@@ -236,6 +248,9 @@ class InstanceAgent:
         metadata = _MetadataServer({"instance-id": instance_id, "placement/region": self.settings.region})
         threading.Thread(target=metadata.serve_forever, daemon=True).start()
         log_path = self.settings.state_dir / "logs" / f"instance-{instance_id}.log"
+        # Made before the process starts, so its first lines are shipped too.
+        group = environment_from_user_data(identity.user_data).get("ARRIVAL_LOG_GROUP")
+        shipper = LogShipper(self.logs, log_path, group, instance_id) if group else None
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [str(self.bin_dir / command[0]), *command[1:]],
@@ -248,7 +263,9 @@ class InstanceAgent:
                 start_new_session=True,
                 preexec_fn=die_with_parent,  # spawned from the agent's only thread
             )
-        self.booted[instance_id] = BootedInstance(instance_id, identity.role, process, metadata)
+        if shipper is not None:
+            shipper.start()
+        self.booted[instance_id] = BootedInstance(instance_id, identity.role, process, metadata, shipper)
         LOG.info("booted %s (%s): pid %d", instance_id, " ".join(command), process.pid)
 
     def _halt(self, booted: BootedInstance) -> None:
@@ -260,7 +277,7 @@ class InstanceAgent:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(booted.process.pid, signal.SIGKILL)
             booted.process.wait()
-        booted.metadata.shutdown()
+        booted.stopped()
 
     def reconcile_once(self) -> None:
         states = {instance["InstanceId"]: instance["State"]["Name"] for instance in self._instances()}
@@ -272,7 +289,7 @@ class InstanceAgent:
                 LOG.info(
                     "instance %s: process exited (%s); terminating it", instance_id, booted.process.returncode
                 )
-                booted.metadata.shutdown()
+                booted.stopped()
                 self.ec2.terminate_instances(InstanceIds=[instance_id])
             else:
                 continue

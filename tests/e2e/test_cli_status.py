@@ -81,7 +81,8 @@ def test_status_counts_data_by_rule_and_dead_letters_by_model(
     # AND the screen says the same in words, and peeking left the dead letter where it was
     assert on_screen.exit_code == 0, on_screen.output
     printed = " ".join(on_screen.output.split())
-    assert f"{model} datasets: 1 accepted (60 rows), 2 quarantined (out_of_range 1, too_few_rows 1)" in printed
+    assert f"{model} datasets: 1 accepted (60 rows), 2 quarantined" in printed
+    assert "(out_of_range 1, too_few_rows 1)" in printed
     assert "1 training job(s) dead-lettered" in printed
     assert (
         _model(json.loads(_status(local_cloud, monkeypatch, "--json").output), model)["jobs"][

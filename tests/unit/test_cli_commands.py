@@ -453,6 +453,40 @@ def test_wait_exits_1_on_timeout_in_one_line(
     )
 
 
+def test_wait_exits_1_with_the_reason_when_the_training_job_is_dead_lettered(
+    ingest_on_upload: FakeStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a trainer that fails the upload's job for good: the worker dead-letters it with a reason
+    dead_letters = ingest_on_upload.sqs.create_queue(
+        QueueName="training-dlq.fifo", Attributes={"FifoQueue": "true"}
+    )["QueueUrl"]
+    monkeypatch.setitem(OUTPUTS, "TrainingDeadLetterQueueUrl", dead_letters)
+    monkeypatch.setattr(tracking, "run_with_source", lambda *_: None)
+
+    def trainer_fails(_: operations.Follower) -> None:
+        ingest_on_upload.sqs.send_message(
+            QueueUrl=dead_letters,
+            MessageBody=json.dumps({"model": "iris"}),
+            MessageGroupId="iris",
+            MessageDeduplicationId="job-1",
+            MessageAttributes={
+                "failure_reason": {"DataType": "String", "StringValue": "ValueError: no rows left"}
+            },
+        )
+
+    monkeypatch.setattr(operations.Follower, "trainer", trainer_fails)
+
+    # WHEN the upload is followed
+    result = _wait(_iris_csv(tmp_path), "--timeout", "60")
+
+    # THEN it ends at once, in one line naming the reason and what to do
+    assert result.exit_code == 1, result.output
+    last = " ".join(result.output.strip().splitlines()[-1:])
+    assert last.startswith("error: training iris on it failed and its job was dead-lettered")
+    assert "ValueError: no rows left" in last
+    assert "`arrival logs trainer`" in last
+
+
 def test_wait_pins_the_uploaded_object_version(
     ingest_on_upload: FakeStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,12 +46,18 @@ SERVING_VALUES = {
     "ModelsBucket": "prod-models-1-eu-west-1",
     "ServingReloadQueue": "https://sqs.eu-west-1.amazonaws.com/1/prod-reload",
     "ServingPort": "8080",
+    "ServingLogGroup": "/arrival/prod/serving",
 }
 
 
 def test_the_template_user_data_boots_the_trainer_with_its_tracking_server() -> None:
     user_data = _template_user_data(
-        **{"AWS::Region": "eu-west-1", "AWS::StackName": "prod", "MlflowTrackingUri": "http://mlflow:5000"}
+        **{
+            "AWS::Region": "eu-west-1",
+            "AWS::StackName": "prod",
+            "MlflowTrackingUri": "http://mlflow:5000",
+            "TrainerLogGroup": "/arrival/prod/trainer",
+        }
     )
 
     assert command_from_user_data(user_data, "trainer") == [
@@ -62,7 +68,11 @@ def test_the_template_user_data_boots_the_trainer_with_its_tracking_server() -> 
         "prod",
     ]
     # The tracking server stays the agent's own (test_user_data_cannot_choose_the_tracking_server).
-    assert environment_from_user_data(user_data) == {"ARRIVAL_STACK_NAME": "prod"}
+    # Its log group is where the local agent ships its output, as the AMI's CloudWatch agent would.
+    assert environment_from_user_data(user_data) == {
+        "ARRIVAL_STACK_NAME": "prod",
+        "ARRIVAL_LOG_GROUP": "/arrival/prod/trainer",
+    }
 
 
 def test_user_data_cannot_choose_the_tracking_server() -> None:
@@ -111,6 +121,7 @@ def test_the_template_user_data_starts_the_server_with_its_bucket_and_queue() ->
         "ARRIVAL_SERVING_MODELS_BUCKET": "prod-models-1-eu-west-1",
         "ARRIVAL_SERVING_RELOAD_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/1/prod-reload",
         "ARRIVAL_SERVING_PORT": "8080",
+        "ARRIVAL_LOG_GROUP": "/arrival/prod/serving",
     }
 
 
@@ -132,8 +143,11 @@ def test_the_server_answers_on_the_agents_api_port_whatever_the_user_data_says()
     assert environment["ARRIVAL_SERVING_PORT"] == "18080"
     assert environment["ARRIVAL_SERVING_MODELS_BUCKET"] == "prod-models-1-eu-west-1"
     assert environment["PATH"] == "/bin"
-    trainer = _template_user_data(**{"AWS::StackName": "s", "MlflowTrackingUri": ""})
-    assert instance_environment({}, trainer, "trainer", settings) == {"ARRIVAL_STACK_NAME": "s"}
+    trainer = _template_user_data(**{"AWS::StackName": "s", "MlflowTrackingUri": "", "TrainerLogGroup": "g"})
+    assert instance_environment({}, trainer, "trainer", settings) == {
+        "ARRIVAL_STACK_NAME": "s",
+        "ARRIVAL_LOG_GROUP": "g",
+    }
 
 
 def test_the_server_command_takes_no_arguments() -> None:
