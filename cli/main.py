@@ -62,12 +62,13 @@ def point_at_cloud(target: object) -> None:
 @app.command()
 def up() -> None:
     """Start the local cloud (LocalStack and, later, its other services) in the background."""
+    from localcloud.interpreters import InterpreterNotFoundError
+
     settings = get_local_cloud_settings()
     try:
         result = control.up(settings, say=_say)
-    except control.LocalCloudError as error:
-        errors.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from error
+    except (control.LocalCloudError, InterpreterNotFoundError) as error:
+        raise _fail(error) from error
     if result.already_running:
         console.print(f"already running (supervisor pid {result.pid}); nothing to do")
     else:

@@ -89,14 +89,23 @@ def find_python(
     if explicit:
         version = _version_of(Path(explicit))
         if version is None or version < minimum:
-            raise InterpreterNotFoundError(f"{explicit} is not a Python >= {wanted}")
+            raise InterpreterNotFoundError(
+                f"ARRIVAL_LOCALSTACK_PYTHON={explicit} is not a Python >= {wanted}: point it at one "
+                f"(`uv python install {wanted}`, then `uv python find {wanted}`), or unset it"
+            )
         return Path(explicit)
     if found := _first_good(minimum):
         return found
     if install is not None and install(wanted) and (found := _first_good(minimum)):
         return found
+    how = (
+        f"`uv python install {wanted}` did not get one here (offline?): install Python {wanted} with "
+        f"your package manager or `pyenv install {wanted}`"
+        if install is not None
+        else f"Install one with `uv python install {wanted}` or `pyenv install {wanted}`"
+    )
     raise InterpreterNotFoundError(
         f"LocalStack needs Python >= {wanted}, and none was found on PATH (python{wanted}..), "
-        f"under pyenv ({_pyenv_root()}/versions) or by `uv python find`. Install one with "
-        f"`uv python install 3.13` or `pyenv install 3.13`, or point ARRIVAL_LOCALSTACK_PYTHON at it."
+        f"under pyenv ({_pyenv_root()}/versions) or by `uv python find`. {how}, "
+        f"or point ARRIVAL_LOCALSTACK_PYTHON at it."
     )
