@@ -104,21 +104,34 @@ def status(
     report["target"] = str(target)
     if report["running"] or target == Target.aws:
         from cli.status import stack_status_or_reason
+        from cli.target import TargetError, environment_for
 
-        point_at_cloud(target)
+        try:
+            os.environ.update(
+                environment_for(
+                    target,
+                    get_local_cloud_settings(),
+                    cloud_running=report["running"],
+                    environ=dict(os.environ),
+                )
+            )
+        except TargetError as error:  # status still shows the rest, and why the stack is not read
+            report["stack"] = {"stack": stack_name, "error": str(error)}
+            _show(report, as_json)
+            return
         api_url = os.environ.get("ARRIVAL_API_URL") or (
             report["endpoints"].get("api") if target == Target.local else None
         )
         report["stack"] = stack_status_or_reason(stack_name, api_url)
+    _show(report, as_json)
+
+
+def _show(report: dict[str, Any], as_json: bool) -> None:
+    from cli.status_view import print_cloud, print_stack
+
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    _print_status(report)
-
-
-def _print_status(report: dict[str, Any]) -> None:
-    from cli.status_view import print_cloud, print_stack
-
     print_cloud(console, report)
     if "stack" in report:
         print_stack(console, report["stack"])
@@ -220,6 +233,7 @@ def contract_list(
 # Exit codes of `contract check` and `upload --wait`, for scripts: 1 stays "could not tell".
 EXIT_REJECTED = 3
 EXIT_QUARANTINED = 4
+EXIT_AWAITING_APPROVAL = 5
 
 
 def _print_quarantine(report: dict[str, Any], where: str) -> None:
@@ -265,7 +279,11 @@ def upload(
     file: Annotated[Path, typer.Argument(help="the data file (.csv, .csv.gz or .parquet)")],
     model: Annotated[str, typer.Option(help="the model it trains: the key's first segment")],
     wait: Annotated[
-        bool, typer.Option(help="follow it to the gate: 0 promoted, 3 rejected, 4 quarantined, 1 otherwise")
+        bool,
+        typer.Option(
+            help="follow it to the gate: 0 promoted, 3 rejected, 4 quarantined, 5 awaiting approval, "
+            "1 otherwise"
+        ),
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits for the gate's decision")] = 600,
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
@@ -319,6 +337,15 @@ def upload(
             highlight=False,
         )
         raise typer.Exit(EXIT_REJECTED)
+    if result.outcome == "awaiting_approval":
+        errors.print(
+            f"[yellow]awaiting approval:[/yellow] version {result.version} passed the gate "
+            f"({escape(result.detail)}); the contract asks a person: "
+            f"`arrival approve --model {model} --version {result.version}` promotes it",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_AWAITING_APPROVAL)
     console.print(f"[green]promoted: {model} version {result.version} is the champion[/green]")
 
 
@@ -331,7 +358,10 @@ def reproduce(
     """Rebuild a model version from what its run logged (dvc pull, the pipeline) and check its metrics."""
     from cli import operations
 
-    result = operations.reproduce(model, version, stack_name)
+    try:
+        result = operations.reproduce(model, version, stack_name)
+    except operations.OperationError as error:
+        raise _fail(error) from error
     for name, logged in sorted(result.logged.items()):
         console.print(f"  {name}: logged {logged!r}, reproduced {result.reproduced.get(name)!r}")
     if not result.matches:
@@ -359,8 +389,7 @@ def rollback(
     try:
         done = operations.rollback(model, to, stack_name)
     except operations.OperationError as error:
-        errors.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from error
+        raise _fail(error) from error
     console.print(
         f"{done.model}: champion and serving moved from version {done.from_version} to {done.to_version}"
     )
@@ -377,8 +406,7 @@ def redrive(
     try:
         moved = operations.redrive(stage, stack_name)
     except operations.OperationError as error:
-        errors.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from error
+        raise _fail(error) from error
     console.print(f"moved {moved} message(s) from the {stage} dead-letter queue back to its queue")
 
 

@@ -71,9 +71,21 @@ def put_contract(path: Path, stack_name: str) -> str:
 
 
 def reproduce(model: str, version: str, stack_name: str) -> Reproduction:
+    from worker.adapters import tracking
     from worker.reproduce import reproduce as reproduce_version
 
-    remote = stack_outputs(stack_name)["DvcRemoteUrl"]
+    remote = outputs_of(stack_name)["DvcRemoteUrl"]
+    known = tracking.version_summaries(model, newest=1000)
+    if not known:
+        models = ", ".join(tracking.registered_models()) or "none yet"
+        raise OperationError(f"model {model!r} has no versions (registered models: {models})")
+    aliases = {alias for summary in known for alias in summary.aliases}
+    if version not in {summary.version for summary in known} | aliases:
+        named = ", ".join(sorted(aliases)) or "none"
+        raise OperationError(
+            f"model {model!r} has no version or alias {version!r} "
+            f"(versions {known[-1].version} to {known[0].version}; aliases: {named})"
+        )
     return reproduce_version(model, version, remote)
 
 
@@ -471,8 +483,12 @@ def _follow_training(follow: Follower, uploaded: Uploaded, deadline: float) -> F
     decision = unless_failed(
         lambda: tracking.decided_version_with_source(model, uploaded.source_uri), "a judged version"
     )
-    promoted = "promotion" in decision.tags
-    reason = decision.tags.get("promotion") or decision.tags.get("rejected") or ""
-    verdict = "promoted" if promoted else "rejected"
+    tags = decision.tags
+    if "promotion" in tags:
+        verdict, reason = "promoted", tags["promotion"]
+    elif "rejected" in tags:
+        verdict, reason = "rejected", tags["rejected"]
+    else:  # passed the gate; the contract asks a person to approve it (superseded: a newer one waits)
+        verdict, reason = "awaiting approval", tags.get("awaiting_approval") or tags.get("superseded", "")
     follow.say(f"version {decision.version} registered; gate: {verdict}: {reason}")
-    return FollowResult("promoted" if promoted else "rejected", reason, version=decision.version)
+    return FollowResult(verdict.replace(" ", "_"), reason, version=decision.version)

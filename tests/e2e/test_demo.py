@@ -17,11 +17,14 @@ from tests.conftest import TRAINING_STACK, LocalCloud
 pytestmark = pytest.mark.e2e
 
 
-def _demo_summary(output: str) -> dict[str, Any]:
-    """The JSON block the demo prints after the champion."""
-    start = output.index("\n{") + 1
-    summary: dict[str, Any] = json.loads(output[start : output.index("\n}", start) + 2])
-    return summary
+def _demo_summaries(output: str) -> list[dict[str, Any]]:
+    """The JSON blocks the demo prints after each month's champion."""
+    summaries, start = [], output.find("\n{")
+    while start >= 0:
+        end = output.index("\n}", start + 1) + 2
+        summaries.append(json.loads(output[start + 1 : end]))
+        start = output.find("\n{", end)
+    return summaries
 
 
 @pytest.mark.usefixtures("training_stack")
@@ -43,26 +46,34 @@ def test_the_demo_reaches_a_served_prediction_twice_and_status_reports_it(
     finally:
         get_local_cloud_settings.cache_clear()
 
-    # THEN the first follows the file through every stage to a prediction from the serving instance
+    # THEN the first follows each month's file through every stage to a prediction from serving
     assert first.exit_code == 0, first.output
     printed = " ".join(first.output.split())  # the console wraps long lines at spaces
     stages = ["ingest Lambda: valid against the contract", "trainer i-", "MLflow run", "registered; gate:"]
     for stage in stages:
-        assert stage in printed
-    assert "champion of 'iris': version" in printed
-    summary = _demo_summary(first.output)
-    assert summary["mlflow_ui"] == f"{settings.mlflow_url}/#/models/iris"
-    assert summary["metrics"]["f1_macro"] > 0.8
+        assert printed.count(stage) == 2, stage
+    october, november = _demo_summaries(first.output)
+    assert printed.count("gate: promoted") == 2
+    # AND the later, larger month's version beats the first, and serving switches to it
+    assert int(november["champion"]) == int(october["champion"]) + 1
+    assert f"the champion moved from version {october['champion']} to {november['champion']}" in printed
+    assert "gate: promoted: f1_macro" in printed and "beats champion" in printed
+    assert november["mlflow_ui"] == f"{settings.mlflow_url}/#/models/iris"
     api = f"http://127.0.0.1:{settings.api_port}"
-    assert f"prediction from version {summary['champion']}:" in printed
+    for summary in (october, november):
+        assert f"prediction from version {summary['champion']}:" in printed
+    # AND it ends with where to look and what to run next
     assert f"curl -s -X POST {api}/models/iris/predict" in printed
-    assert f"{api}/docs" in printed
+    assert f"API docs: {api}/docs" in printed
+    assert f"MLflow UI: {settings.mlflow_url}/#/models/iris" in printed
+    assert "uv run arrival status" in printed and "uv run arrival logs trainer" in printed
 
-    # AND the second recognises its sample as already accepted and still ends with a prediction
+    # AND the second recognises both samples as already accepted and still ends with a prediction
     assert second.exit_code == 0, second.output
     again = " ".join(second.output.split())
-    assert "ingest drops the copy" in again
-    assert f"prediction from version {summary['champion']}:" in again
+    assert again.count("ingest drops the copy") == 2
+    assert f"prediction from version {november['champion']}:" in again
+    assert "the champion moved" not in again
 
     # AND status reports the endpoints, the champion and the version serving answers with
     assert status.exit_code == 0, status.output
@@ -71,8 +82,8 @@ def test_the_demo_reaches_a_served_prediction_twice_and_status_reports_it(
     assert report["endpoints"]["mlflow"] == settings.mlflow_url
     assert report["endpoints"]["api"] == api
     iris = next(model for model in report["stack"]["models"] if model["name"] == "iris")
-    assert iris["champion"] == iris["serving"]["pointer"] == iris["serving"]["api"] == summary["champion"]
-    assert iris["datasets"]["accepted"] == 1
+    assert iris["champion"] == iris["serving"]["pointer"] == iris["serving"]["api"] == november["champion"]
+    assert iris["datasets"]["accepted"] == 2
     assert iris["versions"][0]["decision"] == "promoted"
     assert "champion" in iris["versions"][0]["aliases"]
     assert iris["problems"] == []

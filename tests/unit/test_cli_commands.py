@@ -411,6 +411,20 @@ def test_wait_exits_3_with_the_gates_reason_when_rejected(
     )
 
 
+def test_wait_exits_5_naming_the_command_when_the_version_awaits_approval(
+    ingest_on_upload: FakeStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A contract with `training.approval: manual`: the version passed the gate and waits for a person.
+    _gate(monkeypatch, "awaiting_approval", "f1_macro 0.98 beats champion 0.97 by 0.01")
+
+    result = _wait(_iris_csv(tmp_path))
+
+    assert result.exit_code == 5, result.output
+    printed = " ".join(result.output.split())
+    assert "gate: awaiting approval: f1_macro 0.98 beats champion" in printed
+    assert "`arrival approve --model iris --version 7` promotes it" in printed
+
+
 def test_wait_exits_4_naming_the_rule_violations_and_report(
     ingest_on_upload: FakeStack, tmp_path: Path
 ) -> None:
@@ -505,3 +519,55 @@ def test_wait_pins_the_uploaded_object_version(
     version = ingest_on_upload.s3.head_object(Bucket=RAW, Key="iris/iris-2026-11.csv")["VersionId"]
     assert result.exit_code == 0, result.output
     assert asked == [f"s3://{RAW}/iris/iris-2026-11.csv?versionId={version}"]
+
+
+# --- Unknown models, versions and stages: one line each ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (SQLite) registry with model iris, versions 1 and 2, version 2 the champion: made once,
+    since MLflow's migrations take seconds, and copied for each test."""
+    path = tmp_path_factory.mktemp("registry") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}")
+        tracking.client.cache_clear()
+        client = tracking.client()
+        client.create_registered_model("iris")
+        for _ in range(2):
+            client.create_model_version("iris", str(path.parent))
+        tracking.move_champion("iris", "2")
+        tracking.client.cache_clear()
+    return path
+
+
+@pytest.fixture
+def registry(
+    cloud: FakeStack, registry_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    copy = tmp_path / "mlflow.db"
+    copy.write_bytes(registry_file.read_bytes())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copy}")
+    monkeypatch.setitem(OUTPUTS, "DvcRemoteUrl", "s3://unit-processed/_arrival/dvc")
+    monkeypatch.setitem(OUTPUTS, "ModelsBucketName", "unit-models")
+    tracking.client.cache_clear()
+    yield
+    tracking.client.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("args", "phrases"),
+    [
+        (["rollback", "--model", "roses"], ["model 'roses' has no champion to roll back from"]),
+        (["rollback", "--model", "iris", "--to", "9"], ["model 'iris' has no version '9'"]),
+        (
+            ["reproduce", "7", "--model", "iris"],
+            ["model 'iris' has no version or alias '7'", "versions 1 to 2"],
+        ),
+        (["reproduce", "champion", "--model", "roses"], ["model 'roses' has no versions", "iris"]),
+        (["redrive", "billing"], ["unknown stage 'billing'; redrive one of: ingest, training"]),
+    ],
+)
+@pytest.mark.usefixtures("registry")
+def test_an_unknown_model_version_or_stage_is_one_line(args: list[str], phrases: list[str]) -> None:
+    _one_line_error(_arrival(*args, "--stack-name", STACK), *phrases)

@@ -276,13 +276,15 @@ def run_with_source(experiment_name: str, source_key: str) -> RunState | None:
 
 
 def decided_version_with_source(name: str, source_key: str) -> ModelVersion | None:
-    """The version trained on data that includes this raw object, once the gate has tagged it."""
+    """The newest version trained on data that includes this raw object, once the gate has tagged it
+    (promoted, rejected, or waiting for a person's approval)."""
     try:
         versions = client().search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
-    for found in versions:
-        if "promotion" not in found.tags and "rejected" not in found.tags:
+    decided = ("promotion", "rejected", "awaiting_approval", "superseded")
+    for found in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        if not any(tag in found.tags for tag in decided):
             continue
         if source_key in client().get_run(str(found.run_id)).data.tags.get("lineage.sources", ""):
             return ModelVersion(name, str(found.version), str(found.run_id), dict(found.tags))
@@ -309,9 +311,18 @@ def version_summaries(name: str, newest: int = 20) -> list[VersionSummary]:
             return []
         raise
     ordered = sorted(found, key=lambda v: int(v.version), reverse=True)[:newest]
+    # A search leaves the versions' aliases out; the registered model lists them.
+    aliases: dict[str, list[str]] = {}
+    if ordered:
+        for alias, aliased in client().get_registered_model(name).aliases.items():
+            aliases.setdefault(str(aliased), []).append(alias)
     return [
         VersionSummary(
-            str(v.version), str(v.run_id), list(v.aliases or []), dict(v.tags), int(v.creation_timestamp or 0)
+            str(v.version),
+            str(v.run_id),
+            sorted(aliases.get(str(v.version), [])),
+            dict(v.tags),
+            int(v.creation_timestamp or 0),
         )
         for v in ordered
     ]
