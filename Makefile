@@ -113,8 +113,21 @@ TRAINER_CONTROL_SOURCES := handlers/__init__.py common/__init__.py common/layout
 RECONCILE_SOURCES := $(TRAINER_CONTROL_SOURCES) handlers/handle_reconcile.py
 INGEST_SOURCES := $(TRAINER_CONTROL_SOURCES) handlers/handle_ingest.py common/contracts.py common/ingest.py \
 	common/tabular.py common/validation.py common/adapters/events.py common/adapters/idempotency.py
-SERVING_SOURCES := serving common/__init__.py common/contracts.py common/bundles.py \
+# The notifier formats events and publishes them to SNS: the reconciler's group (AWS SDK, powertools,
+# pydantic-settings) is all it needs, so the two share one set of pinned packages.
+NOTIFY_SOURCES := handlers/__init__.py handlers/handle_notify.py common/__init__.py common/observability.py \
+	common/settings.py common/notifications.py common/adapters/__init__.py common/adapters/notify.py
+SERVING_SOURCES := serving common/__init__.py common/contracts.py common/bundles.py common/layout.py \
 	common/adapters/__init__.py common/adapters/s3.py common/adapters/sqs.py
+# The scheduled drift report: the drift statistics, and the bundles, captures and reports in S3.
+DRIFT_SOURCES := handlers/__init__.py handlers/handle_drift.py common/__init__.py common/monitoring.py \
+	common/drift.py common/contracts.py common/bundles.py common/layout.py common/observability.py \
+	common/adapters/__init__.py common/adapters/events.py common/adapters/s3.py
+# Batch predictions: ingest's readers and validation, and serving's bundle loader (not its app).
+BATCH_SOURCES := handlers/__init__.py handlers/handle_batch.py common/__init__.py common/batch.py \
+	common/bundles.py common/contracts.py common/layout.py common/observability.py common/settings.py \
+	common/tabular.py common/validation.py common/adapters/__init__.py common/adapters/events.py \
+	common/adapters/s3.py common/adapters/sqs.py serving/__init__.py serving/bundle.py serving/schemas.py
 # The functions' runtime (template.yaml's Globals), not this machine's Python: wheels with compiled
 # code (numpy, onnxruntime, fastparquet) exist per Python version and platform.
 LAMBDA_PYTHON := 3.12
@@ -150,3 +163,12 @@ build-ReconcileFunction:
 
 build-ServingFunction:
 	$(call lambda_package,$(SERVING_SOURCES),serving)
+
+build-DriftFunction:
+	$(call lambda_package,$(DRIFT_SOURCES),drift)
+
+build-BatchFunction:
+	$(call lambda_package,$(BATCH_SOURCES),batch)
+
+build-NotifyFunction:
+	$(call lambda_package,$(NOTIFY_SOURCES),reconcile)

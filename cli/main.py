@@ -25,7 +25,9 @@ def _say(message: str) -> None:
 
 # The commands that talk to a cloud, and so must know which one (cli/target.py).
 # (`contract` decides per subcommand: `check` against a local contract file needs no cloud.)
-NEEDS_A_CLOUD = {"deploy", "demo", "logs", "reproduce", "rollback", "redrive", "upload"}
+NEEDS_A_CLOUD = {"batch", "deploy", "demo", "logs", "reproduce", "rollback", "redrive", "upload"}
+NEEDS_A_CLOUD |= {"approve", "reject"}  # cli/approval.py
+NEEDS_A_CLOUD |= {"drift"}  # cli/drift.py
 
 
 @app.callback()
@@ -397,7 +399,7 @@ def rollback(
 
 @app.command()
 def redrive(
-    stage: Annotated[str, typer.Argument(help="ingest (files) or training (jobs)")],
+    stage: Annotated[str, typer.Argument(help="ingest (files), training (jobs) or batch (files to score)")],
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
     """Move a stage's dead-lettered messages back to its queue, once their cause is fixed."""
@@ -408,6 +410,58 @@ def redrive(
     except operations.OperationError as error:
         raise _fail(error) from error
     console.print(f"moved {moved} message(s) from the {stage} dead-letter queue back to its queue")
+
+
+@app.command()
+def batch(
+    file: Annotated[
+        Path, typer.Argument(help="records to score (.csv, .csv.gz or .parquet), no target column")
+    ],
+    model: Annotated[str, typer.Option(help="the model whose champion scores them")],
+    wait: Annotated[
+        bool, typer.Option(help="wait for the predictions: exit 0 if every part was scored")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 1800,
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Score a file with a model's champion: it goes under <model>/input/ in the inference bucket (a CSV
+    too large for one invocation is split), and the predictions appear under <model>/output/."""
+    from cli import batch as batches
+    from cli.operations import OperationError
+
+    try:
+        submitted = batches.submit_batch(file, model, stack_name)
+    except OperationError as error:
+        raise _fail(error) from error
+    for part in submitted.parts:
+        console.print(f"uploaded s3://{submitted.bucket}/{part.key}", highlight=False, soft_wrap=True)
+    if not wait:
+        console.print(
+            f"predictions will appear under s3://{submitted.bucket}/{model}/output/", highlight=False
+        )
+        return
+    try:
+        outcomes = batches.wait_batch(submitted, timeout)
+    except TimeoutError as error:
+        raise _fail(TimeoutError(f"{error}; `arrival logs` shows the batch function's progress")) from error
+    for outcome in outcomes:
+        if outcome.manifest is not None:
+            rows = outcome.manifest["rows"]
+            console.print(
+                f"scored {rows['scored']} rows with version {outcome.manifest['version']} "
+                f"({rows['rejected']} rejected): {outcome.manifest['predictions']}"
+                + (f", rejects: {outcome.manifest['rejects']}" if outcome.manifest.get("rejects") else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
+        elif outcome.failure is not None:
+            errors.print(
+                f"[red]failed:[/red] {outcome.part.key}: {escape(str(outcome.failure.get('reason')))}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if not all(outcome.ok for outcome in outcomes):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -483,6 +537,67 @@ def demo(stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "
 
     local_api = control.status(get_local_cloud_settings())["endpoints"].get("api")
     run_demo(stack_name, console, os.environ.get("ARRIVAL_API_URL") or local_api)
+
+
+@app.command()
+def approve(
+    model: Annotated[str, typer.Option(help="the registered model")],
+    version: Annotated[str, typer.Option(help="the version awaiting approval")],
+    by: Annotated[
+        str | None, typer.Option(help="who approves, recorded on the version; $USER if unset")
+    ] = None,
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Promote a version waiting for approval: champion alias, serving pointer, ModelPromoted."""
+    from cli import approval, operations
+
+    try:
+        done = approval.approve(model, version, by or approval.current_user(), stack_name)
+    except operations.OperationError as error:
+        raise _fail(error) from error
+    console.print(escape(done.message), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def reject(
+    model: Annotated[str, typer.Option(help="the registered model")],
+    version: Annotated[str, typer.Option(help="the version awaiting approval")],
+    reason: Annotated[str, typer.Option(help="why, recorded on the version and in ModelRejected")],
+    by: Annotated[
+        str | None, typer.Option(help="who rejects, recorded on the version; $USER if unset")
+    ] = None,
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Reject a version waiting for approval; the champion stays."""
+    from cli import approval, operations
+
+    try:
+        done = approval.reject(model, version, reason, by or approval.current_user(), stack_name)
+    except operations.OperationError as error:
+        raise _fail(error) from error
+    console.print(escape(done.message), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def drift(
+    model: Annotated[str, typer.Option(help="the registered model")],
+    versions: Annotated[int, typer.Option(min=1, help="how many of the newest versions to show")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable: the same as the screen")] = False,
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """The drift reports of a model: each version's data against its champion's, and live traffic."""
+    from cli import drift as drift_view
+    from cli import operations
+
+    try:
+        view = drift_view.overview(model, stack_name, versions)
+    except operations.OperationError as error:
+        raise _fail(error) from error
+    if as_json:
+        typer.echo(json.dumps(view.as_dict(), indent=2))
+        return
+    for line in drift_view.render(view):
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -184,6 +184,7 @@ def predict(api_url: str, model: str, records: list[dict[str, Any]]) -> dict[str
 REDRIVE_QUEUES = {
     "ingest": ("IngestDeadLetterQueueUrl", "IngestQueueUrl"),
     "training": ("TrainingDeadLetterQueueUrl", "TrainingQueueUrl"),
+    "batch": ("BatchDeadLetterQueueUrl", "BatchQueueUrl"),
 }
 
 

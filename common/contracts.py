@@ -83,6 +83,8 @@ class TrainingSettings(_Frozen):
     promotion_margin: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     floor: float | None = Field(default=None, allow_inf_nan=False)
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    # manual: a version the gate passes waits for `arrival approve` instead of being promoted.
+    approval: Literal["auto", "manual"] = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -114,6 +116,47 @@ class TrainingSettings(_Frozen):
         return direction
 
 
+class DriftMethod(StrEnum):
+    """How common/drift.py compares a column. `ks` and `chi2` are tests, drifted below a p-value;
+    `psi`, `jensenshannon` and `wasserstein` (in reference standard deviations) are distances,
+    drifted at or above a score."""
+
+    ks = "ks"
+    chi2 = "chi2"
+    psi = "psi"
+    jensenshannon = "jensenshannon"
+    wasserstein = "wasserstein"
+
+
+NUMERIC_ONLY_METHODS = frozenset({DriftMethod.ks, DriftMethod.wasserstein})
+CATEGORICAL_ONLY_METHODS = frozenset({DriftMethod.chi2})
+# A p-value and a Jensen-Shannon distance (base 2) lie in [0, 1]; PSI and Wasserstein are unbounded.
+BOUNDED_METHODS = frozenset({DriftMethod.ks, DriftMethod.chi2, DriftMethod.jensenshannon})
+
+
+class ColumnMonitoring(_Frozen):
+    method: DriftMethod | None = None
+    threshold: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
+class Monitoring(_Frozen):
+    """How drift is watched (issue 11). Left out, every column gets the method its type and sample
+    size call for (common/drift.py) and that method's usual threshold."""
+
+    sample_rate: float = Field(default=0.1, ge=0, le=1, allow_inf_nan=False)
+    method: DriftMethod | None = None
+    threshold: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    columns: dict[str, ColumnMonitoring] = Field(default_factory=dict)
+
+    def setting_for(self, column: str) -> tuple[DriftMethod | None, float | None]:
+        """The column's method and threshold; None where the defaults decide. A column given its
+        own method does not take the section's threshold, which was meant for another method."""
+        own = self.columns.get(column, ColumnMonitoring())
+        if own.method is not None and own.method != self.method:
+            return own.method, own.threshold
+        return self.method, own.threshold or self.threshold
+
+
 class DataContract(_Frozen):
     model: str
     task: Task
@@ -121,6 +164,8 @@ class DataContract(_Frozen):
     columns: dict[str, Column] = Field(min_length=2)
     limits: FileLimits = Field(default_factory=FileLimits)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @model_validator(mode="after")
     def _target_is_a_column_of_the_right_kind(self) -> Self:
@@ -135,6 +180,25 @@ class DataContract(_Frozen):
             raise ValueError(f"the target {self.target!r} cannot be nullable")
         return self
 
+    @model_validator(mode="after")
+    def _monitoring_fits_the_columns(self) -> Self:
+        monitoring = self.monitoring
+        for name in monitoring.columns:
+            if name not in self.columns:
+                raise ValueError(
+                    f"monitoring.columns: unknown column {name!r}; the columns are {', '.join(self.columns)}"
+                )
+            method, threshold = monitoring.setting_for(name)
+            where = f"monitoring.columns.{name}"
+            _check_drift_method(where, method, self.columns[name])
+            _check_drift_threshold(where, method, threshold)
+        if monitoring.method is not None:
+            for name, column in self.columns.items():
+                if name not in monitoring.columns or monitoring.columns[name].method is None:
+                    _check_drift_method(f"monitoring.method (column {name!r})", monitoring.method, column)
+        _check_drift_threshold("monitoring.threshold", monitoring.method, monitoring.threshold)
+        return self
+
     @property
     def features(self) -> list[str]:
         return [name for name in self.columns if name != self.target]
@@ -144,6 +208,21 @@ class DataContract(_Frozen):
         """Identifies exactly which rules a dataset was accepted under (recorded in its lineage)."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_drift_method(where: str, method: DriftMethod | None, column: Column) -> None:
+    if method in NUMERIC_ONLY_METHODS and isinstance(column, CategoricalColumn):
+        raise ValueError(f"{where}: {method} compares numbers; this column is categorical")
+    if method in CATEGORICAL_ONLY_METHODS and isinstance(column, NumericColumn):
+        raise ValueError(f"{where}: {method} compares categories; this column is numeric")
+
+
+def _check_drift_threshold(where: str, method: DriftMethod | None, threshold: float | None) -> None:
+    if threshold is not None and method is None:
+        # Without a method the column's is chosen by its sample size: a p-value or a distance.
+        raise ValueError(f"{where}: a threshold needs a method (ks, chi2, psi, jensenshannon, wasserstein)")
+    if threshold is not None and method in BOUNDED_METHODS and threshold > 1:
+        raise ValueError(f"{where}: a {method} threshold lies in (0, 1]; got {threshold}")
 
 
 def parse_contract(text: str | bytes) -> DataContract:

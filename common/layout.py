@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 CONTRACT_PREFIX = "contracts/"
@@ -35,3 +36,21 @@ def trainer_heartbeat_key(instance_id: str) -> str:
     """In the processed bucket: a running trainer renews it while it works (`renewed_at`, epoch
     seconds); the reconciler takes a trainer whose heartbeat went stale for dead."""
     return f"{TRAINER_HEARTBEAT_PREFIX}{instance_id}.json"
+
+
+CAPTURE_SEGMENT = "capture"
+
+
+def capture_prefix(model: str) -> str:
+    """In the capture bucket: what serving captured of the model's requests, by hour."""
+    return f"{model}/{CAPTURE_SEGMENT}/"
+
+
+def capture_hour_prefix(model: str, moment: datetime) -> str:
+    """Where records captured in `moment`'s hour (UTC) go: the drift report lists a window by hour."""
+    return f"{capture_prefix(model)}{moment.astimezone(UTC):%Y/%m/%d/%H}/"
+
+
+def drift_prefix(model: str) -> str:
+    """In the models bucket: the scheduled drift reports, `latest.json`, and reference samples."""
+    return f"{model}/drift/"

@@ -73,6 +73,44 @@ class WorkerSettings(BaseSettings):
     workspace_root: Path | None = Field(default=None, description="where scratch DVC workspaces go")
 
 
+class BatchSettings(BaseSettings):
+    """What the batch-prediction function reads (template.yaml's BatchFunction and its Globals)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False)
+
+    config_bucket: str = Field(validation_alias="CONFIG_BUCKET")
+    models_bucket: str = Field(validation_alias="MODELS_BUCKET")
+    event_bus_name: str = Field(validation_alias="EVENT_BUS_NAME")
+    # Unset (a developer's process): a file that fails is reported in its output folder and by event only.
+    dead_letter_queue_url: str | None = Field(default=None, validation_alias="BATCH_DEAD_LETTER_QUEUE_URL")
+    max_receive_count: int = Field(default=3, ge=1, validation_alias="BATCH_MAX_RECEIVE_COUNT")
+    chunk_rows: int = Field(default=100_000, ge=1, validation_alias="BATCH_CHUNK_ROWS")
+    # One invocation's share of work: docs/batch.md derives it from the benchmark and the timeout.
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, gt=0, validation_alias="BATCH_MAX_FILE_BYTES")
+    # Kept free at the end of an invocation to upload what was scored and report a file cut short.
+    time_margin_seconds: float = Field(default=30.0, ge=0, validation_alias="BATCH_TIME_MARGIN_SECONDS")
+    scratch_dir: Path = Field(default=Path("/tmp"), validation_alias="BATCH_SCRATCH_DIR")  # noqa: S108  # Lambda's only writable disk
+
+
+@cache
+def get_batch_settings() -> BatchSettings:
+    return BatchSettings()  # type: ignore[call-arg]  # filled from the environment
+
+
+class NotifySettings(BaseSettings):
+    """What the notify function reads (template.yaml): where its messages go, and the stack they are about."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False)
+
+    stack_name: str = Field(validation_alias="ARRIVAL_STACK_NAME")
+    notification_topic_arn: str = Field(validation_alias="NOTIFICATION_TOPIC_ARN")
+
+
+@cache
+def get_notify_settings() -> NotifySettings:
+    return NotifySettings()  # type: ignore[call-arg]  # filled from the environment
+
+
 @cache
 def get_worker_settings() -> WorkerSettings:
     return WorkerSettings()

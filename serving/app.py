@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel
 
 from serving.bundle import LoadedModel, Predictions
+from serving.capture import CaptureWriter
 from serving.mlflow_format import invocation_records
 from serving.openapi import ModelPaths
 from serving.schemas import Problem, Record, RequestError
@@ -193,6 +194,7 @@ async def _answer(request: Request, route: str, read: Reader, write: Writer) -> 
         records, batch = read(model, body)
         predictions = await state.shared_runs.predict(model, records)
         content, status = write(model, predictions, batch), 200
+        state.capture.offer(model, records, predictions, request)
     except RequestError as error:
         rules = sorted({problem.rule for problem in error.problems})
         content, status = problems_json(error.problems), error.status
@@ -344,15 +346,25 @@ def create_app(
     The app's metrics go to the store's registry: one app per store."""
     settings = settings or get_serving_settings()
     store = store or ModelStore(settings.models_bucket, max_batch=settings.max_batch)
+    capture = CaptureWriter(
+        settings.capture_bucket,
+        rate=settings.capture_rate,
+        batch_records=settings.capture_batch_records,
+        flush_seconds=settings.capture_flush_seconds,
+        max_queued_records=settings.capture_max_queued_records,
+        registry=store.registry,
+    )
 
     @asynccontextmanager
     async def refresh_in_background(_: FastAPI) -> AsyncIterator[None]:
         keep_out_of_collections()
         store.start_background(poll_seconds=settings.poll_seconds, reload_queue_url=settings.reload_queue_url)
+        capture.start()
         try:
             yield
         finally:
             store.stop_background()
+            capture.stop()  # what is still queued is written before the process ends
 
     app = FastAPI(
         title="arrival serving",
@@ -366,6 +378,7 @@ def create_app(
     app.state.store = store
     app.state.request_metrics = RequestMetrics(store.registry)
     app.state.shared_runs = SharedRuns()
+    app.state.capture = capture
     app.state.check_pointers_every = settings.lambda_check_seconds if mode == "lambda" else None
     # The predictions, nearly all of the traffic, are plain Starlette routes on the app itself and
     # first in line (routes are tried in order): FastAPI's parameters, dependencies and routers would

@@ -5,9 +5,11 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from fastapi import FastAPI
 from mangum import Mangum
 
 from serving.app import create_app
+from serving.capture import CaptureWriter
 
 
 @cache
@@ -18,5 +20,14 @@ def asgi_handler() -> Mangum:
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    response: dict[str, Any] = asgi_handler()(event, context)
+    asgi = asgi_handler()
+    try:
+        response: dict[str, Any] = asgi(event, context)
+    finally:
+        # Lambda freezes the process between invocations, and may end it while frozen: a writer thread
+        # would stall mid-write and lose its queue. What this invocation sampled is written before it
+        # returns (a no-op when nothing was sampled).
+        app: FastAPI = asgi.app  # type: ignore[assignment]
+        capture: CaptureWriter = app.state.capture
+        capture.flush()
     return response

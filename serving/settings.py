@@ -21,6 +21,23 @@ class ServingSettings(BaseSettings):
     )
     max_batch: int = Field(default=10_000, ge=1, description="records in one request, at most")
     max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0, description="request body size, at most")
+    capture_bucket: str | None = Field(
+        default=None, description="where sampled requests are captured for the drift report; unset: none are"
+    )
+    capture_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="the share of requests captured, for every model; unset: each contract's "
+        "monitoring.sample_rate; 0: none",
+    )
+    capture_batch_records: int = Field(default=5000, ge=1, description="write a capture object this full")
+    capture_flush_seconds: float = Field(
+        default=10, gt=0, description="write captured records at least this often (EC2)"
+    )
+    capture_max_queued_records: int = Field(
+        default=20_000, ge=1, description="captured records waiting to be written, at most; more are dropped"
+    )
     host: str = "0.0.0.0"  # noqa: S104  # the server must answer on the instance's interfaces
     port: int = Field(default=8080, gt=0, lt=65536)
 

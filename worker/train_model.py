@@ -26,9 +26,16 @@ from common.adapters.stack import StackResources
 from common.contracts import DataContract, parse_contract
 from common.layout import accepted_list_hash, accepted_list_key, contract_key
 from common.settings import get_worker_settings
-from worker import serving_bundle, training
+from worker import drift_report, serving_bundle, training
 from worker.adapters import dvc_workspace, tracking
-from worker.decision import TrainingOutcome, carry_out, finish_interrupted, lineage_of, source_uris
+from worker.decision import (
+    APPROVAL_MODE_TAG,
+    TrainingOutcome,
+    carry_out,
+    finish_interrupted,
+    lineage_of,
+    source_uris,
+)
 from worker.onnx_export import parity_problem
 from worker.workspace import logged_files, write_workspace
 
@@ -224,6 +231,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     holdout = pd.read_parquet(workspace / "data" / "holdout.parquet")
     decision, champion, champion_metric = _judge(run, metrics, holdout)
+    drifted = drift_report.training_report(run.contract, run.accepted, run.resources, run.run_id, workspace)
     logged_metrics = {
         **metrics,
         **{f"data.{key}": float(value) for key, value in prepared.items()},
@@ -235,6 +243,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
     gate_tags = {
         "gate.decision": "promote" if decision.promote else "reject",
         "gate.reason": decision.reason,
+        APPROVAL_MODE_TAG: run.contract.training.approval,
     }
     tracking.log_run(
         run.run_id,
@@ -246,13 +255,14 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
             "holdout_fraction": params["holdout_fraction"],
             **{f"estimator.{key}": value for key, value in params["estimator_params"].items()},
         },
-        metrics={**logged_metrics, **run.timings},
-        tags={**run.tags, **gate_tags},
+        metrics={**logged_metrics, **run.timings, "timing.drift_seconds": drifted.seconds},
+        tags={**run.tags, **gate_tags, **drifted.run_tags},
         artifacts=[
             *logged_files(workspace),
             ("onnx", workspace / "model" / "model.onnx"),
             ("onnx", workspace / "model" / "serving_check.json"),
             ("plots", workspace / "plots"),
+            *drifted.artifacts,
         ],
     )
     example = training.features_of(holdout.head(5), run.contract)
@@ -266,6 +276,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
             "accepted_list_hash": run.tags["accepted_list_hash"],
             **gate_tags,
             "gate.champion_version": champion.version if champion else "",
+            **drifted.version_tags,
         },
     )
     if decision.promote:
@@ -295,6 +306,15 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
         "lineage": json.loads(run.tags["lineage.sources"]),
         "lineage_files": len(run.accepted["datasets"]),
     }
-    carry_out(run.resources, run.model, version, decision.promote, decision.reason, detail)
+    promoted = carry_out(
+        run.resources,
+        run.model,
+        version,
+        decision.promote,
+        decision.reason,
+        detail,
+        run.contract.training.approval,
+    )
     tracking.log_run(run.run_id, metrics={"timing.decided_at": time.time()})
-    return TrainingOutcome(run.model, version, decision.promote, decision.reason, metrics, run.run_id)
+    drift_report.publish(run.resources, drifted)
+    return TrainingOutcome(run.model, version, promoted, decision.reason, metrics, run.run_id)

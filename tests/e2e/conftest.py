@@ -7,9 +7,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner, Result
 
+from cli.main import app
+from localcloud.settings import get_local_cloud_settings
 from tests.conftest import INGEST_STACK, TRAINING_STACK, LocalCloud
 from tests.helpers import QueueDrain, eventually
 
@@ -185,3 +189,41 @@ def chain(local_cloud: LocalCloud, training_stack: dict[str, str]) -> Iterator[C
     chain = Chain(local_cloud, training_stack)
     yield chain
     chain.events.stop()
+
+
+@pytest.fixture(scope="session")
+def api(local_cloud: LocalCloud, chain: Chain) -> Iterator[httpx.Client]:
+    """The training stack's EC2 serving instance's API, once its process answers."""
+    client = httpx.Client(base_url=f"http://127.0.0.1:{local_cloud.settings.api_port}", timeout=30)
+
+    def healthy() -> bool:
+        try:
+            return client.get("/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    eventually(healthy, 120, what="the serving instance answering /health")
+    yield client
+    client.close()
+
+
+def cloud_settings(cloud: LocalCloud) -> dict[str, str]:
+    """The settings that point the `arrival` CLI at this session's local cloud, as `make demo`'s
+    defaults point it at the user's."""
+    return {
+        "ARRIVAL_STATE_DIR": str(cloud.settings.state_dir),
+        "ARRIVAL_AWS_PORT": str(cloud.settings.aws_port),
+        "ARRIVAL_MLFLOW_PORT": str(cloud.settings.mlflow_port),
+        "ARRIVAL_API_PORT": str(cloud.settings.api_port),
+    }
+
+
+def arrival(cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
+    """Run the `arrival` CLI in-process against this session's local cloud."""
+    for name, value in cloud_settings(cloud).items():
+        monkeypatch.setenv(name, value)
+    get_local_cloud_settings.cache_clear()
+    try:
+        return CliRunner().invoke(app, list(args))
+    finally:
+        get_local_cloud_settings.cache_clear()

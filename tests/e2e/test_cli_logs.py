@@ -10,35 +10,13 @@ import sys
 import threading
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from cli.main import app
-from localcloud.settings import get_local_cloud_settings
 from tests import datasets
 from tests.conftest import INGEST_STACK, PROJECT_ROOT, TRAINING_STACK, LocalCloud
-from tests.e2e.conftest import Chain, Pipeline
+from tests.e2e.conftest import Chain, Pipeline, arrival, cloud_settings
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
-
-
-def _cloud_settings(cloud: LocalCloud) -> dict[str, str]:
-    return {
-        "ARRIVAL_STATE_DIR": str(cloud.settings.state_dir),
-        "ARRIVAL_AWS_PORT": str(cloud.settings.aws_port),
-        "ARRIVAL_MLFLOW_PORT": str(cloud.settings.mlflow_port),
-        "ARRIVAL_API_PORT": str(cloud.settings.api_port),
-    }
-
-
-def _arrival(cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
-    for name, value in _cloud_settings(cloud).items():
-        monkeypatch.setenv(name, value)
-    get_local_cloud_settings.cache_clear()
-    try:
-        return CliRunner().invoke(app, list(args))
-    finally:
-        get_local_cloud_settings.cache_clear()
 
 
 def test_ingest_logs_name_the_file_and_follow_new_lines(
@@ -47,7 +25,7 @@ def test_ingest_logs_name_the_file_and_follow_new_lines(
     # GIVEN `arrival logs ingest --follow` running, as an operator leaves it in a terminal
     model = f"logs-{unique}"
     pipeline.put_contract(model, datasets.contract_yaml("iris", model))
-    environment = {**os.environ, **_cloud_settings(local_cloud)}
+    environment = {**os.environ, **cloud_settings(local_cloud)}
     follower = subprocess.Popen(
         [
             sys.executable,
@@ -86,7 +64,7 @@ def test_ingest_logs_name_the_file_and_follow_new_lines(
         follower.wait(timeout=30)
 
     # AND read once, the same lines are there, in time order
-    once = _arrival(
+    once = arrival(
         local_cloud, monkeypatch, "logs", "ingest", *["--since", "10m"], "--stack-name", INGEST_STACK
     )
     assert once.exit_code == 0, once.output
@@ -106,7 +84,7 @@ def test_trainer_and_serving_logs_come_from_their_instances(
 
     # WHEN the operator reads the trainer's and the server's logs
     def logged(source: str, phrase: str) -> str | None:
-        result = _arrival(
+        result = arrival(
             local_cloud, monkeypatch, "logs", source, "--since", "30m", "--stack-name", TRAINING_STACK
         )
         assert result.exit_code == 0, result.output
@@ -136,7 +114,7 @@ def test_a_wrong_source_duration_or_stack_is_one_line(
     phrase: str,
 ) -> None:
     stack = [] if "--stack-name" in args else ["--stack-name", INGEST_STACK]
-    result = _arrival(local_cloud, monkeypatch, *args, *stack)
+    result = arrival(local_cloud, monkeypatch, *args, *stack)
     assert result.exit_code == 1, result.output
     assert result.output.strip().count("\n") == 0, result.output
     assert phrase in result.output

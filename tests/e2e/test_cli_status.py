@@ -7,13 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from cli.main import app
-from localcloud.settings import get_local_cloud_settings
 from tests import datasets
 from tests.conftest import INGEST_STACK, LocalCloud
-from tests.e2e.conftest import Pipeline
+from tests.e2e.conftest import Pipeline, arrival
 
 pytestmark = pytest.mark.e2e
 
@@ -21,18 +19,7 @@ pytestmark = pytest.mark.e2e
 def _status(
     cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, *args: str, stack: str = INGEST_STACK
 ) -> Result:
-    for name, value in {
-        "ARRIVAL_STATE_DIR": str(cloud.settings.state_dir),
-        "ARRIVAL_AWS_PORT": str(cloud.settings.aws_port),
-        "ARRIVAL_MLFLOW_PORT": str(cloud.settings.mlflow_port),
-        "ARRIVAL_API_PORT": str(cloud.settings.api_port),
-    }.items():
-        monkeypatch.setenv(name, value)
-    get_local_cloud_settings.cache_clear()
-    try:
-        return CliRunner().invoke(app, ["status", "--stack-name", stack, *args])
-    finally:
-        get_local_cloud_settings.cache_clear()
+    return arrival(cloud, monkeypatch, "status", "--stack-name", stack, *args)
 
 
 def _model(report: dict[str, Any], name: str) -> dict[str, Any]:

@@ -22,26 +22,10 @@ from cli.main import app
 from localcloud.processes import process_tree
 from tests import datasets
 from tests.conftest import TRAINING_STACK, LocalCloud
-from tests.e2e.conftest import Chain
+from tests.e2e.conftest import Chain, arrival
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def api(local_cloud: LocalCloud, chain: Chain) -> Iterator[httpx.Client]:
-    """The EC2 serving instance's API, once its process answers."""
-    client = httpx.Client(base_url=f"http://127.0.0.1:{local_cloud.settings.api_port}", timeout=10)
-
-    def healthy() -> bool:
-        try:
-            return client.get("/health").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    eventually(healthy, 120, what="the serving instance answering /health")
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -122,20 +106,7 @@ def mlflow_frozen(cloud: LocalCloud) -> Iterator[None]:
 
 
 def _status(cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    from localcloud.settings import get_local_cloud_settings
-
-    for name, value in {
-        "ARRIVAL_STATE_DIR": str(cloud.settings.state_dir),
-        "ARRIVAL_AWS_PORT": str(cloud.settings.aws_port),
-        "ARRIVAL_MLFLOW_PORT": str(cloud.settings.mlflow_port),
-        "ARRIVAL_API_PORT": str(cloud.settings.api_port),
-    }.items():
-        monkeypatch.setenv(name, value)
-    get_local_cloud_settings.cache_clear()
-    try:
-        status = CliRunner().invoke(app, ["status", "--json", "--stack-name", TRAINING_STACK])
-    finally:
-        get_local_cloud_settings.cache_clear()
+    status = arrival(cloud, monkeypatch, "status", "--json", "--stack-name", TRAINING_STACK)
     assert status.exit_code == 0, status.output
     report: dict[str, Any] = json.loads(status.output)
     return report

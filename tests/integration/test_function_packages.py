@@ -18,7 +18,14 @@ from localcloud.deploy import load_template
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("IngestFunction", "ReconcileFunction", "ServingFunction")
+FUNCTIONS = (
+    "IngestFunction",
+    "ReconcileFunction",
+    "ServingFunction",
+    "NotifyFunction",
+    "DriftFunction",
+    "BatchFunction",
+)
 # Lambda's limit on a function's unzipped code and layers (262,144,000 bytes).
 LAMBDA_LIMIT_MIB = 250
 # The serving package's budget, 150 MB: onnxruntime (73 MiB) and numpy with its OpenBLAS (50 MiB) are
@@ -171,6 +178,21 @@ def test_each_package_holds_its_own_libraries_only(package: tuple[str, Path]) ->
             {"pandas", "numpy", "fastparquet", "pandera", "yaml"},
         ),
         "ServingFunction": ({"serving", "common", "onnxruntime", "numpy"}, {"pandas", "scipy", "handlers"}),
+        # Batch predictions: ingest's readers and serving's ONNX bundle, not the serving app.
+        "BatchFunction": (
+            {"handlers", "common", "serving", "pandas", "fastparquet", "pandera", "onnxruntime"},
+            {"pyarrow", "scipy", "fastapi", "mangum"},
+        ),
+        # The notifier formats text and publishes to SNS: the AWS SDK and powertools, nothing more.
+        "NotifyFunction": (
+            {"handlers", "common", "aws_lambda_powertools", "pydantic_settings"},
+            {"pandas", "numpy", "fastparquet", "pandera", "yaml", "onnxruntime"},
+        ),
+        # The drift report's statistics and Parquet; no model runtime, no serving app.
+        "DriftFunction": (
+            {"handlers", "common", "pandas", "scipy", "fastparquet"},
+            {"onnxruntime", "serving", "pyarrow", "pandera"},
+        ),
     }[name]
 
     assert needs <= shipped

@@ -13,7 +13,8 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from cli.target import CliSettings
-from common.settings import PipelineSettings, WorkerSettings
+from common.monitoring import MonitoringSettings
+from common.settings import BatchSettings, NotifySettings, PipelineSettings, WorkerSettings
 from localcloud.settings import LocalCloudSettings
 from serving.settings import ServingSettings
 
@@ -23,7 +24,10 @@ PAGES: dict[str, list[type[BaseSettings]]] = {
     "ingest.md": [PipelineSettings],
     "training.md": [WorkerSettings],
     "serving.md": [ServingSettings],
+    "batch.md": [BatchSettings],
+    "monitoring.md": [MonitoringSettings],
     "local-cloud.md": [LocalCloudSettings, CliSettings],
+    "notifications.md": [NotifySettings],
 }
 
 TABLE_ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]*)` \|(.*)$", re.MULTILINE)

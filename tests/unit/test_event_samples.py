@@ -42,6 +42,8 @@ def test_every_event_the_chain_emits_has_a_sample() -> None:
         "ModelRejected",
         "TrainingFailed",
         "ModelRolledBack",
+        "ApprovalRequested",
+        "DriftDetected",
     } <= published
     assert published <= set(_samples()), f"no sample in events/ for {sorted(published - set(_samples()))}"
 
@@ -74,3 +76,16 @@ def test_decision_samples_carry_what_the_trainer_sends() -> None:
     ).read_text()
     for key in keys:
         assert f'"{key}"' in decision, key
+
+
+def test_the_approval_request_sample_carries_the_agreed_fields() -> None:
+    from worker.decision import APPROVAL_REQUEST_KEYS
+
+    assert set(_samples()["ApprovalRequested"]["detail"]) == set(APPROVAL_REQUEST_KEYS)
+
+
+def test_the_drift_sample_carries_what_the_drift_report_sends() -> None:
+    # tests/unit/test_monitoring.py checks common/monitoring.py sends exactly these fields.
+    detail = _samples()["DriftDetected"]["detail"]
+    assert set(detail) == {"name", "version", "kind", "drifted_columns", "report", "summary"}
+    assert detail["kind"] in {"training_data", "live_traffic"}

@@ -47,6 +47,7 @@ SERVING_VALUES = {
     "ServingReloadQueue": "https://sqs.eu-west-1.amazonaws.com/1/prod-reload",
     "ServingPort": "8080",
     "ServingLogGroup": "/arrival/prod/serving",
+    "CaptureBucket": "prod-capture-1-eu-west-1",
 }
 
 
@@ -122,6 +123,7 @@ def test_the_template_user_data_starts_the_server_with_its_bucket_and_queue() ->
         "ARRIVAL_SERVING_RELOAD_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/1/prod-reload",
         "ARRIVAL_SERVING_PORT": "8080",
         "ARRIVAL_LOG_GROUP": "/arrival/prod/serving",
+        "ARRIVAL_SERVING_CAPTURE_BUCKET": "prod-capture-1-eu-west-1",
     }
 
 

@@ -45,6 +45,8 @@ FUNCTIONS = {
     "IngestFunction": ["handlers.handle_ingest"],
     "ReconcileFunction": ["handlers.handle_reconcile"],
     "ServingFunction": ["serving.lambda_handler"],
+    "BatchFunction": ["handlers.handle_batch"],
+    "NotifyFunction": ["handlers.handle_notify"],
 }
 PROJECT_PACKAGES = {"cli", "common", "handlers", "localcloud", "serving", "worker"}
 

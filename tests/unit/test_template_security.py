@@ -198,6 +198,7 @@ TRAINER_NEEDS = [
     ("s3:GetObject", f"${{ConfigBucket.Arn}}/{contract_key('iris')}"),
     ("s3:PutObject", "${ModelsBucket.Arn}/bundles/iris/3/model.onnx"),
     ("s3:PutObject", "${ModelsBucket.Arn}/pointers/iris.json"),
+    ("s3:PutObject", "${ModelsBucket.Arn}/iris/drift/training/0a1b/report.html"),
     ("ec2:TerminateInstances", f"{ARN}:instance/i-0abc"),
 ]
 
@@ -221,6 +222,33 @@ def test_the_trainer_cannot_change_contracts_accepted_data_or_start_instances(
     action: str, resource: str
 ) -> None:
     assert not _allows(_identity_statements("TrainerRole"), action, resource)
+
+
+def test_the_notifier_may_publish_to_its_topic_and_keep_what_fails_and_nothing_else() -> None:
+    statements = _identity_statements("NotifyFunction")
+
+    assert _allows(statements, "sns:Publish", "${NotificationTopic}")
+    assert _allows(statements, "sqs:SendMessage", "${NotificationDeadLetterQueue.Arn}")
+    granted = {action for statement in statements for action in _listed(statement["Action"])}
+    assert granted == {"sns:Publish", "sqs:SendMessage"}
+    assert not RESOURCES["NotifyFunction"]["Properties"].get("ManagedPolicyArns")
+
+
+def test_only_the_notifier_publishes_to_sns_and_only_to_the_notification_topic() -> None:
+    publishers = [role for role in ROLES if _granting(_identity_statements(role), "sns:Publish")]
+    assert publishers == ["NotifyFunction"]
+    (publish,) = _granting(_identity_statements("NotifyFunction"), "sns:Publish")
+    assert publish["Resource"] == {"Ref": "NotificationTopic"}
+
+
+def test_only_the_notification_rule_may_fill_the_notification_dead_letter_queue() -> None:
+    (statement,) = _statements(RESOURCES["NotificationDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"])
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["NotificationRule", "Arn"]}}
+    }
+    permission = RESOURCES["NotifyFunctionInvokePermission"]["Properties"]
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["NotificationRule", "Arn"]}
 
 
 @pytest.mark.parametrize("bucket", BUCKETS)
@@ -294,3 +322,110 @@ def test_accepted_lists_keep_a_month_of_history_for_audit() -> None:
 
 def test_raw_versions_named_by_lineage_never_expire() -> None:
     assert _noncurrent_days("RawBucket", "iris/data.csv") is None
+
+
+INFERENCE = "arn:${AWS::Partition}:s3:::${AWS::StackName}-inference-${AWS::AccountId}-${AWS::Region}"
+BATCH_NEEDS = [
+    ("s3:GetObject", f"{INFERENCE}/iris/input/may.csv"),
+    ("s3:GetObjectVersion", f"{INFERENCE}/iris/input/may.csv"),
+    ("s3:PutObject", f"{INFERENCE}/iris/output/may.predictions.parquet"),
+    ("s3:GetObject", f"{INFERENCE}/iris/output/may.manifest.json"),
+    ("s3:ListBucket", INFERENCE),
+    ("s3:GetObject", f"${{ConfigBucket.Arn}}/{contract_key('iris')}"),
+    ("s3:GetObject", "${ModelsBucket.Arn}/pointers/iris.json"),
+    ("s3:GetObject", "${ModelsBucket.Arn}/bundles/iris/3/model.onnx"),
+]
+
+
+@pytest.mark.parametrize(("action", "resource"), BATCH_NEEDS)
+def test_the_batch_function_may_do_what_it_does(action: str, resource: str) -> None:
+    assert _allows(_identity_statements("BatchFunction"), action, resource)
+
+
+@pytest.mark.parametrize(
+    ("action", "resource"),
+    [
+        ("s3:PutObject", f"{INFERENCE}/iris/input/may.csv"),  # the files it scores stay as they came
+        ("s3:DeleteObject", f"{INFERENCE}/iris/input/may.csv"),
+        ("s3:GetObject", f"{INFERENCE}/iris/elsewhere.csv"),
+        ("s3:PutObject", "${ModelsBucket.Arn}/pointers/iris.json"),
+        ("s3:PutObject", f"${{ConfigBucket.Arn}}/{contract_key('iris')}"),
+        ("s3:GetObject", f"{PROCESSED}/{accepted_list_key('iris')}"),
+    ],
+)
+def test_the_batch_function_cannot_change_its_inputs_models_or_contracts(action: str, resource: str) -> None:
+    assert not _allows(_identity_statements("BatchFunction"), action, resource)
+
+
+def test_the_batch_function_uses_no_compute_templates() -> None:
+    policies = RESOURCES["BatchFunction"]["Properties"]["Policies"]
+    sam_templates = {name for policy in policies if isinstance(policy, dict) for name in policy}
+    assert sam_templates - {"Statement"} <= SAM_TEMPLATES_WITHOUT_COMPUTE
+    statements = _identity_statements("BatchFunction")
+    assert not [s for s in statements for a in _listed(s["Action"]) if not a.startswith("s3:")]
+
+
+CAPTURED = "${CaptureBucket.Arn}/iris/capture/2026/11/29/07/0a1b.jsonl.gz"
+
+
+@pytest.mark.parametrize("role", ["ServingRole", "ServingFunction"])
+def test_serving_may_only_add_captures(role: str) -> None:
+    statements = _identity_statements(role)
+    assert _allows(statements, "s3:PutObject", CAPTURED)
+    for action, resource in [
+        ("s3:PutObject", "${CaptureBucket.Arn}/iris/other.json"),
+        ("s3:GetObject", CAPTURED),
+        ("s3:DeleteObject", CAPTURED),
+        ("s3:PutObject", "${ModelsBucket.Arn}/bundles/capture/3/bundle.json"),
+        ("s3:PutObject", "${ModelsBucket.Arn}/pointers/iris.json"),
+    ]:
+        assert not _allows(statements, action, resource), (action, resource)
+
+
+DRIFT_NEEDS = [
+    ("s3:ListBucket", "${ModelsBucket.Arn}"),
+    ("s3:GetObject", "${ModelsBucket.Arn}/pointers/iris.json"),
+    ("s3:GetObject", "${ModelsBucket.Arn}/bundles/iris/3/bundle.json"),
+    ("s3:GetObject", "${ModelsBucket.Arn}/iris/drift/reference/3.parquet"),
+    ("s3:PutObject", "${ModelsBucket.Arn}/iris/drift/reference/3.parquet"),
+    ("s3:PutObject", "${ModelsBucket.Arn}/iris/drift/20261129T073000Z/report.html"),
+    ("s3:PutObject", "${ModelsBucket.Arn}/iris/drift/latest.json"),
+    ("s3:ListBucket", "${CaptureBucket.Arn}"),
+    ("s3:GetObject", CAPTURED),
+    ("s3:GetObject", f"{PROCESSED}/iris/data/{'a' * 64}.parquet"),
+]
+
+
+@pytest.mark.parametrize(("action", "resource"), DRIFT_NEEDS)
+def test_the_drift_function_may_do_what_its_report_does(action: str, resource: str) -> None:
+    assert _allows(_identity_statements("DriftFunction"), action, resource)
+
+
+@pytest.mark.parametrize(
+    ("action", "resource"),
+    [
+        ("s3:PutObject", "${ModelsBucket.Arn}/pointers/iris.json"),
+        ("s3:PutObject", "${ModelsBucket.Arn}/bundles/iris/3/bundle.json"),
+        ("s3:PutObject", CAPTURED),
+        ("s3:DeleteObject", CAPTURED),
+        ("s3:GetObject", f"{PROCESSED}/{accepted_list_key('iris')}"),
+    ],
+)
+def test_the_drift_function_cannot_move_champions_or_touch_captures(action: str, resource: str) -> None:
+    assert not _allows(_identity_statements("DriftFunction"), action, resource)
+
+
+def test_the_drift_functions_report_prefix_cannot_reach_a_bundle() -> None:
+    # GIVEN a model named "drift", whose bundles match the reports' `*/drift/*`
+    bundle = "${ModelsBucket.Arn}/bundles/drift/3/bundle.json"
+    properties = RESOURCES["DriftFunction"]["Properties"]
+    denials = [s for s in _statements(properties["Policies"]) if s["Effect"] == "Deny"]
+    assert _allows(_identity_statements("DriftFunction"), "s3:PutObject", bundle)
+    # THEN an explicit deny keeps the function off every bundle and pointer
+    assert _allows(denials, "s3:PutObject", bundle)
+    assert _allows(denials, "s3:PutObject", "${ModelsBucket.Arn}/pointers/drift.json")
+
+
+def test_captures_expire() -> None:
+    (rule,) = [rule for rule in _lifecycle_rules("CaptureBucket", CAPTURED) if "ExpirationInDays" in rule]
+    assert rule["ExpirationInDays"] == {"Ref": "CaptureRetentionDays"}

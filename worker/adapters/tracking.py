@@ -9,6 +9,7 @@ from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import mlflow
 import pandas as pd
@@ -326,3 +327,13 @@ def version_summaries(name: str, newest: int = 20) -> list[VersionSummary]:
         )
         for v in ordered
     ]
+
+
+def artifact_url(run_id: str, path: str) -> str:
+    """Where a person opens one of a run's artifacts: the tracking server's own download route when
+    it is a server, else MLflow's `runs:/` URI."""
+    base = mlflow.get_tracking_uri()
+    if base.startswith(("http://", "https://")):
+        query = urlencode({"path": path, "run_uuid": run_id})
+        return f"{base.rstrip('/')}/get-artifact?{query}"
+    return f"runs:/{run_id}/{path}"
