@@ -25,9 +25,10 @@ def _say(message: str) -> None:
 
 # The commands that talk to a cloud, and so must know which one (cli/target.py).
 # (`contract` decides per subcommand: `check` against a local contract file needs no cloud.)
-NEEDS_A_CLOUD = {"batch", "deploy", "demo", "logs", "reproduce", "rollback", "redrive", "upload"}
-NEEDS_A_CLOUD |= {"approve", "reject"}  # cli/approval.py
-NEEDS_A_CLOUD |= {"drift"}  # cli/drift.py
+NEEDS_A_CLOUD = {
+    *("approve", "batch", "deploy", "demo", "drift", "logs", "reject"),
+    *("reproduce", "rollback", "redrive", "upload"),
+}
 
 
 @app.callback()
