@@ -83,3 +83,18 @@ def test_no_emulator_interpreter_and_none_to_install_says_what_to_run(
     assert error.startswith("error: LocalStack needs Python >= 3.13")
     assert "did not get one here (offline?)" in error
     assert "ARRIVAL_LOCALSTACK_PYTHON" in error
+
+
+def test_down_with_nothing_running_says_so_and_succeeds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ARRIVAL_STATE_DIR", str(tmp_path / "cloud"))
+    get_local_cloud_settings.cache_clear()
+    try:
+        results = [CliRunner().invoke(app, ["down"]) for _ in range(2)]  # safe to run twice
+    finally:
+        get_local_cloud_settings.cache_clear()
+
+    for result in results:
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == "local cloud was not running"
