@@ -121,7 +121,7 @@ SERVING_SOURCES := serving common/__init__.py common/contracts.py common/bundles
 	common/adapters/__init__.py common/adapters/s3.py common/adapters/sqs.py
 # The scheduled drift report: the drift statistics, and the bundles, captures and reports in S3.
 DRIFT_SOURCES := handlers/__init__.py handlers/handle_drift.py common/__init__.py common/monitoring.py \
-	common/drift.py common/contracts.py common/bundles.py common/layout.py common/observability.py \
+	common/drift.py common/contracts.py common/bundles.py common/layout.py common/observability.py common/settings.py \
 	common/adapters/__init__.py common/adapters/events.py common/adapters/s3.py
 # Batch predictions: ingest's readers and validation, and serving's bundle loader (not its app).
 BATCH_SOURCES := handlers/__init__.py handlers/handle_batch.py common/__init__.py common/batch.py \

@@ -17,44 +17,23 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 import fastparquet
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict
 
 from common.adapters import events, s3
 from common.bundles import POINTERS_PREFIX, BundleManifest, ServingPointer, model_of_pointer_key
 from common.drift import DriftReport, compare, live_summary_key
 from common.layout import capture_hour_prefix, drift_prefix
 from common.observability import logger
+from common.settings import MonitoringSettings
 
 KIND = "live_traffic"
 # Seeded, so the same captured objects give the same report.
 SAMPLE_SEED = 20261129
-
-
-class MonitoringSettings(BaseSettings):
-    """What the drift function reads from its environment (template.yaml: DriftFunction and Globals)."""
-
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False)
-
-    models_bucket: str = Field(validation_alias="MODELS_BUCKET")
-    capture_bucket: str = Field(validation_alias="CAPTURE_BUCKET")
-    processed_bucket: str = Field(validation_alias="PROCESSED_BUCKET")
-    event_bus_name: str = Field(validation_alias="EVENT_BUS_NAME")
-    window_hours: float = Field(default=24, gt=0, validation_alias="DRIFT_WINDOW_HOURS")
-    min_rows: int = Field(default=100, ge=1, validation_alias="DRIFT_MIN_ROWS")
-    max_rows: int = Field(default=100_000, ge=1, validation_alias="DRIFT_MAX_ROWS")
-    reference_rows: int = Field(default=10_000, ge=1, validation_alias="DRIFT_REFERENCE_ROWS")
-
-
-@cache
-def get_monitoring_settings() -> MonitoringSettings:
-    return MonitoringSettings()  # type: ignore[call-arg]  # filled from the environment
 
 
 class DriftRequest(BaseModel):

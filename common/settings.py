@@ -119,3 +119,23 @@ def get_worker_settings() -> WorkerSettings:
 @cache
 def get_pipeline_settings() -> PipelineSettings:
     return PipelineSettings()  # type: ignore[call-arg]  # filled from the environment
+
+
+class MonitoringSettings(BaseSettings):
+    """What the drift function reads from its environment (template.yaml: DriftFunction and Globals)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False)
+
+    models_bucket: str = Field(validation_alias="MODELS_BUCKET")
+    capture_bucket: str = Field(validation_alias="CAPTURE_BUCKET")
+    processed_bucket: str = Field(validation_alias="PROCESSED_BUCKET")
+    event_bus_name: str = Field(validation_alias="EVENT_BUS_NAME")
+    window_hours: float = Field(default=24, gt=0, validation_alias="DRIFT_WINDOW_HOURS")
+    min_rows: int = Field(default=100, ge=1, validation_alias="DRIFT_MIN_ROWS")
+    max_rows: int = Field(default=100_000, ge=1, validation_alias="DRIFT_MAX_ROWS")
+    reference_rows: int = Field(default=10_000, ge=1, validation_alias="DRIFT_REFERENCE_ROWS")
+
+
+@cache
+def get_monitoring_settings() -> MonitoringSettings:
+    return MonitoringSettings()  # type: ignore[call-arg]  # filled from the environment

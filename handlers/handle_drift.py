@@ -7,8 +7,9 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.monitoring import DriftRequest, get_monitoring_settings, report_live_drift
+from common.monitoring import DriftRequest, report_live_drift
 from common.observability import logger, tracer
+from common.settings import get_monitoring_settings
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -13,8 +13,13 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from cli.target import CliSettings
-from common.monitoring import MonitoringSettings
-from common.settings import BatchSettings, NotifySettings, PipelineSettings, WorkerSettings
+from common.settings import (
+    BatchSettings,
+    MonitoringSettings,
+    NotifySettings,
+    PipelineSettings,
+    WorkerSettings,
+)
 from localcloud.settings import LocalCloudSettings
 from serving.settings import ServingSettings
 

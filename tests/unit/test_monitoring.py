@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 
 from common import monitoring
 from common.layout import capture_hour_prefix
-from common.monitoring import DriftRequest, MonitoringSettings, report_live_drift
+from common.monitoring import DriftRequest, report_live_drift
+from common.settings import MonitoringSettings, get_monitoring_settings
 from handlers import handle_drift
 from serving.app import create_app
 from serving.settings import ServingSettings
@@ -207,11 +208,11 @@ def test_the_settings_are_read_from_the_functions_environment(monkeypatch: pytes
         "DRIFT_WINDOW_HOURS": "6",
     }.items():
         monkeypatch.setenv(name, value)
-    monitoring.get_monitoring_settings.cache_clear()
+    get_monitoring_settings.cache_clear()
     try:
-        settings = monitoring.get_monitoring_settings()
+        settings = get_monitoring_settings()
     finally:
-        monitoring.get_monitoring_settings.cache_clear()
+        get_monitoring_settings.cache_clear()
     assert (settings.models_bucket, settings.capture_bucket, settings.window_hours) == ("m", "c", 6)
     assert (settings.min_rows, settings.max_rows, settings.reference_rows) == (100, 100_000, 10_000)
 
