@@ -142,6 +142,7 @@ def _model_status(
     training_dead_letters: int,
     registry_up: bool,
 ) -> dict[str, Any]:
+    from common.drift import live_summary_key  # pandas and numpy: only once there is a model to show
     from worker.serving_bundle import read_pointer
 
     contract = s3.get_bytes(outputs["ConfigBucketName"], contract_key(name))
@@ -152,6 +153,7 @@ def _model_status(
     champion = next((v["version"] for v in versions if "champion" in v["aliases"]), None)
     pointer = read_pointer(outputs["ModelsBucketName"], name)
     served = _served_version(api_url, name) if pointer else None
+    live = s3.get_bytes(outputs["ModelsBucketName"], live_summary_key(name))
     status = {
         "name": name,
         "contract": contract is not None,
@@ -166,9 +168,20 @@ def _model_status(
         "awaiting_approval": [v["version"] for v in versions if v["decision"] == "awaiting approval"],
         "champion": champion,
         "serving": {"pointer": pointer.version if pointer else None, "api": served},
+        "live_drift": _live_drift(json.loads(live[0])) if live else None,
     }
     status["problems"] = _problems(status, registry_up)
     return status
+
+
+def _live_drift(latest: dict[str, Any]) -> dict[str, Any]:
+    """The scheduled report's verdict on live traffic (common/monitoring.py writes it)."""
+    return {
+        "version": latest.get("version"),
+        "drifted_columns": list(latest.get("drifted_columns", [])),
+        "generated_at": latest.get("generated_at"),
+        "report": latest.get("report"),
+    }
 
 
 def _quarantined_by_rule(bucket: str, model: str) -> dict[str, int]:
@@ -201,10 +214,22 @@ def _versions(name: str, metric: str | None) -> list[dict[str, Any]]:
                 "metric": {metric: metrics.get(metric)} if metric else {},
                 "decision": decision,
                 "reason": reason,
+                # The trainer's report on this version's new data against its champion's.
+                "drift": version.tags.get("drift.status", ""),
+                "drifted_columns": _json_list(version.tags.get("drift.drifted_columns", "[]")),
                 "created_ms": version.created_ms,
             }
         )
     return shown
+
+
+def _json_list(text: str) -> list[str]:
+    """A tag holding a JSON list (cut to fit by the trainer, in which case it may not parse)."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return [text]
+    return [str(item) for item in found] if isinstance(found, list) else [text]
 
 
 def _served_version(api_url: str | None, model: str) -> str | None:
@@ -234,6 +259,12 @@ def _problems(status: dict[str, Any], registry_up: bool) -> list[str]:
     if pointer and served and served != pointer:
         problems.append(
             f"the API still answers with version {served}, not {pointer} (it reloads within seconds)"
+        )
+    live = status["live_drift"]
+    if live and live["drifted_columns"]:
+        problems.append(
+            f"live traffic drifted from version {live['version']}'s training data in "
+            f"{', '.join(live['drifted_columns'])} ({live['generated_at']}): `arrival drift --model {name}`"
         )
     dead = status["jobs"]
     if dead["ingest_dead_letters"]:

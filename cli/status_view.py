@@ -77,16 +77,20 @@ def _print_model(console: Console, model: dict[str, Any]) -> None:
 def _versions_table(model: dict[str, Any]) -> Table:
     metric = model["metric"] or "metric"
     table = Table(box=None, padding=(0, 2), show_edge=False, pad_edge=False)
-    for header in ("  version", "aliases", metric, "decision", "reason"):
+    for header in ("  version", "aliases", metric, "decision", "reason", "data drift"):
         table.add_column(header, overflow="fold")
     for version in model["versions"]:
         value = version["metric"].get(model["metric"]) if model["metric"] else None
+        drift = version["drift"]
+        if drift == "drifted":
+            drift = f"drifted: {', '.join(version['drifted_columns'])}"
         table.add_row(
             f"  {version['version']}",
             ", ".join(version["aliases"]),
             "" if value is None else f"{value:.4f}",
             version["decision"],
             escape(version["reason"][:80]),
+            escape(drift[:40]),
         )
     return table
 

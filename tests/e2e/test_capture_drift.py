@@ -17,8 +17,8 @@ from botocore.config import Config
 
 from common.drift import DriftReport
 from tests import datasets
-from tests.conftest import LocalCloud
-from tests.e2e.conftest import Chain
+from tests.conftest import TRAINING_STACK, LocalCloud
+from tests.e2e.conftest import Chain, arrival
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -59,7 +59,7 @@ def _object(chain: Chain, uri: str) -> bytes:
 
 
 def test_captured_traffic_feeds_the_scheduled_drift_report(
-    chain: Chain, api: httpx.Client, local_cloud: LocalCloud, unique: str
+    chain: Chain, api: httpx.Client, local_cloud: LocalCloud, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a champion whose contract captures every request, served by the stack's instance
     model = f"capture-{unique}"
@@ -137,3 +137,11 @@ def test_captured_traffic_feeds_the_scheduled_drift_report(
         outcome["report"],
     )
     assert sorted(detail["drifted_columns"]) == SHIFTED
+
+    # AND `arrival status` shows the live drift, with the command to look closer
+    shown = arrival(local_cloud, monkeypatch, "status", "--json", "--stack-name", TRAINING_STACK)
+    assert shown.exit_code == 0, shown.output
+    (status,) = [entry for entry in json.loads(shown.output)["stack"]["models"] if entry["name"] == model]
+    assert status["live_drift"]["version"] == version
+    assert sorted(status["live_drift"]["drifted_columns"]) == SHIFTED
+    assert any(f"arrival drift --model {model}" in problem for problem in status["problems"])

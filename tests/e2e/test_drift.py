@@ -93,3 +93,17 @@ def test_a_shifted_dataset_is_flagged_and_an_unshifted_one_is_not(
     assert shifted.tags["drift.report"] in result.output
     assert f"run_uuid={shifted.run_id}" in result.output
     assert "live traffic" in result.output
+
+    # AND `arrival status` shows each version's data drift beside the gate's decision
+    shown = arrival(local_cloud, monkeypatch, "status", "--json", "--stack-name", TRAINING_STACK)
+    assert shown.exit_code == 0, shown.output
+    (status,) = [entry for entry in json.loads(shown.output)["stack"]["models"] if entry["name"] == model]
+    by_version = {entry["version"]: entry for entry in status["versions"]}
+    assert (by_version[shifted.version]["drift"], by_version[shifted.version]["drifted_columns"]) == (
+        "drifted",
+        SHIFTED,
+    )
+    assert (by_version[unshifted.version]["drift"], by_version[unshifted.version]["drifted_columns"]) == (
+        "no drift",
+        [],
+    )
