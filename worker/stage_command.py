@@ -46,7 +46,12 @@ def _run_remotely(connection: Connection) -> int:
         connection.send({"argv": sys.argv[1:], "cwd": working_directory, "environ": dict(os.environ)})
         for descriptor in STANDARD_STREAMS:
             send_handle(connection, descriptor, os.getpid())
-        stage_pid: int = connection.recv()
+        try:
+            stage_pid: int = connection.recv()
+        except EOFError:
+            # Killed before the server could even say which process runs it.
+            sys.stderr.write("arrival-train: the stage process ended without a status\n")
+            return 1
 
         def forward(signum: int, frame: FrameType | None) -> None:
             with contextlib.suppress(ProcessLookupError):

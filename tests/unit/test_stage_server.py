@@ -138,3 +138,41 @@ def test_without_a_server_the_stage_runs_in_its_own_process(
     assert result.returncode == 0, result.stderr
     assert "stage server unavailable" in result.stderr
     assert (workspace / "model" / "model.joblib").exists()
+
+
+def test_a_stage_killed_before_it_reported_its_pid_fails_the_command(tmp_path: Path) -> None:
+    # GIVEN a server whose stage dies before it says which process runs it: the connection closes
+    # right after the request (the race a SIGKILL to a freshly forked stage loses)
+    import threading
+    from multiprocessing.connection import Listener
+    from multiprocessing.reduction import recv_handle
+
+    key = os.urandom(16)
+    address = str(tmp_path / "server.sock")
+    with Listener(address, family="AF_UNIX", authkey=key) as listener:
+
+        def serve_and_die() -> None:
+            with listener.accept() as connection:
+                connection.recv()
+                for _ in range(3):
+                    os.close(recv_handle(connection))
+
+        server = threading.Thread(target=serve_and_die, daemon=True)
+        server.start()
+
+        # WHEN a stage command is handed to it
+        command = subprocess.run(
+            [ARRIVAL_TRAIN, "evaluate"],
+            cwd=tmp_path,
+            env={**os.environ, ADDRESS_VARIABLE: address, KEY_VARIABLE: key.hex()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        server.join(timeout=10)
+
+    # THEN the command fails as DVC expects of a failed stage, saying why, without a traceback
+    assert command.returncode == 1
+    assert "ended without a status" in command.stderr
+    assert "Traceback" not in command.stderr
