@@ -96,7 +96,7 @@ def instance_environment(
 class _MetadataHandler(BaseHTTPRequestHandler):
     """IMDSv2's two calls boto3 and the worker make: a session token, then metadata paths."""
 
-    server: _MetadataServer
+    server: MetadataStub
 
     def do_PUT(self) -> None:  # http.server's naming
         self._answer("local-imds-token" if self.path == "/latest/api/token" else None)
@@ -114,7 +114,7 @@ class _MetadataHandler(BaseHTTPRequestHandler):
         pass
 
 
-class _MetadataServer(ThreadingHTTPServer):
+class MetadataStub(ThreadingHTTPServer):
     def __init__(self, metadata: dict[str, str]) -> None:
         super().__init__(("127.0.0.1", 0), _MetadataHandler)
         self.metadata = metadata
@@ -129,7 +129,7 @@ class BootedInstance:
     instance_id: str
     role: str
     process: subprocess.Popen[bytes]
-    metadata: _MetadataServer
+    metadata: MetadataStub
     shipper: LogShipper | None = None
 
     def stopped(self) -> None:
@@ -245,7 +245,7 @@ class InstanceAgent:
         command = self.command_for(instance_id, identity)
         if command is None:
             return
-        metadata = _MetadataServer({"instance-id": instance_id, "placement/region": self.settings.region})
+        metadata = MetadataStub({"instance-id": instance_id, "placement/region": self.settings.region})
         threading.Thread(target=metadata.serve_forever, daemon=True).start()
         log_path = self.settings.state_dir / "logs" / f"instance-{instance_id}.log"
         # Made before the process starts, so its first lines are shipped too.

@@ -380,6 +380,10 @@ def main(
     """Run the worker until it has been idle for ARRIVAL_WORKER_IDLE_SECONDS, then terminate the instance."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     instance_id = instance.own_instance_id()
+    if instance_id:
+        LOG.info("running on instance %s: beating its heartbeat, and ending it when idle", instance_id)
+    else:
+        LOG.warning("no instance metadata answered: no heartbeat, and no instance to end when idle")
     try:
         _serve(role, stack, instance_id)
     except BaseException:

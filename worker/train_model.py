@@ -178,13 +178,16 @@ def train_model(
         tracking.log_run(run.run_id, tags={"superseded": "the accepted list changed during this training"})
         tracking.end_run(run.run_id, "KILLED")
         return None
-    except BaseException:
+    except BaseException as error:
         # The training's own error is what the job's failure must report: an unreachable tracking
         # server failing this call too must not replace it (the next trainer ends the run anyway).
+        # A trainer being stopped (SIGTERM's SystemExit) did not fail the training: its job goes back
+        # to the queue, and the run ends KILLED, as a dead trainer's run does.
+        status = "FAILED" if isinstance(error, Exception) else "KILLED"
         try:
-            tracking.end_run(run.run_id, "FAILED")
+            tracking.end_run(run.run_id, status)
         except Exception:
-            logging.getLogger(__name__).warning("could not mark run %s FAILED", run.run_id, exc_info=True)
+            logging.getLogger(__name__).warning("could not mark run %s %s", run.run_id, status, exc_info=True)
         raise
     tracking.end_run(run.run_id)
     return outcome

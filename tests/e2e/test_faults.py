@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from common.layout import trainer_heartbeat_key
 from localcloud import control
 from localcloud.processes import free_port, process_tree
 from tests import datasets
@@ -269,6 +270,19 @@ def test_a_frozen_trainer_stops_beating_and_the_reconciler_replaces_it(chain: Ch
     frozen_instances = {instance["InstanceId"] for instance in chain.trainers()}
     frozen = [pid for worker in _worker_pids(chain.cloud) for pid in process_tree(worker)]
     assert frozen_instances and frozen
+
+    # It was beating (so its id came from instance metadata): the reconciler must find the beat
+    # stopped, not merely the boot grace over.
+    def beating_for_the_model(instance_id: str) -> bool:
+        with contextlib.suppress(chain.cloud.client("s3").exceptions.NoSuchKey):
+            heartbeat = chain.cloud.client("s3").get_object(
+                Bucket=chain.outputs["ProcessedBucketName"], Key=trainer_heartbeat_key(instance_id)
+            )
+            return bool(json.loads(heartbeat["Body"].read())["model"] == model)
+        return False
+
+    for instance_id in frozen_instances:
+        eventually(lambda: beating_for_the_model(instance_id), 10, what=f"{instance_id}'s heartbeat")  # noqa: B023
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     try:

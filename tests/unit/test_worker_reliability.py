@@ -266,6 +266,37 @@ def test_a_training_error_is_not_hidden_by_a_failing_end_run(monkeypatch: pytest
         train_model.train_model("iris", resources)
 
 
+@pytest.mark.parametrize(
+    ("interruption", "status"),
+    [(ValueError("the real cause"), "FAILED"), (SystemExit(143), "KILLED")],
+    ids=["an error fails the run", "a stopped trainer's run is killed"],
+)
+def test_a_run_ends_failed_on_an_error_and_killed_when_its_trainer_is_stopped(
+    monkeypatch: pytest.MonkeyPatch, interruption: BaseException, status: str
+) -> None:
+    contract = (CONTRACTS / "iris.yaml").read_bytes()
+    accepted = json.dumps({"model": "iris", "datasets": []}).encode()
+    monkeypatch.setattr(
+        train_model.s3,
+        "get_bytes",
+        lambda bucket, key: (contract if key.endswith(".yaml") else accepted, '"e"'),
+    )
+    monkeypatch.setattr(train_model, "finish_interrupted", lambda *args: None)
+    monkeypatch.setattr(tracking, "end_interrupted_runs", lambda *args: [])
+    monkeypatch.setattr(tracking, "start_run", lambda model, tags: "run-1")
+    ended: list[tuple[str, str]] = []
+
+    def interrupted(workspace: Path, run: Any) -> None:
+        raise interruption
+
+    monkeypatch.setattr(train_model, "_train_in", interrupted)
+    monkeypatch.setattr(tracking, "end_run", lambda run_id, status="FINISHED": ended.append((run_id, status)))
+    resources = Trainer(WorkerSettings(), OUTPUTS).resources
+    with pytest.raises(type(interruption)):
+        train_model.train_model("iris", resources)
+    assert ended == [("run-1", status)]
+
+
 # Hole 2: lineage never outgrows MLflow's tags; the whole list is kept elsewhere.
 
 
