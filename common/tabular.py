@@ -152,16 +152,24 @@ _UNREADABLE = (pd.errors.ParserError, UnicodeDecodeError, EOFError, gzip.BadGzip
 
 
 def csv_chunks(
-    stream: BinaryIO, contract: DataContract, chunk_rows: int = CHUNK_ROWS
+    stream: BinaryIO, contract: DataContract, chunk_rows: int = CHUNK_ROWS, *, numbers: bool = False
 ) -> Iterator[pd.DataFrame]:
     """The CSV as string columns, chunk by chunk; typing is validation's job. The header is checked
     against the contract before any row is built: the parser takes seconds a chunk on a file with
-    thousands of columns (15 s for one row of 120,000), and such a chunk can fill the memory."""
+    thousands of columns (15 s for one row of 120,000), and such a chunk can fill the memory.
+
+    With `numbers`, the contract's numeric columns are parsed as float64 by the C parser instead, for
+    a reader that needs speed more than a report per cell (batch scoring: on 20 numeric features the
+    text took 24 of 32 s a million rows). A cell that is not a number then raises ValueError."""
     guard = TextGuard(stream)
+    columns: dict[str, str] = {
+        name: "float64" if numbers and isinstance(column, NumericColumn) else "str"
+        for name, column in contract.columns.items()
+    }
     try:
         reader = pd.read_csv(
             io.BufferedReader(guard),
-            dtype=str,
+            dtype=columns if numbers else str,
             keep_default_na=False,
             na_values=contract.limits.na_values,
             sep=contract.limits.delimiter,

@@ -35,6 +35,22 @@ def test_csv_is_read_in_chunks_of_strings_with_na_as_missing() -> None:
     assert pd.concat(chunks)["heating"].isna().sum() == frame["heating"].isna().sum()
 
 
+def test_with_numbers_the_numeric_columns_are_read_as_numbers_and_a_word_among_them_stops_the_reader() -> (
+    None
+):
+    frame = datasets.house_frame(250)
+    chunks = list(
+        tabular.csv_chunks(io.BytesIO(datasets.to_csv(frame)), HOUSES, chunk_rows=100, numbers=True)
+    )
+    assert [len(chunk) for chunk in chunks] == [100, 100, 50]
+    assert chunks[0]["area_m2"].dtype == "float64"
+    assert pd.concat(chunks)["heating"].isna().sum() == frame["heating"].isna().sum()  # text stays text
+    frame["area_m2"] = frame["area_m2"].astype(object)
+    frame.loc[120, "area_m2"] = "many"
+    with pytest.raises(ValueError, match="many"):
+        list(tabular.csv_chunks(io.BytesIO(datasets.to_csv(frame)), HOUSES, chunk_rows=100, numbers=True))
+
+
 def test_garbled_bytes_are_unreadable() -> None:
     with pytest.raises(DatasetRejectedError) as rejected:
         list(tabular.csv_chunks(io.BytesIO(b"\xff\xfe\x00garbage\x89" * 100), IRIS))
