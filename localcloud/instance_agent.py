@@ -3,8 +3,9 @@
 It watches LocalStack for arrival's instances and runs the command their user data names, if it is
 the allow-listed command of their role (nothing else from user data ever runs on the host).
 Each process learns its instance id from an instance-metadata stub on localhost, as from IMDS on EC2.
-An instance that is stopped or terminated ends its process; a process that exits terminates its
-instance. So the reconciler's RunInstances call is what really starts a trainer.
+An instance that is stopped or terminated ends its process. A process that exits leaves its instance
+running, as on EC2: the trainer terminates its own instance, and the reconciler one whose heartbeat
+stopped. So the reconciler's RunInstances call is what really starts a trainer.
 
 A server answers on the local cloud's API port (``ARRIVAL_API_PORT``), on localhost only. There is
 one such port, so one server runs at a time: another waits, unbooted, until the port is free again.
@@ -286,11 +287,15 @@ class InstanceAgent:
                 LOG.info("instance %s is %s: ending its process", instance_id, states.get(instance_id))
                 self._halt(booted)
             elif booted.process.poll() is not None:
+                # As on EC2, the end of user data's command leaves the instance running: the worker
+                # terminates its own, and the reconciler one whose heartbeat stopped. Terminating it
+                # here once hid trainers that could not (they had no instance id).
                 LOG.info(
-                    "instance %s: process exited (%s); terminating it", instance_id, booted.process.returncode
+                    "instance %s: process exited (%s); the instance runs on until it is terminated",
+                    instance_id,
+                    booted.process.returncode,
                 )
                 booted.stopped()
-                self.ec2.terminate_instances(InstanceIds=[instance_id])
             else:
                 continue
             del self.booted[instance_id]

@@ -3,7 +3,10 @@ allow-listed variables it exports (checked on the template's own user data), and
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from localcloud.deploy import load_template
@@ -177,3 +180,33 @@ def test_a_server_of_a_stack_the_agent_does_not_boot_is_only_recorded(tmp_path: 
 
     assert agent.command_for("i-b", Identity("server", "b", _serving_user_data(**SERVING_VALUES))) is None
     assert "i-b" in agent.finished
+
+
+class _RecordedInstances:
+    """LocalStack's EC2 as the agent sees it: one running instance; terminations are recorded."""
+
+    def __init__(self) -> None:
+        self.terminated: list[str] = []
+
+    def describe_instances(self) -> dict[str, Any]:
+        return {"Reservations": [{"Instances": [{"InstanceId": "i-a", "State": {"Name": "running"}}]}]}
+
+    def terminate_instances(self, InstanceIds: list[str]) -> None:  # noqa: N803  # boto3's name
+        self.terminated.extend(InstanceIds)
+
+
+def test_a_process_that_exits_leaves_its_instance_running_as_on_ec2(tmp_path: Path) -> None:
+    # On EC2 the end of user data's command ends nothing: only the worker's own TerminateInstances
+    # (or the reconciler's) does. An agent that terminated the instance here hid workers that could not.
+    agent = InstanceAgent(LocalCloudSettings(state_dir=tmp_path, agent_stacks=["a"]))
+    instances = _RecordedInstances()
+    agent.ec2 = instances
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    metadata: Any = SimpleNamespace(shutdown=lambda: None)  # the stub's socket is not for a unit test
+    agent.booted["i-a"] = BootedInstance("i-a", "trainer", exited, metadata)
+
+    agent.reconcile_once()
+
+    assert instances.terminated == []
+    assert "i-a" not in agent.booted and "i-a" in agent.finished  # and it is not booted again
