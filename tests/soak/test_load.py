@@ -459,9 +459,11 @@ def _training_is_coalesced_and_complete(chain: Chain, report: LoadReport) -> Non
         lists = Counter(version.tags.get("accepted_list_hash") for version in versions)
         assert max(lists.values()) == 1, f"{model}: versions share a data list: {lists}"
         assert versions[-1].version == final_versions[model].version
-        # Coalesced: a version for every few files, not one per file.
+        # Coalesced: a version for every few files, not one per file (and a model that got fewer
+        # than three files in a small run may still have its one version).
         accepted = len(report.ledger.accepted[model]["datasets"])
-        assert len(versions) * 3 <= accepted, f"{model}: {len(versions)} versions for {accepted} files"
+        allowed = max(1, accepted // 3)
+        assert len(versions) <= allowed, f"{model}: {len(versions)} versions for {accepted} files"
 
 
 def _assert_outcomes_match_what_was_sent(
