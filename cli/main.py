@@ -400,7 +400,12 @@ def rollback(
 
 @app.command()
 def redrive(
-    stage: Annotated[str, typer.Argument(help="ingest (files), training (jobs) or batch (files to score)")],
+    stage: Annotated[
+        str,
+        typer.Argument(
+            help="ingest (files), training (jobs), batch (files to score) or notify (events not sent)"
+        ),
+    ],
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
     """Move a stage's dead-lettered messages back to its queue, once their cause is fixed."""
@@ -410,7 +415,10 @@ def redrive(
         moved = operations.redrive(stage, stack_name)
     except operations.OperationError as error:
         raise _fail(error) from error
-    console.print(f"moved {moved} message(s) from the {stage} dead-letter queue back to its queue")
+    if stage == "notify":
+        console.print(f"sent {moved} notification(s) again from the notify dead-letter queue")
+    else:
+        console.print(f"moved {moved} message(s) from the {stage} dead-letter queue back to its queue")
 
 
 @app.command()

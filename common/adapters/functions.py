@@ -22,3 +22,19 @@ def invoke_async(function_name: str, payload: dict[str, Any]) -> None:
     lambda_client().invoke(
         FunctionName=function_name, InvocationType="Event", Payload=json.dumps(payload).encode()
     )
+
+
+class FunctionFailedError(Exception):
+    """A function answered a synchronous invocation with an error; the message is its own."""
+
+
+def invoke(function_name: str, payload: dict[str, Any]) -> None:
+    """Run the function on `payload` and wait for it; FunctionFailedError if it failed."""
+    response = lambda_client().invoke(
+        FunctionName=function_name, InvocationType="RequestResponse", Payload=json.dumps(payload).encode()
+    )
+    if "FunctionError" in response:
+        answer = json.loads(response["Payload"].read() or b"{}")
+        raise FunctionFailedError(
+            f"{answer.get('errorType', response['FunctionError'])}: {answer.get('errorMessage', '')}"
+        )

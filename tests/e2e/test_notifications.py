@@ -5,6 +5,7 @@ person's webhook on AWS."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,8 @@ import pytest
 
 from common.adapters import events
 from tests import datasets
-from tests.e2e.conftest import Pipeline
+from tests.conftest import INGEST_STACK
+from tests.e2e.conftest import Pipeline, arrival
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -74,40 +76,55 @@ class Receiver:
         self._server.server_close()
 
 
-@pytest.fixture(scope="module")
-def receiver(pipeline: Pipeline) -> Iterator[Receiver]:
-    """A local endpoint subscribed to the stack's notification topic over HTTP, and confirmed."""
+def _subscribe(pipeline: Pipeline, endpoint: Receiver) -> str:
+    """Subscribe the endpoint to the stack's topic over HTTP, and confirm it as a real endpoint does."""
     sns = pipeline.cloud.client("sns")
-    endpoint = Receiver()
-    subscription = sns.subscribe(
+    confirmed_before = len(endpoint.of_type("SubscriptionConfirmation"))
+    subscription: str = sns.subscribe(
         TopicArn=pipeline.outputs["NotificationTopicArn"],
         Protocol="http",
         Endpoint=endpoint.url,
         ReturnSubscriptionArn=True,
     )["SubscriptionArn"]
+    confirmation = eventually(
+        lambda: endpoint.of_type("SubscriptionConfirmation")[confirmed_before:],
+        60,
+        what="SNS's subscription confirmation",
+    )[0]
+    assert confirmation["TopicArn"] == pipeline.outputs["NotificationTopicArn"]
+    httpx.get(confirmation["SubscribeURL"], timeout=10).raise_for_status()
+    eventually(
+        lambda: (
+            sns.get_subscription_attributes(SubscriptionArn=subscription)["Attributes"]["PendingConfirmation"]
+            == "false"
+        ),
+        30,
+        what="the subscription to be confirmed",
+    )
+    return subscription
+
+
+@pytest.fixture(scope="module")
+def endpoint(pipeline: Pipeline) -> Iterator[Receiver]:
+    """A local HTTP endpoint, unsubscribed from the stack's topic when the module is done."""
+    sns = pipeline.cloud.client("sns")
+    local = Receiver()
     try:
-        confirmation = eventually(
-            lambda: endpoint.of_type("SubscriptionConfirmation"), 60, what="SNS's subscription confirmation"
-        )[0]
-        assert confirmation["TopicArn"] == pipeline.outputs["NotificationTopicArn"]
-        httpx.get(confirmation["SubscribeURL"], timeout=10).raise_for_status()
-        eventually(
-            lambda: (
-                sns.get_subscription_attributes(SubscriptionArn=subscription)["Attributes"][
-                    "PendingConfirmation"
-                ]
-                == "false"
-            ),
-            30,
-            what="the subscription to be confirmed",
-        )
-        yield endpoint
+        yield local
     finally:
         # A test that deletes the topic (and creates it again) takes its subscriptions with it.
-        remaining = sns.list_subscriptions_by_topic(TopicArn=pipeline.outputs["NotificationTopicArn"])
-        if subscription in {s["SubscriptionArn"] for s in remaining["Subscriptions"]}:
-            sns.unsubscribe(SubscriptionArn=subscription)
-        endpoint.close()
+        topic = pipeline.outputs["NotificationTopicArn"]
+        for subscription in sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]:
+            if subscription["Endpoint"] == local.url:
+                sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+        local.close()
+
+
+@pytest.fixture(scope="module")
+def receiver(pipeline: Pipeline, endpoint: Receiver) -> Receiver:
+    """The endpoint, subscribed to the stack's notification topic over HTTP, and confirmed."""
+    _subscribe(pipeline, endpoint)
+    return endpoint
 
 
 def _events(model: str) -> dict[str, tuple[dict[str, Any], list[str]]]:
@@ -278,7 +295,9 @@ def test_a_file_the_ingest_function_quarantines_is_announced(
     assert message["Subject"] == f"{pipeline.outputs['StackName']}: {key} quarantined (out_of_range)"
 
 
-def test_a_notification_that_cannot_be_sent_is_kept_with_its_reason(pipeline: Pipeline, unique: str) -> None:
+def test_a_notification_that_cannot_be_sent_is_kept_with_its_reason_and_sent_by_a_redrive(
+    pipeline: Pipeline, endpoint: Receiver, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # GIVEN the notification topic deleted, and the notifier told not to retry (Lambda's two retries
     # come one and then two minutes later, on LocalStack too)
     sns, lambdas = pipeline.cloud.client("sns"), pipeline.cloud.client("lambda")
@@ -304,6 +323,18 @@ def test_a_notification_that_cannot_be_sent_is_kept_with_its_reason(pipeline: Pi
     reason = kept["MessageAttributes"]["ErrorMessage"]["StringValue"]
     assert "NotFound" in reason and "Publish" in reason
 
+    # AND once the topic is back (with a subscriber: the old subscriptions went with it), a redrive
+    # sends it, and the queue is empty after
+    _subscribe(pipeline, endpoint)
+    result = arrival(pipeline.cloud, monkeypatch, "redrive", "notify", "--stack-name", INGEST_STACK)
+    assert result.exit_code == 0, result.output
+    sent = re.search(r"sent (\d+) notification\(s\) again", result.output)
+    assert sent and int(sent[1]) >= 1, result.output  # another event may have failed in the window
+    message = endpoint.notification("ModelRolledBack", model)
+    assert "rolled back from version 3" in message["Message"]
+    again = arrival(pipeline.cloud, monkeypatch, "redrive", "notify", "--stack-name", INGEST_STACK)
+    assert "sent 0 notification(s) again" in again.output
+
 
 def _dead_lettered(pipeline: Pipeline, model: str) -> dict[str, Any]:
     sqs = pipeline.sqs
@@ -311,7 +342,11 @@ def _dead_lettered(pipeline: Pipeline, model: str) -> dict[str, Any]:
 
     def probe() -> dict[str, Any] | None:
         for message in sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"]
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            VisibilityTimeout=0,  # left in the queue, for the redrive
+            MessageAttributeNames=["All"],
         ).get("Messages", []):
             if json.loads(message["Body"]).get("detail", {}).get("name") == model:
                 return message  # type: ignore[no-any-return]

@@ -71,3 +71,36 @@ def test_training_jobs_go_back_to_the_fifo_queue_under_their_model(client: Any) 
     )
     groups = sorted(message["Attributes"]["MessageGroupId"] for message in messages["Messages"])
     assert groups.count("iris") == 1 and groups.count("houses") == 1
+
+
+def test_kept_notifications_go_to_the_notifier_again_and_one_that_fails_stops_the_redrive_keeping_the_rest(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli import operations
+    from common.adapters import functions
+
+    dead = client.create_queue(QueueName="notify-dlq")["QueueUrl"]
+    for name in ("a", "b", "still-broken", "c"):
+        client.send_message(QueueUrl=dead, MessageBody=json.dumps({"detail": {"name": name}}))
+    sent: list[str] = []
+
+    def notifier(function_name: str, event: dict[str, Any]) -> None:
+        assert function_name == "notify"
+        if event["detail"]["name"] == "still-broken":
+            raise functions.FunctionFailedError("NotFoundException: Topic does not exist")
+        sent.append(event["detail"]["name"])
+
+    monkeypatch.setattr(functions, "invoke", notifier)
+    with pytest.raises(operations.OperationError, match="Topic does not exist") as stopped:
+        operations._renotify(dead, "notify")
+    assert "still in the notify dead-letter queue" in str(stopped.value)
+    # What was sent left the queue; what failed, and what came after it in the batch, is still there.
+    left = [json.loads(message["Body"])["detail"]["name"] for message in sqs.peek(dead)]
+    assert sorted(sent + left) == ["a", "b", "c", "still-broken"]
+    assert "still-broken" in left
+
+    # WHEN the cause is fixed, the rest go, and a second run finds nothing
+    monkeypatch.setattr(functions, "invoke", lambda function_name, event: sent.append(event["detail"]["name"]))
+    assert operations._renotify(dead, "notify") == len(left)
+    assert operations._renotify(dead, "notify") == 0
+    assert sorted(sent) == ["a", "b", "c", "still-broken"]
