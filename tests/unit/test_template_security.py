@@ -241,6 +241,13 @@ def test_only_the_notifier_publishes_to_sns_and_only_to_the_notification_topic()
     assert publish["Resource"] == {"Ref": "NotificationTopic"}
 
 
+def test_every_topic_is_encrypted_at_rest() -> None:
+    topics = _of_type("AWS::SNS::Topic")
+    assert topics == ["NotificationTopic"]
+    for topic in topics:
+        assert RESOURCES[topic]["Properties"].get("KmsMasterKeyId") == "alias/aws/sns", topic
+
+
 def test_only_the_notification_rule_may_fill_the_notification_dead_letter_queue() -> None:
     (statement,) = _statements(RESOURCES["NotificationDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"])
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
