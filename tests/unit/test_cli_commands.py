@@ -565,7 +565,10 @@ def registry(
             ["model 'iris' has no version or alias '7'", "versions 1 to 2"],
         ),
         (["reproduce", "champion", "--model", "roses"], ["model 'roses' has no versions", "iris"]),
-        (["redrive", "billing"], ["unknown stage 'billing'; redrive one of: ingest, training, batch, notify"]),
+        (
+            ["redrive", "billing"],
+            ["unknown stage 'billing'; redrive one of: ingest, training, batch, notify"],
+        ),
     ],
 )
 @pytest.mark.usefixtures("registry")

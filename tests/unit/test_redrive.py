@@ -100,7 +100,10 @@ def test_kept_notifications_go_to_the_notifier_again_and_one_that_fails_stops_th
     assert "still-broken" in left
 
     # WHEN the cause is fixed, the rest go, and a second run finds nothing
-    monkeypatch.setattr(functions, "invoke", lambda function_name, event: sent.append(event["detail"]["name"]))
+    def fixed_notifier(function_name: str, event: dict[str, Any]) -> None:
+        sent.append(event["detail"]["name"])
+
+    monkeypatch.setattr(functions, "invoke", fixed_notifier)
     assert operations._renotify(dead, "notify") == len(left)
     assert operations._renotify(dead, "notify") == 0
     assert sorted(sent) == ["a", "b", "c", "still-broken"]
