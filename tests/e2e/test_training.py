@@ -295,4 +295,14 @@ def test_an_idle_trainer_terminates_its_own_instance(chain: Chain) -> None:
         what="a trainer",
     )
     assert eventually(lambda: chain.trainers() == [], 120, interval=1, what="no live trainer")
-    assert chain.trainers(("terminated",))
+    # The newest trainer is the one that went idle last. It ended itself: the agent leaves an instance
+    # whose process exited running, as EC2 does, and a reconciler that ended it instead would leave no
+    # such line in the trainer's own shipped log.
+    newest = max(chain.trainers(("terminated",)), key=lambda instance: instance["LaunchTime"])["InstanceId"]
+    logs = chain.cloud.client("logs")
+
+    def said_it_terminates() -> bool:
+        events = logs.get_log_events(logGroupName=f"/arrival/{TRAINING_STACK}/trainer", logStreamName=newest)
+        return any(f"terminating instance {newest}" in event["message"] for event in events["events"])
+
+    eventually(said_it_terminates, 30, what=f"{newest}'s own 'terminating instance' line")
