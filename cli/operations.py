@@ -217,12 +217,17 @@ def _renotify(dead_letters: str, notify_function: str) -> int:
         for position, message in enumerate(batch):
             try:
                 functions.invoke(notify_function, json.loads(message["Body"]))
-            except functions.FunctionFailedError as error:
+            except (functions.FunctionFailedError, json.JSONDecodeError) as error:
                 for kept in batch[position:]:
                     sqs.extend_visibility(dead_letters, kept["ReceiptHandle"], 0)
+                cause = (
+                    f"message {message['MessageId']} is not an event: {error}"
+                    if isinstance(error, json.JSONDecodeError)
+                    else f"the notifier failed again ({error})"
+                )
                 raise OperationError(
-                    f"the notifier failed again ({error}); {sent} event(s) sent before it, the rest are "
-                    "still in the notify dead-letter queue: `arrival logs` names the cause"
+                    f"{cause}; {sent} event(s) sent before it, the rest are still in the notify "
+                    "dead-letter queue: `arrival logs` names the cause"
                 ) from None
             sqs.delete(dead_letters, message["ReceiptHandle"])
             sent += 1

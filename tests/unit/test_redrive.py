@@ -107,3 +107,17 @@ def test_kept_notifications_go_to_the_notifier_again_and_one_that_fails_stops_th
     assert operations._renotify(dead, "notify") == len(left)
     assert operations._renotify(dead, "notify") == 0
     assert sorted(sent) == ["a", "b", "c", "still-broken"]
+
+
+def test_a_kept_message_that_is_not_an_event_stops_the_redrive_in_one_line_and_stays(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli import operations
+    from common.adapters import functions
+
+    dead = client.create_queue(QueueName="notify-dlq-garbled")["QueueUrl"]
+    client.send_message(QueueUrl=dead, MessageBody="not json")
+    monkeypatch.setattr(functions, "invoke", lambda function_name, event: None)
+    with pytest.raises(operations.OperationError, match="is not an event"):
+        operations._renotify(dead, "notify")
+    assert [message["Body"] for message in sqs.peek(dead)] == ["not json"]
