@@ -52,6 +52,14 @@ def stack_status(stack_name: str, api_url: str | None) -> dict[str, Any]:
         "trainers": _trainers(stack_name),
         "api": api_url,
     }
+    # Outside any one model's block: a notification names its model only in its event, and a batch
+    # file's model only in its key; what matters here is that something waits for a redrive.
+    unsent = {
+        "notifications": _depth(outputs["NotificationDeadLetterQueueUrl"]),
+        "batch_files": _depth(outputs["BatchDeadLetterQueueUrl"]),
+    }
+    report["unsent"] = unsent
+    report["problems"] = _stack_problems(unsent)
     registry_error, registered = _registered_models()
     if registry_error:
         report["registry_error"] = registry_error
@@ -68,6 +76,28 @@ def stack_status(stack_name: str, api_url: str | None) -> dict[str, Any]:
         for name in names
     ]
     return report
+
+
+def _depth(queue_url: str) -> int:
+    attributes = sqs.sqs_client().get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes.get("ApproximateNumberOfMessages", 0))
+
+
+def _stack_problems(unsent: dict[str, int]) -> list[str]:
+    problems = []
+    if unsent["notifications"]:
+        problems.append(
+            f"{unsent['notifications']} notification(s) could not be sent (the topic or its subscriptions): "
+            "once fixed, `arrival redrive notify`"
+        )
+    if unsent["batch_files"]:
+        problems.append(
+            f"{unsent['batch_files']} batch file(s) dead-lettered, each with a failure.json beside it: "
+            "once fixed, `arrival redrive batch`"
+        )
+    return problems
 
 
 def _queue_counts(queue_url: str, dead_letter_url: str) -> dict[str, int]:

@@ -38,6 +38,8 @@ def print_stack(console: Console, stack: dict[str, Any]) -> None:
     )
     trainers = ", ".join(f"{t['instance_id']} ({_age(t['running_seconds'])})" for t in stack["trainers"])
     console.print(f"  trainers: {trainers or 'none running'}")
+    for problem in stack.get("problems", []):
+        console.print(f"  [red]![/red] {escape(problem)}", soft_wrap=True)
     if stack.get("registry_error"):
         console.print(f"  [red]{escape(stack['registry_error'])}[/red]", soft_wrap=True)
     if not stack["models"]:

@@ -47,6 +47,20 @@ def test_status_counts_data_by_rule_and_dead_letters_by_model(
         MessageDeduplicationId=unique,
     )
 
+    unsent_event = {
+        "version": "0",
+        "id": unique,
+        "detail-type": "ModelRolledBack",
+        "source": "arrival",
+        "account": "000000000000",
+        "time": "2026-11-29T10:00:00Z",
+        "region": pipeline.cloud.settings.region,
+        "resources": [],
+        "detail": {"name": model, "version": "1", "from_version": "2", "reason": "status test"},
+    }
+    notify_dead_letters = pipeline.outputs["NotificationDeadLetterQueueUrl"]
+    pipeline.sqs.send_message(QueueUrl=notify_dead_letters, MessageBody=json.dumps(unsent_event))
+
     # WHEN the operator asks for the status, for scripts and for people
     as_json = _status(local_cloud, monkeypatch, "--json")
     on_screen = _status(local_cloud, monkeypatch)
@@ -65,12 +79,18 @@ def test_status_counts_data_by_rule_and_dead_letters_by_model(
     assert any("arrival redrive training" in problem for problem in status["problems"])
     assert report["stack"]["queues"]["training"]["dead_letters"] >= 1
 
+    # AND above the models, what waits in the stack's other dead-letter queues (a notification the
+    # topic refused, sent here as EventBridge sends one), with the command that deals with it
+    assert report["stack"]["unsent"]["notifications"] >= 1
+    assert any("`arrival redrive notify`" in problem for problem in report["stack"]["problems"])
+
     # AND the screen says the same in words, and peeking left the dead letter where it was
     assert on_screen.exit_code == 0, on_screen.output
     printed = " ".join(on_screen.output.split())
     assert f"{model} datasets: 1 accepted (60 rows), 2 quarantined" in printed
     assert "(out_of_range 1, too_few_rows 1)" in printed
     assert "1 training job(s) dead-lettered" in printed
+    assert "notification(s) could not be sent" in printed
     assert (
         _model(json.loads(_status(local_cloud, monkeypatch, "--json").output), model)["jobs"][
             "training_dead_letters"
