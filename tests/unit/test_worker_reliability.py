@@ -241,7 +241,8 @@ def test_an_unreachable_registry_is_not_taken_for_an_empty_one(monkeypatch: pyte
         tracking.versions_with_tag("iris", "accepted_list_hash", "abc")
 
 
-def test_a_training_error_is_not_hidden_by_a_failing_end_run(monkeypatch: pytest.MonkeyPatch) -> None:
+def _training_that_raises(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """An iris training whose run starts (as run-1) and whose pipeline then raises `error`."""
     contract = (CONTRACTS / "iris.yaml").read_bytes()
     accepted = json.dumps({"model": "iris", "datasets": []}).encode()
     monkeypatch.setattr(
@@ -254,12 +255,17 @@ def test_a_training_error_is_not_hidden_by_a_failing_end_run(monkeypatch: pytest
     monkeypatch.setattr(tracking, "start_run", lambda model, tags: "run-1")
 
     def training_breaks(workspace: Path, run: Any) -> None:
-        raise ValueError("the real cause")
+        raise error
+
+    monkeypatch.setattr(train_model, "_train_in", training_breaks)
+
+
+def test_a_training_error_is_not_hidden_by_a_failing_end_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    _training_that_raises(monkeypatch, ValueError("the real cause"))
 
     def server_down(run_id: str, status: str = "FINISHED") -> None:
         raise MlflowException("connection refused")
 
-    monkeypatch.setattr(train_model, "_train_in", training_breaks)
     monkeypatch.setattr(tracking, "end_run", server_down)
     resources = Trainer(WorkerSettings(), OUTPUTS).resources
     with pytest.raises(ValueError, match="the real cause"):
@@ -274,22 +280,8 @@ def test_a_training_error_is_not_hidden_by_a_failing_end_run(monkeypatch: pytest
 def test_a_run_ends_failed_on_an_error_and_killed_when_its_trainer_is_stopped(
     monkeypatch: pytest.MonkeyPatch, interruption: BaseException, status: str
 ) -> None:
-    contract = (CONTRACTS / "iris.yaml").read_bytes()
-    accepted = json.dumps({"model": "iris", "datasets": []}).encode()
-    monkeypatch.setattr(
-        train_model.s3,
-        "get_bytes",
-        lambda bucket, key: (contract if key.endswith(".yaml") else accepted, '"e"'),
-    )
-    monkeypatch.setattr(train_model, "finish_interrupted", lambda *args: None)
-    monkeypatch.setattr(tracking, "end_interrupted_runs", lambda *args: [])
-    monkeypatch.setattr(tracking, "start_run", lambda model, tags: "run-1")
+    _training_that_raises(monkeypatch, interruption)
     ended: list[tuple[str, str]] = []
-
-    def interrupted(workspace: Path, run: Any) -> None:
-        raise interruption
-
-    monkeypatch.setattr(train_model, "_train_in", interrupted)
     monkeypatch.setattr(tracking, "end_run", lambda run_id, status="FINISHED": ended.append((run_id, status)))
     resources = Trainer(WorkerSettings(), OUTPUTS).resources
     with pytest.raises(type(interruption)):
