@@ -14,7 +14,9 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
+import yaml
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 
 from cli.operations import OperationError, contract_models, outputs_of
 from common.adapters import s3, sqs
@@ -176,7 +178,13 @@ def _model_status(
     from worker.serving_bundle import read_pointer
 
     contract = s3.get_bytes(outputs["ConfigBucketName"], contract_key(name))
-    metric = parse_contract(contract[0]).training.metric if contract else None
+    metric, contract_error = None, None
+    if contract:
+        # One model's broken contract is that model's problem, not a crash of the whole status.
+        try:
+            metric = parse_contract(contract[0]).training.metric
+        except (yaml.YAMLError, ValidationError) as error:
+            contract_error = str(error).splitlines()[0][:200]
     accepted = s3.get_bytes(outputs["ProcessedBucketName"], accepted_list_key(name))
     datasets = json.loads(accepted[0])["datasets"] if accepted else []
     versions = _versions(name, metric) if registry_up else []
@@ -187,6 +195,7 @@ def _model_status(
     status = {
         "name": name,
         "contract": contract is not None,
+        "contract_error": contract_error,
         "metric": metric,
         "datasets": {
             "accepted": len(datasets),
@@ -281,6 +290,11 @@ def _problems(status: dict[str, Any], registry_up: bool) -> list[str]:
     problems = []
     if not status["contract"]:
         problems.append(f"no contract: uploads are quarantined; `arrival contract put {name}.yaml`")
+    elif status["contract_error"]:
+        problems.append(
+            f"the contract is not valid ({status['contract_error']}): uploads fail until it is; "
+            f"fix it, then `arrival contract put {name}.yaml`"
+        )
     if registry_up and pointer != status["champion"]:
         problems.append(
             f"serving pointer (version {pointer}) and champion alias (version {status['champion']}) "
