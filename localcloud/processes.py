@@ -8,6 +8,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import random
 import signal
 import socket
 import time
@@ -96,11 +97,47 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+# Ports handed out by `free_port`, each held by an open lock file for the life of this process.
+_reserved_ports: dict[int, IO[bytes]] = {}
+# Below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by default), where no
+# `bind(0)` and no outgoing connection takes a port on its own, and above the well-known services.
+_RESERVED_RANGE_FLOOR = 15000
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port nothing listens on, for a service this process is about to start (tests, benchmarks).
+
+    Asking the kernel for one (`bind(0)`) and closing it leaves a window before the service binds:
+    the kernel hands the same port to the next `bind(0)` or outgoing connection of any process, and
+    parallel test workers make thousands of those. So the port comes from below the ephemeral range,
+    and an exclusive lock file shared by every process on the machine reserves it until this
+    process exits. No library does this: portpicker needs its own port server to coordinate."""
+    locks = Path(os.environ.get("TMPDIR", "/tmp")) / "arrival-ports"  # noqa: S108  # shared on purpose
+    locks.mkdir(exist_ok=True)
+    ceiling = _ephemeral_floor()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(_RESERVED_RANGE_FLOOR, ceiling)
+        if port in _reserved_ports:
+            continue
+        lock = (locks / str(port)).open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        if port_is_free(port):
+            _reserved_ports[port] = lock
+            return port
+        lock.close()
+    raise RuntimeError(f"no free port between {_RESERVED_RANGE_FLOOR} and {ceiling} after 200 tries")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
