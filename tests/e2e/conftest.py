@@ -155,6 +155,13 @@ class Chain:
         )
         self.cloud.client("lambda").invoke(FunctionName=self.outputs["ReconcileFunctionName"])
 
+    def replace_stale_trainers(self, stale: set[str]) -> bool:
+        """Runs the reconciler once (as its schedule would); true once a trainer other than the
+        `stale` ones is live and none of those is."""
+        self.cloud.client("lambda").invoke(FunctionName=self.outputs["ReconcileFunctionName"])
+        live = {instance["InstanceId"] for instance in self.trainers()}
+        return bool(live) and not live & stale
+
     def wait_running_run(self, model: str, timeout: float = 180) -> Any:
         """The model's first MLflow run once it is RUNNING (its trainer is mid-training)."""
         experiment = eventually(

@@ -61,3 +61,14 @@ class FakeLambdaContext:
 @pytest.fixture
 def lambda_context() -> FakeLambdaContext:
     return FakeLambdaContext()
+
+
+# What the local-cloud tests point the SDKs at; an xdist worker that ran them keeps these set.
+CLOUD_VARIABLES = ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "AWS_PROFILE")
+
+
+@pytest.fixture(autouse=True)
+def _no_local_cloud(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit test runs the same whether or not its worker ran local-cloud tests before it."""
+    for name in CLOUD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
