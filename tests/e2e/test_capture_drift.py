@@ -39,7 +39,9 @@ def _shifted_records(rows: int, seed: int) -> list[dict[str, Any]]:
     frame = datasets.noisy_iris_frame(rows, seed, noise=0.2)
     frame["petal_length"] += 7.0
     frame["petal_width"] += 3.0
-    return [{name: float(value) for name, value in row.items()} for row in frame[FEATURES].to_dict("records")]
+    return [
+        {str(name): float(value) for name, value in row.items()} for row in frame[FEATURES].to_dict("records")
+    ]
 
 
 def _captured(chain: Chain, model: str) -> list[dict[str, Any]]:

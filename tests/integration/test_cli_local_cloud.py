@@ -70,7 +70,12 @@ def test_no_emulator_interpreter_and_none_to_install_says_what_to_run(
     monkeypatch.delenv("ARRIVAL_LOCALSTACK_PYTHON", raising=False)
     monkeypatch.setattr(interpreters, "_candidates", lambda minimum: [])
     asked: list[str] = []
-    monkeypatch.setattr(interpreters, "install_with_uv", lambda version: asked.append(version) or False)
+
+    def install_with_uv(version: str) -> bool:
+        asked.append(version)
+        return False
+
+    monkeypatch.setattr(interpreters, "install_with_uv", install_with_uv)
     monkeypatch.setattr("localcloud.emulator.install_with_uv", interpreters.install_with_uv)
 
     result = _up(monkeypatch, tmp_path / "cloud", free_port())

@@ -25,7 +25,7 @@ from tests.unit.test_handle_ingest import RAW, FakeStack, stack  # noqa: F401  #
 from worker.adapters import tracking
 
 STACK = "unit"
-REAL_API_CALL = BaseClient._make_api_call
+REAL_API_CALL = BaseClient._make_api_call  # type: ignore[attr-defined]  # private: botocore-stubs omit it
 OUTPUTS = {
     "RawBucketName": RAW,
     "ProcessedBucketName": "unit-processed",
@@ -506,9 +506,9 @@ def test_wait_pins_the_uploaded_object_version(
 ) -> None:
     asked: list[str] = []
     _gate(monkeypatch, "promotion", "ok")
-    decided: Callable[[str, str], tracking.ModelVersion] = tracking.decided_version_with_source
+    decided: Callable[[str, str], tracking.ModelVersion | None] = tracking.decided_version_with_source
 
-    def recording(model: str, source: str) -> tracking.ModelVersion:
+    def recording(model: str, source: str) -> tracking.ModelVersion | None:
         asked.append(source)
         return decided(model, source)
 

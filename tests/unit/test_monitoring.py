@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from common import monitoring
+from common.adapters import events
 from common.layout import capture_hour_prefix
 from common.monitoring import DriftRequest, report_live_drift
 from common.settings import MonitoringSettings, get_monitoring_settings
@@ -78,7 +78,7 @@ def stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[St
             body = datasets.to_parquet(datasets.iris_frame(300, seed=seed))
             s3.put_object(Bucket=PROCESSED_BUCKET, Key=f"iris/data/{content_hash}.parquet", Body=body)
         published: list[tuple[str, str, dict[str, Any]]] = []
-        monkeypatch.setattr(monitoring.events, "publish", lambda *args: published.append(args))
+        monkeypatch.setattr(events, "publish", lambda *args: published.append(args))
         yield Stack(s3, published)
 
 
@@ -229,7 +229,7 @@ def test_the_handler_reports_the_models_the_event_names(
     monkeypatch.setattr(handle_drift, "get_monitoring_settings", _settings)
     stack.capture("iris", _shifted(100, seed=6), datetime.now(UTC))
 
-    result = handle_drift.handler({"models": ["iris"]}, lambda_context)  # type: ignore[arg-type]
+    result = handle_drift.handler({"models": ["iris"]}, lambda_context)
 
     ((model,),) = [[entry["model"] for entry in result["models"]]]
     assert model == "iris" and result["models"][0]["status"] == "drifted"

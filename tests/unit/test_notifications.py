@@ -352,7 +352,12 @@ def published(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Notif
     monkeypatch.setenv("ARRIVAL_STACK_NAME", "arrival-test")
     monkeypatch.setenv("NOTIFICATION_TOPIC_ARN", "arn:aws:sns:us-east-1:000000000000:topic")
     get_notify_settings.cache_clear()
-    monkeypatch.setattr(notify, "publish", lambda arn, n: sent.append((arn, n)) or "message-1")
+
+    def publish(arn: str, n: Notification) -> str:
+        sent.append((arn, n))
+        return "message-1"
+
+    monkeypatch.setattr(notify, "publish", publish)
     yield sent
     get_notify_settings.cache_clear()
 

@@ -151,7 +151,8 @@ def _emulate_client_token_idempotency() -> None:
     def remember(http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         answered.setdefault(context["client_token"], (http_response, parsed))
 
-    events.register("before-call.ec2.RunInstances", replay)
+    # A before-call handler's answer stands in for the call; botocore-stubs type handlers as returning None.
+    events.register("before-call.ec2.RunInstances", replay)  # type: ignore[arg-type]
     events.register("after-call.ec2.RunInstances", remember)
 
 
@@ -242,7 +243,8 @@ def test_a_lease_too_short_for_a_launch_call_launches_nothing(
 
 def test_the_default_lease_outlasts_the_slowest_launch_call(aws_credentials: None) -> None:
     ec2.ec2_client.cache_clear()
-    config = ec2.ec2_client().meta.config
+    # Any: botocore sets Config's options as attributes, which botocore-stubs do not declare.
+    config: Any = ec2.ec2_client().meta.config
     attempts = config.retries["total_max_attempts"]
     # Each attempt may wait to connect and then to read; standard mode backs off at most 1 s.
     slowest = attempts * (config.connect_timeout + config.read_timeout) + 1

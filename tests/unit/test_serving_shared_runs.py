@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
-from serving.bundle import Predictions
+from serving.bundle import LoadedModel, Predictions
 from serving.shared_runs import SharedRuns
 
 
@@ -26,9 +26,16 @@ class CountingModel:
         return Predictions(values, np.column_stack([values, -values]))
 
 
-async def _together(shared: SharedRuns, model: Any, requests: list[list[dict[str, Any]]]) -> list[Any]:
+def _loaded(model: CountingModel) -> LoadedModel:
+    """SharedRuns only calls the model's predict(): the counting model stands in for a loaded bundle."""
+    return cast(LoadedModel, model)
+
+
+async def _together(
+    shared: SharedRuns, model: CountingModel, requests: list[list[dict[str, Any]]]
+) -> list[Any]:
     return await asyncio.gather(
-        *(shared.predict(model, records) for records in requests), return_exceptions=True
+        *(shared.predict(_loaded(model), records) for records in requests), return_exceptions=True
     )
 
 
@@ -47,7 +54,7 @@ def test_requests_of_later_turns_get_runs_of_their_own() -> None:
 
     async def one_after_another() -> None:
         for x in range(3):
-            await shared.predict(model, [{"x": x}])
+            await shared.predict(_loaded(model), [{"x": x}])
 
     asyncio.run(one_after_another())
 
@@ -67,9 +74,9 @@ def test_a_failing_request_fails_alone() -> None:
 def test_a_cancelled_request_does_not_disturb_the_others() -> None:
     model, shared = CountingModel(), SharedRuns()
 
-    async def cancel_one() -> list[Any]:
-        first = asyncio.ensure_future(shared.predict(model, [{"x": 1}]))
-        second = asyncio.ensure_future(shared.predict(model, [{"x": 2}]))
+    async def cancel_one() -> tuple[Any, Any]:
+        first = asyncio.ensure_future(shared.predict(_loaded(model), [{"x": 1}]))
+        second = asyncio.ensure_future(shared.predict(_loaded(model), [{"x": 2}]))
         await asyncio.sleep(0)  # both are queued
         first.cancel()
         return await asyncio.gather(first, second, return_exceptions=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -262,6 +262,7 @@ def test_an_empty_holdout_gives_a_version_rejected_for_it_not_a_crash(
     iris: DataContract, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from worker import train_model
+    from worker.adapters import tracking
 
     # GIVEN data of a single distinct row: it is all training data, and the holdout is empty
     frame = datasets.iris_frame(1)
@@ -271,8 +272,8 @@ def test_an_empty_holdout_gives_a_version_rejected_for_it_not_a_crash(
     result = _evaluate(tmp_path, iris, frame, frame.iloc[:0])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    serving = SimpleNamespace(name="iris", version="3")
-    monkeypatch.setattr(train_model.tracking, "champion", lambda name: serving)
+    serving = cast(tracking.ModelVersion, SimpleNamespace(name="iris", version="3"))
+    monkeypatch.setattr(tracking, "champion", lambda name: serving)
     decision, champion, champion_metric = train_model._judge(
         SimpleNamespace(contract=iris),  # type: ignore[arg-type]
         metrics,

@@ -493,7 +493,7 @@ def main() -> None:
     _start_parent_watchdog()
     # Unbuffered-like output, as the AWS runtime does, so stdout and stderr interleave in order.
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError):
+        if hasattr(stream, "reconfigure"):  # a TextIOWrapper; a replaced stream may lack it
             stream.reconfigure(line_buffering=True)
 
     port = int(os.environ.pop(_PORT_VAR, "0") or 0)

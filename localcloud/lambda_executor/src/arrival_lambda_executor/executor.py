@@ -168,7 +168,7 @@ def _read_hwm_kb(pid: int) -> int | None:
     return None
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     # The child is a session (and process group) leader, so its pid is the group id; signalling
     # the group also reaches subprocesses the handler started.
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -234,7 +234,7 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
         self._lock = threading.RLock()
         # LocalStack sends one invocation at a time per environment; be defensive anyway.
         self._invoke_lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._stopped = False
         self._env_vars: dict[str, str] = {}
         self._prepared: PreparedVersion | None = None
@@ -463,7 +463,7 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
         self._pending_init_ms = (time.monotonic() - started) * 1000
         LOG.debug("Runtime process %d ready after %.1f ms", proc.pid, self._pending_init_ms)
 
-    def _terminate(self, proc: subprocess.Popen, graceful: bool) -> None:
+    def _terminate(self, proc: subprocess.Popen[bytes], graceful: bool) -> None:
         """Stop the process group: SIGTERM, then SIGKILL after STOP_GRACE_S (or SIGKILL at once)."""
         if graceful:
             _signal_group(proc, signal.SIGTERM)
@@ -537,7 +537,7 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
 
     def _send_invocation(self, payload: dict[str, str], timeout_s: float) -> str | None:
         """POST the invocation to the runtime process; "send" if it refused it, else None."""
-        body = dict(payload)
+        body: dict[str, str | int] = dict(payload)
         # The deadline the context reports must be the one enforced here.
         body["deadline-ms"] = int((time.time() + timeout_s) * 1000)
         try:
@@ -561,7 +561,7 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
 
     def _await_result(
         self,
-        proc: subprocess.Popen,
+        proc: subprocess.Popen[bytes],
         future: Future[InvocationResult],
         deadline: float,
         memory_mb: int,

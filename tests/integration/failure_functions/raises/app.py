@@ -1,2 +1,5 @@
-def handler(event, context):
+from typing import Any, NoReturn
+
+
+def handler(event: dict[str, Any], context: Any) -> NoReturn:
     raise RuntimeError("this function always raises")
