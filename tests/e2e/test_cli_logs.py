@@ -94,8 +94,12 @@ def test_trainer_and_serving_logs_come_from_their_instances(
     trained = eventually(lambda: logged("trainer", f"trained {model}"), 60, what="the trainer's line")
     line = next(line for line in trained.splitlines() if f"trained {model}" in line)
     assert line.split()[1] == "trainer" and line.split()[2].startswith("i-")
-    # AND the server's output is there too
-    assert eventually(lambda: logged("serving", "serving"), 60, what="the server's lines")
+    # AND the server's own line about this model is there too, from the server's stream
+    served = eventually(
+        lambda: logged("serving", f"model loaded: model={model}"), 60, what="the server's line"
+    )
+    line = next(line for line in served.splitlines() if f"model loaded: model={model}" in line)
+    assert line.split()[1] == "serving" and line.split()[2].startswith("i-")
 
 
 @pytest.mark.parametrize(

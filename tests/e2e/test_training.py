@@ -183,10 +183,13 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_job_completes_once(
     running = eventually(lambda: _runs(chain, model, "RUNNING"), 180, interval=0.1, what="a RUNNING run")[0]
     killed = _worker_pids(chain.cloud)
     assert killed
+    dead_instances = {instance["InstanceId"] for instance in chain.trainers()}
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
 
-    # THEN a new trainer finishes the job, exactly once
+    # THEN the reconciler (on its schedule; invoked here so the test need not wait a minute) finds
+    # the dead trainer's heartbeat stale and replaces it, and the new trainer finishes the job once
+    eventually(lambda: chain.replace_stale_trainers(dead_instances), 120, interval=2, what="a new trainer")
     versions = chain.wait_versions(model, 1, timeout=300)
     assert len(versions) == 1
     assert versions[0].run_id != running.info.run_id

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -432,7 +434,15 @@ def test_each_model_has_its_own_documented_paths(serving: Serving) -> None:
     assert {"type": "null"} in houses["heating"]["anyOf"]
     assert "heating" not in schemas["house-prices.Record"]["required"]
     assert schemas["iris.Batch"]["properties"]["records"]["maxItems"] == MAX_BATCH
-    assert serving.client.get("/docs").status_code == 200
+    # The docs page loads the document from the address it names, relative to its own (so it holds
+    # behind API Gateway's stage prefix too): that address must serve the document.
+    page = serving.client.get("/docs")
+    assert page.status_code == 200
+    named = re.search(r"url: '([^']+)'", page.text)
+    assert named, page.text
+    document = serving.client.get(urljoin(str(page.url), named.group(1)))
+    assert document.status_code == 200 and document.json()["paths"]
+    assert urljoin("https://api.example/Prod/docs", named.group(1)) == "https://api.example/Prod/openapi.json"
 
 
 def test_a_model_promoted_for_the_first_time_is_documented_without_a_restart(serving: Serving) -> None:
