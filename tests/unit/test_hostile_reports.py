@@ -4,7 +4,6 @@ no live spreadsheet formula, no list of 10,000 columns, no 100 MB cell."""
 from __future__ import annotations
 
 import json
-import time
 
 import pandas as pd
 import pytest
@@ -70,15 +69,12 @@ def test_formulas_in_a_categorical_column_reach_the_report_inert_and_the_data_un
     assert frame.loc[0, "species"] == "=cmd|' /C calc'!A0"
 
 
-def test_ten_thousand_unknown_columns_give_a_short_report_quickly() -> None:
+def test_ten_thousand_unknown_columns_give_a_short_report() -> None:
     names = [*IRIS.columns, *(f"extra_{index}" for index in range(9_995))]
 
-    started = time.monotonic()
     with pytest.raises(DatasetRejectedError) as rejected:
         check_columns(names, IRIS)
-    elapsed = time.monotonic() - started
 
-    assert elapsed < 1
     [violation] = rejected.value.violations
     assert violation.rule is Rule.unexpected_columns
     assert len(violation.columns) == REPORT_LIST_LIMIT

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -14,6 +14,7 @@ from moto import mock_aws
 
 from common.adapters import s3, sqs
 from common.settings import WorkerSettings
+from worker import main as worker_main
 from worker.main import Trainer, VisibilityHeartbeat
 
 OUTPUTS = {
@@ -72,42 +73,69 @@ def _accept(model: str, *accepted_at: float) -> None:
     s3.put_bytes("unit-processed", f"{model}/accepted.json", json.dumps(document).encode())
 
 
+class FakeClock:
+    """The worker's clock, where sleeping only moves the hands: a wait is then measured in the
+    seconds the worker chose to sleep, the same on a loaded machine as on an idle one."""
+
+    def __init__(self, on_sleep: Callable[[], None] = lambda: None) -> None:
+        self.now, self.slept, self.naps, self._on_sleep = 1_800_000_000.0, 0.0, 0, on_sleep
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+        self.naps += 1
+        # A wait with no end fails here, instead of at the suite's timeout.
+        assert self.slept < 3600 and self.naps < 10_000, (
+            f"{self.naps} naps, {self.slept} s: a wait with no end"
+        )
+        self._on_sleep()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(worker_main, "time", fake)
+    return fake
+
+
 @pytest.mark.usefixtures("aws")
-def test_the_quiet_period_counts_from_the_last_acceptance() -> None:
+def test_the_quiet_period_counts_from_the_last_acceptance(clock: FakeClock) -> None:
     trainer = Trainer(WorkerSettings(quiet_seconds=30), OUTPUTS)
     # The last file came in 40 s ago (the job waited for a boot): no wait left.
-    _accept("booted-late", time.time() - 90, time.time() - 40)
-    started = time.monotonic()
+    _accept("booted-late", clock.now - 90, clock.now - 40)
     trainer.wait_until_quiet("booted-late")
-    assert time.monotonic() - started < 5
+    assert clock.slept == 0
 
-    # A file accepted just now: the trainer waits the period out.
+    # A file accepted just now: the trainer waits the period out, and no longer.
     trainer = Trainer(WorkerSettings(quiet_seconds=0.5), OUTPUTS)
-    _accept("fresh", time.time() - 90, time.time())
-    started = time.monotonic()
+    _accept("fresh", clock.now - 90, clock.now)
     trainer.wait_until_quiet("fresh")
-    assert time.monotonic() - started >= 0.4
+    assert clock.slept == pytest.approx(0.5)
 
 
 @pytest.mark.usefixtures("aws")
-def test_a_clock_ahead_of_the_trainers_never_stretches_the_wait_past_one_period() -> None:
+def test_a_clock_ahead_of_the_trainers_never_stretches_the_wait_past_one_period(clock: FakeClock) -> None:
     trainer = Trainer(WorkerSettings(quiet_seconds=0.5), OUTPUTS)
-    _accept("skewed", time.time() + 3600)
-    started = time.monotonic()
+    _accept("skewed", clock.now + 3600)
     trainer.wait_until_quiet("skewed")
-    assert time.monotonic() - started < 5
+    assert clock.slept == pytest.approx(0.5)
 
 
-def test_files_still_being_ingested_hold_the_quiet_period_until_the_cap(aws: Any) -> None:
-    _accept("burst", time.time() - 90)
+def test_files_still_being_ingested_hold_the_quiet_period_until_the_cap(aws: Any, clock: FakeClock) -> None:
+    _accept("burst", clock.now - 90)
     aws.send_message(QueueUrl=OUTPUTS["IngestQueueUrl"], MessageBody="{}")  # a file not ingested yet
     trainer = Trainer(WorkerSettings(quiet_seconds=0.1, max_quiet_seconds=1.0), OUTPUTS)
 
-    started = time.monotonic()
     assert trainer.wait_until_quiet("burst")
-    assert time.monotonic() - started >= 0.9
+    assert clock.slept == pytest.approx(1.0)
 
     aws.purge_queue(QueueUrl=OUTPUTS["IngestQueueUrl"])
-    started = time.monotonic()
+    clock.slept = 0
     assert trainer.wait_until_quiet("burst")
-    assert time.monotonic() - started < 0.9
+    assert clock.slept == 0

@@ -4,21 +4,20 @@ against the worker as it was before its fix."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
-from common.adapters import ec2, events, s3, sqs
+from common.adapters import ec2, events, instance, s3, sqs
 from common.contracts import parse_contract
 from common.settings import WorkerSettings
-from tests.unit.test_worker import OUTPUTS
+from tests.unit.test_worker import OUTPUTS, FakeClock
 from tests.unit.test_worker import aws as aws  # the fixture: moto with the stack's queues
-from worker import decision, main, train_model
+from worker import decision, main, serving_bundle, train_model
 from worker.adapters import tracking
 from worker.main import Trainer, TrainerHeartbeat, VisibilityHeartbeat
 
@@ -33,42 +32,26 @@ def _visible(client: Any, queue_url: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.usefixtures("aws")
-def test_a_steady_stream_of_uploads_cannot_hold_training_past_the_longest_wait() -> None:
+def test_a_steady_stream_of_uploads_cannot_hold_training_past_the_longest_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a file accepted every time the trainer sleeps: the list is never still for the period
+    moments: list[float] = []
+
+    def upload() -> None:
+        moments.append(clock.now)
+        document = {"model": "stream", "datasets": [{"accepted_at": at} for at in moments]}
+        s3.put_bytes("unit-processed", "stream/accepted.json", json.dumps(document).encode())
+
+    clock = FakeClock(on_sleep=upload)
+    monkeypatch.setattr(main, "time", clock)
+    upload()
     trainer = Trainer(WorkerSettings(quiet_seconds=0.5, max_quiet_seconds=1.5), OUTPUTS)
-    streaming = threading.Event()
 
-    def upload_every_tenth_of_a_second() -> None:
-        moments: list[float] = []
-        while not streaming.is_set():
-            moments.append(time.time())
-            document = {"model": "stream", "datasets": [{"accepted_at": at} for at in moments]}
-            s3.put_bytes("unit-processed", "stream/accepted.json", json.dumps(document).encode())
-            time.sleep(0.1)
-
-    uploader = threading.Thread(target=upload_every_tenth_of_a_second, daemon=True)
-    uploader.start()
-    try:
-        # The list exists before the wait starts (no list at all means "nothing to wait for").
-        deadline = time.monotonic() + 5
-        while s3.get_bytes("unit-processed", "stream/accepted.json") is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        waited: list[float] = []
-        waiter = threading.Thread(
-            target=lambda: (
-                started := time.monotonic(),
-                trainer.wait_until_quiet("stream"),
-                waited.append(time.monotonic() - started),
-            ),
-            daemon=True,
-        )
-        waiter.start()
-        waiter.join(timeout=10)
-        assert waited, "wait_until_quiet was still waiting after 10 s of uploads"
-        assert 1.4 <= waited[0] < 8  # the cap is 1.5 s; the margin is for a loaded machine
-    finally:
-        streaming.set()
-        uploader.join()
+    # WHEN it waits for quiet THEN it stops waiting at the cap, quiet or not
+    assert trainer.wait_until_quiet("stream")
+    assert clock.slept == pytest.approx(1.5)
+    assert len(moments) > 5  # the list did keep changing while it waited
 
 
 # Hole 5: heartbeats survive transient errors; other models' jobs stay leased; the instance ends.
@@ -77,20 +60,24 @@ def test_a_steady_stream_of_uploads_cannot_hold_training_past_the_longest_wait()
 def test_the_visibility_heartbeat_survives_failing_calls(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     queue_url = OUTPUTS["TrainingQueueUrl"]
     aws.send_message(QueueUrl=queue_url, MessageBody="{}")
-    held = aws.receive_message(QueueUrl=queue_url, VisibilityTimeout=1)["Messages"]
+    held = aws.receive_message(QueueUrl=queue_url, VisibilityTimeout=2)["Messages"]
     real_extend, calls = sqs.extend_visibility, []
 
+    # A beat every 2/3 s on a 2 s lease: the first fails, the next renews the lease before it lapses.
     def flaky(queue: str, handle: str, seconds: int) -> None:
         calls.append(seconds)
-        if len(calls) <= 2:
+        if len(calls) <= 1:
             raise ConnectionError("throttled")
         real_extend(queue, handle, seconds)
 
     monkeypatch.setattr(sqs, "extend_visibility", flaky)
-    with VisibilityHeartbeat(queue_url, held, seconds=1):
-        deadline = time.monotonic() + 8  # 5 beats take about 1.7 s; the margin is for a loaded machine
-        while len(calls) < 5:
+    with VisibilityHeartbeat(queue_url, held, seconds=2):
+        # Four beats take 2.7 s, past the first lease's end; the margin is for a loaded machine.
+        deadline = time.monotonic() + 10
+        while len(calls) < 4:
             assert time.monotonic() < deadline, f"the heartbeat stopped after {len(calls)} beats"
+            # The job stays leased all along: the beats after the failed ones renewed it in time.
+            assert _visible(aws, queue_url) == [], f"the job was back after {len(calls)} beats"
             time.sleep(0.05)
 
 
@@ -124,7 +111,7 @@ def test_other_models_jobs_stay_leased_while_one_model_trains(
 
 def test_the_worker_terminates_its_instance_when_it_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     terminated: list[str] = []
-    monkeypatch.setattr(main.instance, "own_instance_id", lambda: "i-0123")
+    monkeypatch.setattr(instance, "own_instance_id", lambda: "i-0123")  # the module main calls
     monkeypatch.setattr(ec2, "terminate", terminated.append)
 
     def broken(role: str, stack: str, instance_id: str | None) -> None:
@@ -200,8 +187,8 @@ class FakeRegistry:
         monkeypatch.setattr(tracking, "run_tags", lambda run_id: {"lineage.sources": "[]"})
         monkeypatch.setattr(tracking, "run_metrics", lambda run_id: {"f1_macro": 0.9})
         monkeypatch.setattr(tracking, "finish_run_if_running", lambda run_id: None)
-        monkeypatch.setattr(decision.serving_bundle, "bundle_exists", lambda *args: True)
-        monkeypatch.setattr(decision.serving_bundle, "move_pointer", lambda *args: None)
+        monkeypatch.setattr(serving_bundle, "bundle_exists", lambda *args: True)
+        monkeypatch.setattr(serving_bundle, "move_pointer", lambda *args: None)
 
     def tag(self, name: str, version: str, key: str, value: str) -> None:
         self.version.tags[key] = value
@@ -234,7 +221,7 @@ def test_a_promotion_whose_event_failed_is_announced_by_the_next_try(monkeypatch
 def test_an_unreachable_registry_is_not_taken_for_an_empty_one(monkeypatch: pytest.MonkeyPatch) -> None:
     class Unreachable:
         def search_model_versions(self, *args: Any) -> None:
-            raise MlflowException("API request failed", error_code="TEMPORARILY_UNAVAILABLE")
+            raise MlflowException("API request failed", error_code="TEMPORARILY_UNAVAILABLE")  # type: ignore[arg-type]  # the stubs say int; MLflow sends and reads the code name
 
     monkeypatch.setattr(tracking, "client", lambda: Unreachable())
     with pytest.raises(MlflowException):
@@ -246,7 +233,7 @@ def _training_that_raises(monkeypatch: pytest.MonkeyPatch, error: BaseException)
     contract = (CONTRACTS / "iris.yaml").read_bytes()
     accepted = json.dumps({"model": "iris", "datasets": []}).encode()
     monkeypatch.setattr(
-        train_model.s3,
+        s3,  # the module train_model reads through
         "get_bytes",
         lambda bucket, key: (contract if key.endswith(".yaml") else accepted, '"e"'),
     )
@@ -346,7 +333,7 @@ def test_a_champion_stored_outside_the_trusted_stores_is_never_unpickled(
         def get_model_version_download_uri(self, name: str, version: str) -> str:
             return self.location
 
-    registry, loaded = Registry(), []
+    registry, loaded = Registry(), cast(list[str], [])
     monkeypatch.setattr(tracking, "client", lambda: registry)
     monkeypatch.setattr(tracking, "_unpickle", loaded.append)
     trusted = WorkerSettings().trusted_artifact_roots
@@ -363,7 +350,7 @@ def test_a_champion_stored_outside_the_trusted_stores_is_never_unpickled(
 def test_a_registration_retried_by_the_client_leaves_one_version(monkeypatch: pytest.MonkeyPatch) -> None:
     class Registry:
         def __init__(self) -> None:
-            self.versions, self.deleted = ["5", "6"], []
+            self.versions, self.deleted = ["5", "6"], cast(list[str], [])
 
         def search_model_versions(self, query: str) -> list[Any]:
             assert "run_id = 'run-5'" in query
@@ -378,13 +365,15 @@ def test_a_registration_retried_by_the_client_leaves_one_version(monkeypatch: py
     assert registry.deleted == ["6"]
 
 
-def test_the_longest_wait_counts_from_when_the_job_was_sent() -> None:
+def test_the_longest_wait_counts_from_when_the_job_was_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(main, "time", clock)
     trainer = Trainer(WorkerSettings(quiet_seconds=2, max_quiet_seconds=30), OUTPUTS)
-    sent_ms = lambda seconds_ago: str(int((time.time() - seconds_ago) * 1000))  # noqa: E731
+
+    def sent(seconds_ago: float) -> dict[str, Any]:
+        return {"Attributes": {"SentTimestamp": str(int((clock.now - seconds_ago) * 1000))}}
 
     # Queued 10 s behind another model's training: 20 s of waiting left, not 30.
-    waited = trainer.wait_deadline([{"Attributes": {"SentTimestamp": sent_ms(10)}}]) - time.monotonic()
-    assert 19 <= waited <= 20.5
+    assert trainer.wait_deadline([sent(10)]) - clock.monotonic() == pytest.approx(20)
     # Queued longer than the cap: still one quiet period, for a burst to settle.
-    late = [{"Attributes": {"SentTimestamp": sent_ms(90)}}, {"Attributes": {"SentTimestamp": sent_ms(5)}}]
-    assert 1.5 <= trainer.wait_deadline(late) - time.monotonic() <= 2.1
+    assert trainer.wait_deadline([sent(90), sent(5)]) - clock.monotonic() == pytest.approx(2)
