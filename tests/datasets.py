@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,43 @@ def noisy_iris_frame(rows: int, seed: int, noise: float = 0.3) -> pd.DataFrame:
 
 def noisy_iris_csv(rows: int, seed: int, noise: float = 0.3) -> bytes:
     return to_csv(noisy_iris_frame(rows, seed, noise))
+
+
+def iris_csv(transform: Callable[[pd.DataFrame], pd.DataFrame] = lambda frame: frame) -> bytes:
+    """60 rows of iris as CSV, changed by `transform` first."""
+    return to_csv(transform(iris_frame(60)))
+
+
+def with_value(column: str, row: int, value: str | float) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def change(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.astype({column: object})
+        frame.loc[row, column] = value
+        return frame
+
+    return change
+
+
+# A bad file of each rule: (the rule it is quarantined under, its bytes, the iris contract's limits).
+# tests/unit/test_handle_ingest.py runs every one through the handler; tests/e2e/test_ingest.py
+# runs one of each family through the deployed function.
+BAD_FILES: dict[str, tuple[str, Callable[[], bytes], dict[str, int]]] = {
+    "missing column": ("missing_columns", lambda: iris_csv(lambda f: f.drop(columns=["petal_width"])), {}),
+    "extra column": ("unexpected_columns", lambda: iris_csv(lambda f: f.assign(colour="red")), {}),
+    "wrong type": ("wrong_type", lambda: iris_csv(with_value("sepal_length", 3, "five point one")), {}),
+    "out of range": ("out_of_range", lambda: iris_csv(with_value("petal_length", 7, 99.0)), {}),
+    "unknown category": ("unknown_category", lambda: iris_csv(with_value("species", 5, "daisy")), {}),
+    "empty file": ("empty_file", lambda: b"", {}),
+    "header only": (
+        "header_only",
+        lambda: b"sepal_length,sepal_width,petal_length,petal_width,species\n",
+        {},
+    ),
+    "truncated csv": ("null_values", lambda: iris_csv()[:-15], {}),
+    "garbled csv": ("unreadable", lambda: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe" * 50, {}),
+    "over the size limit": ("file_too_large", lambda: iris_csv(), {"max_file_bytes": 1000}),
+    "gzip bomb": ("decompressed_too_large", lambda: gzip_bomb(50 * 2**20), {"max_file_bytes": 2**20}),
+}
+
+
+def bad_file_key(model: str, case: str) -> str:
+    return f"{model}/{case.replace(' ', '_')}{'.csv.gz' if case == 'gzip bomb' else '.csv'}"

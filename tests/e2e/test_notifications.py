@@ -234,11 +234,14 @@ def _events(model: str) -> dict[str, tuple[dict[str, Any], list[str]]]:
     }
 
 
-EVENT_TYPES = sorted(_events("m"))
+# Each event type's words are the formatter's (tests/unit/test_notifications.py checks every one of
+# them, and that the template routes every arrival event to the notifier); the way from the bus to
+# a subscriber is the same for all, so two types of different shape take it here.
+EVENT_TYPES = ["ModelPromoted", "BatchFailed"]
 
 
 @pytest.mark.parametrize("detail_type", EVENT_TYPES)
-def test_each_event_on_the_bus_reaches_the_subscriber_as_a_message(
+def test_an_event_on_the_bus_reaches_the_subscriber_as_a_message(
     pipeline: Pipeline, receiver: Receiver, unique: str, detail_type: str
 ) -> None:
     # GIVEN an endpoint subscribed to the stack's notification topic

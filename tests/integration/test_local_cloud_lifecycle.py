@@ -23,30 +23,6 @@ def _fresh_settings(tmp_path: Path) -> LocalCloudSettings:
     )
 
 
-def test_up_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> None:
-    settings = _fresh_settings(tmp_path)
-    control.up(settings)
-    assert port_is_listening(settings.aws_port)
-    assert marked_processes(settings.cloud_id)
-
-    assert control.down(settings) is True
-
-    assert marked_processes(settings.cloud_id) == []
-    assert not port_is_listening(settings.aws_port)
-
-
-def test_killing_the_supervisor_takes_every_service_with_it(tmp_path: Path) -> None:
-    settings = _fresh_settings(tmp_path)
-    result = control.up(settings)
-
-    os.kill(result.pid, signal.SIGKILL)
-
-    assert wait_until(lambda: not marked_processes(settings.cloud_id), timeout=30), marked_processes(
-        settings.cloud_id
-    )
-    assert wait_until(lambda: not port_is_listening(settings.aws_port), timeout=10)
-
-
 def test_a_second_up_is_a_no_op_that_says_so(local_cloud: LocalCloud) -> None:
     before = control.status(local_cloud.settings)
 
@@ -75,15 +51,18 @@ def test_a_port_taken_by_another_program_is_named_with_its_setting(tmp_path: Pat
     assert "\n" not in message
 
 
-def test_after_the_emulator_crashes_up_starts_a_clean_consistent_cloud(tmp_path: Path) -> None:
-    """LocalStack keeps its state in memory: after a crash nothing of the stack survives. The local
+def test_a_fresh_cloud_through_a_crash_a_down_and_a_killed_supervisor(tmp_path: Path) -> None:
+    """One state directory through what a cloud's life holds: three starts of a cloud of its own
+    (each start costs seconds of both cores), instead of one per test.
+
+    LocalStack keeps its state in memory: after a crash nothing of the stack survives. The local
     cloud must then stop as a whole (not limp on with an empty emulator under a full registry), say
-    why, and `arrival up` must give a cloud whose registry is as empty as its buckets."""
+    why, and `arrival up` must give a cloud whose registry is as empty as its buckets. `down` leaves
+    no process and no port; a supervisor killed with SIGKILL takes every service with it."""
     import boto3
     from mlflow.tracking import MlflowClient
 
     settings = _fresh_settings(tmp_path)
-    control.up(settings)
     s3 = boto3.client(
         "s3",
         endpoint_url=settings.aws_endpoint_url,
@@ -91,20 +70,37 @@ def test_after_the_emulator_crashes_up_starts_a_clean_consistent_cloud(tmp_path:
         aws_secret_access_key="test",  # pragma: allowlist secret  # LocalStack's dummy
         region_name="us-east-1",
     )
-    s3.create_bucket(Bucket="survivor")
-    MlflowClient(settings.mlflow_url).create_experiment("survivor")
-
-    localstack = int(control.status(settings)["services"]["localstack"]["pid"])
-    for pid in process_tree(localstack):
-        os.kill(pid, signal.SIGKILL)
-
-    assert wait_until(lambda: not marked_processes(settings.cloud_id), timeout=60)
-    assert "localstack exited" in (control.status(settings)["last_error"] or "")
-
     try:
+        # GIVEN a cloud holding a bucket and an experiment
+        control.up(settings)
+        s3.create_bucket(Bucket="survivor")
+        MlflowClient(settings.mlflow_url).create_experiment("survivor")
+
+        # WHEN the emulator crashes THEN the whole cloud stops, saying why
+        localstack = int(control.status(settings)["services"]["localstack"]["pid"])
+        for pid in process_tree(localstack):
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not marked_processes(settings.cloud_id), timeout=60)
+        assert "localstack exited" in (control.status(settings)["last_error"] or "")
+
+        # AND the next `up` starts a clean, consistent cloud: nothing of the old registry either
         assert control.up(settings).already_running is False
-        buckets = [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]
-        assert "survivor" not in buckets
+        assert port_is_listening(settings.aws_port)
+        assert "survivor" not in [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]
         assert MlflowClient(settings.mlflow_url).get_experiment_by_name("survivor") is None
+
+        # WHEN it is brought down THEN no process and no port is left
+        assert control.down(settings) is True
+        assert marked_processes(settings.cloud_id) == []
+        assert not port_is_listening(settings.aws_port)
+
+        # WHEN the supervisor of a new start is killed THEN every service goes with it
+        supervisor = control.up(settings).pid
+        assert marked_processes(settings.cloud_id)
+        os.kill(supervisor, signal.SIGKILL)
+        assert wait_until(lambda: not marked_processes(settings.cloud_id), timeout=30), marked_processes(
+            settings.cloud_id
+        )
+        assert wait_until(lambda: not port_is_listening(settings.aws_port), timeout=10)
     finally:
         control.down(settings)

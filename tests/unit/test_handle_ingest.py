@@ -40,9 +40,10 @@ class FakeStack:
 
     def accepted(self, model: str) -> dict[str, Any] | None:
         try:
-            return json.loads(
+            accepted: dict[str, Any] = json.loads(
                 self.s3.get_object(Bucket="unit-processed", Key=f"{model}/accepted.json")["Body"].read()
-            )  # type: ignore[no-any-return]
+            )
+            return accepted
         except self.s3.exceptions.NoSuchKey:
             return None
 
@@ -147,6 +148,29 @@ def test_an_invalid_file_is_quarantined_not_failed(
         stack.s3.get_object(Bucket="unit-quarantine", Key="iris/bad.csv.report.json")["Body"].read()
     )
     assert report["rule"] == "missing_columns"
+    assert stack.accepted("iris") is None
+    assert stack.jobs() == []
+
+
+@pytest.mark.parametrize("case", list(datasets.BAD_FILES), ids=lambda case: case.replace(" ", "-"))
+def test_a_bad_file_of_each_rule_is_quarantined_with_its_copy_and_never_dispatched(
+    stack: FakeStack, lambda_context: FakeLambdaContext, case: str
+) -> None:
+    rule, make_body, limits = datasets.BAD_FILES[case]
+    stack.s3.put_object(
+        Bucket="unit-config", Key="contracts/iris.yaml", Body=datasets.contract_yaml("iris", "iris", **limits)
+    )
+    key = datasets.bad_file_key("iris", case)
+
+    response = handle_ingest.handler(_upload(stack, key, make_body()), lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    report = json.loads(
+        stack.s3.get_object(Bucket="unit-quarantine", Key=f"{key}.report.json")["Body"].read()
+    )
+    assert report["rule"] == rule, report
+    assert report["violations"][0]["detail"]
+    assert stack.s3.head_object(Bucket="unit-quarantine", Key=key)["ContentLength"] == len(make_body())
     assert stack.accepted("iris") is None
     assert stack.jobs() == []
 
@@ -280,7 +304,7 @@ def test_a_lineage_that_failed_to_write_is_written_on_redelivery(
 ) -> None:
     # GIVEN the first attempt dies while writing the dataset's lineage
     put_json = s3.put_json
-    failures = []
+    failures: list[str] = []
 
     def dies_on_lineage(bucket: str, key: str, document: Any) -> None:
         if key.endswith(".lineage.json") and not failures:
