@@ -21,7 +21,7 @@ from tests.helpers import eventually
 pytestmark = pytest.mark.e2e
 
 
-def test_a_valid_csv_is_processed_accepted_and_dispatched_to_one_trainer(
+def test_a_valid_csv_is_processed_accepted_and_queued_as_one_training_job(
     pipeline: Pipeline, unique: str
 ) -> None:
     # GIVEN a model with a contract
