@@ -101,6 +101,19 @@ def _start_cloud(state_dir: Path) -> dict[str, Any]:
     return settings.model_dump(mode="json")
 
 
+# Every variable `_cloud_environment` sets (and AWS_PROFILE, which it removes): a worker keeps them
+# once it has run a local-cloud test, and tests/unit/conftest.py takes them away from unit tests.
+CLOUD_ENVIRONMENT_NAMES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "MLFLOW_TRACKING_URI",
+    *WORKER_SETTINGS,
+)
+
+
 def _cloud_environment(settings: LocalCloudSettings) -> dict[str, str]:
     """What every process that talks to this session's cloud is given: the SDKs pointed at it, and
     a trainer short enough in its waits for a test to see them end."""

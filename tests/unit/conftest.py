@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from pytest_socket import disable_socket
 
+from tests.conftest import CLOUD_ENVIRONMENT_NAMES
+
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
@@ -63,12 +65,9 @@ def lambda_context() -> FakeLambdaContext:
     return FakeLambdaContext()
 
 
-# What the local-cloud tests point the SDKs at; an xdist worker that ran them keeps these set.
-CLOUD_VARIABLES = ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "AWS_PROFILE")
-
-
 @pytest.fixture(autouse=True)
 def _no_local_cloud(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A unit test runs the same whether or not its worker ran local-cloud tests before it."""
-    for name in CLOUD_VARIABLES:
+    """A unit test runs the same whether or not its xdist worker ran local-cloud tests before it:
+    their endpoints, credentials and short worker settings (ARRIVAL_WORKER_MAX_ATTEMPTS=2...)."""
+    for name in CLOUD_ENVIRONMENT_NAMES:
         monkeypatch.delenv(name, raising=False)
