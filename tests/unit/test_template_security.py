@@ -24,7 +24,14 @@ ARN = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}"
 TRAINER_LAUNCH_TEMPLATE = f"{ARN}:launch-template/${{TrainerLaunchTemplate}}"
 # EC2 actions that take no resource-level permissions (IAM's service reference): only these may
 # name the resource "*".
-WITHOUT_RESOURCE_LEVEL = {"ec2:DescribeInstances"}
+WITHOUT_RESOURCE_LEVEL = {
+    "ec2:DescribeInstances",
+    # Session Manager's channels (the instances' SessionManagerPolicy).
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+}
 # SAM policy templates the functions use; none grants EC2, IAM or Lambda actions.
 SAM_TEMPLATES_WITHOUT_COMPUTE = {
     "S3ReadPolicy",
@@ -104,10 +111,19 @@ def test_no_statement_allows_everything_or_everywhere_but_what_must() -> None:
             assert set(actions) <= WITHOUT_RESOURCE_LEVEL, statement
 
 
-def test_the_only_aws_managed_policy_is_session_manager_on_instances() -> None:
+def test_no_role_takes_an_aws_managed_policy_every_grant_is_in_the_template() -> None:
     for role in _of_type("AWS::IAM::Role"):
         for arn in RESOURCES[role]["Properties"].get("ManagedPolicyArns", []):
-            assert _render(arn).endswith(":iam::aws:policy/AmazonSSMManagedInstanceCore")
+            assert isinstance(arn, dict) and RESOURCES[arn["Ref"]]["Type"] == "AWS::IAM::ManagedPolicy", arn
+
+
+@pytest.mark.parametrize("role", ["TrainerRole", "ServingRole"])
+def test_the_instances_open_session_manager_shells_and_read_no_parameter(role: str) -> None:
+    statements = _identity_statements(role)
+    assert _allows(statements, "ssm:UpdateInstanceInformation", f"{ARN}:instance/i-0abc")
+    assert _allows(statements, "ssmmessages:OpenDataChannel", "*")
+    for action in ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"):
+        assert not _allows(statements, action, "arn:aws:ssm:us-east-1:123456789012:parameter/database/password")
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -191,6 +207,8 @@ TRAINER_NEEDS = [
     ("events:PutEvents", "${EventBus.Arn}"),
     ("s3:GetObject", f"{PROCESSED}/{accepted_list_key('iris')}"),
     ("s3:GetObject", f"{PROCESSED}/iris/data/0a1b.parquet"),
+    # It downloads processed data by the version it headed (a versioned GET).
+    ("s3:GetObjectVersion", f"{PROCESSED}/iris/data/0a1b.parquet"),
     ("s3:PutObject", f"{PROCESSED}/_arrival/dvc/iris/files/md5/0a/1b"),
     ("s3:PutObject", f"{PROCESSED}/{trainer_heartbeat_key('i-0abc')}"),
     ("s3:DeleteObject", f"{PROCESSED}/{trainer_heartbeat_key('i-0abc')}"),
