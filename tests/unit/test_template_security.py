@@ -122,8 +122,9 @@ def test_the_instances_open_session_manager_shells_and_read_no_parameter(role: s
     statements = _identity_statements(role)
     assert _allows(statements, "ssm:UpdateInstanceInformation", f"{ARN}:instance/i-0abc")
     assert _allows(statements, "ssmmessages:OpenDataChannel", "*")
+    secret = "arn:aws:ssm:us-east-1:123456789012:parameter/database/password"
     for action in ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"):
-        assert not _allows(statements, action, "arn:aws:ssm:us-east-1:123456789012:parameter/database/password")
+        assert not _allows(statements, action, secret)
 
 
 @pytest.mark.parametrize("role", ROLES)
