@@ -121,7 +121,8 @@ def free_port() -> int:
     process exits. No library does this: portpicker needs its own port server to coordinate."""
     locks = Path(os.environ.get("TMPDIR", "/tmp")) / "arrival-ports"  # noqa: S108  # shared on purpose
     locks.mkdir(exist_ok=True)
-    ceiling = _ephemeral_floor()
+    # (Where the ephemeral range starts lower than that, the lock files alone keep workers apart.)
+    ceiling = max(_ephemeral_floor(), _RESERVED_RANGE_FLOOR + 1024)
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(_RESERVED_RANGE_FLOOR, ceiling)

@@ -131,10 +131,10 @@ def _cloud_environment(settings: LocalCloudSettings) -> dict[str, str]:
 def local_cloud(request: pytest.FixtureRequest) -> Iterator[LocalCloud]:
     """One local cloud for the whole run, whichever xdist worker asks first; stopped by the
     controller once every worker is done (`pytest_sessionfinish`)."""
+    saved = dict(os.environ)  # before the cloud's start, which sets the same variables
     settings = LocalCloudSettings.model_validate(
         once_per_run(request.config, "cloud", lambda: _start_cloud(_run_dir(request.config) / "cloud"))
     )
-    saved = dict(os.environ)
     os.environ.update(_cloud_environment(settings))
     os.environ.pop("AWS_PROFILE", None)
     try:
