@@ -67,6 +67,7 @@ def _environment(settings: LocalCloudSettings) -> dict[str, str]:
             else {}
         ),
         "ARRIVAL_MLFLOW_ARTIFACT_BUCKET": settings.mlflow_artifact_bucket,
+        "ARRIVAL_IAM_ENFORCEMENT": "1" if settings.iam_enforcement else "0",
         CLOUD_ID_VARIABLE: settings.cloud_id,
     }
 

@@ -143,6 +143,8 @@ def localstack_service(settings: LocalCloudSettings, venv_python: Path) -> Servi
         # load soak), where Lambda on AWS runs up to MaximumConcurrency batches at once.
         "LAMBDA_EVENT_SOURCE_MAPPING_POLL_INTERVAL_SEC": "0.05",
         "ARRIVAL_LAMBDA_VENV_CACHE": str(settings.cache_dir / "lambda-venvs"),
+        # Read by the executor package's IAM enforcement hook (iam_enforcement.py).
+        "ARRIVAL_IAM_ENFORCEMENT": "1" if settings.iam_enforcement else "0",
         "ARRIVAL_UV": _uv(),
         CLOUD_ID_VARIABLE: settings.cloud_id,
         "VIRTUAL_ENV": str(venv_python.parent.parent),

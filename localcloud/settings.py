@@ -45,6 +45,11 @@ class LocalCloudSettings(BaseSettings):
         default=None, description="stacks whose instances the EC2 agent boots; all if unset"
     )
     region: str = "us-east-1"
+    iam_enforcement: bool = Field(
+        default=False,
+        description="refuse what an assumed role's policies do not allow, as AWS would "
+        "(the executor package's iam_enforcement.py); the operator's own credentials stay unrestricted",
+    )
     localstack_python: str | None = Field(
         default=None, description="interpreter (>= 3.13) for LocalStack; found automatically if unset"
     )

@@ -7,8 +7,10 @@ LocalStack's Lambda machinery) is only imported when this plugin is actually loa
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from localstack.runtime import hooks
 from localstack.services.lambda_.invocation.plugins import RuntimeExecutorPlugin
 
 
@@ -19,3 +21,13 @@ class ArrivalProcessRuntimeExecutorPlugin(RuntimeExecutorPlugin):
         from arrival_lambda_executor.executor import ProcessRuntimeExecutor
 
         return ProcessRuntimeExecutor
+
+
+@hooks.on_infra_start(should_load=lambda: os.environ.get("ARRIVAL_IAM_ENFORCEMENT") == "1")
+def register_iam_enforcement() -> None:
+    """Runs every parsed request past the IAM check before its service (iam_enforcement.py)."""
+    from localstack.aws.handlers import serve_custom_service_request_handlers
+
+    from arrival_lambda_executor.iam_enforcement import enforce_identity_policies
+
+    serve_custom_service_request_handlers.append(enforce_identity_policies)
