@@ -94,9 +94,9 @@ def test_a_bad_file_is_quarantined_with_a_report_and_never_dispatched(
     rule, make_body, limits = datasets.BAD_FILES[case]
     model = f"bad-{unique}"
     pipeline.put_contract(model, datasets.contract_yaml("iris", model, **limits))
-    key = datasets.bad_file_key(model, case)
+    key, body = datasets.bad_file_key(model, case), make_body()
 
-    put = pipeline.upload(key, make_body())
+    put = pipeline.upload(key, body)
 
     report = pipeline.quarantine_report(key)
     assert report["rule"] == rule, report
@@ -104,7 +104,7 @@ def test_a_bad_file_is_quarantined_with_a_report_and_never_dispatched(
     assert report["violations"][0]["detail"]
     # The copy sits next to its report; the raw object is untouched; nothing was accepted or queued.
     quarantined = pipeline.s3.head_object(Bucket=pipeline.outputs["QuarantineBucketName"], Key=key)
-    assert quarantined["ContentLength"] == len(make_body())
+    assert quarantined["ContentLength"] == len(body)
     assert (
         pipeline.s3.head_object(Bucket=pipeline.outputs["RawBucketName"], Key=key)["VersionId"]
         == put["VersionId"]

@@ -160,9 +160,9 @@ def test_a_bad_file_of_each_rule_is_quarantined_with_its_copy_and_never_dispatch
     stack.s3.put_object(
         Bucket="unit-config", Key="contracts/iris.yaml", Body=datasets.contract_yaml("iris", "iris", **limits)
     )
-    key = datasets.bad_file_key("iris", case)
+    key, body = datasets.bad_file_key("iris", case), make_body()
 
-    response = handle_ingest.handler(_upload(stack, key, make_body()), lambda_context)
+    response = handle_ingest.handler(_upload(stack, key, body), lambda_context)
 
     assert response == {"batchItemFailures": []}
     report = json.loads(
@@ -170,7 +170,7 @@ def test_a_bad_file_of_each_rule_is_quarantined_with_its_copy_and_never_dispatch
     )
     assert report["rule"] == rule, report
     assert report["violations"][0]["detail"]
-    assert stack.s3.head_object(Bucket="unit-quarantine", Key=key)["ContentLength"] == len(make_body())
+    assert stack.s3.head_object(Bucket="unit-quarantine", Key=key)["ContentLength"] == len(body)
     assert stack.accepted("iris") is None
     assert stack.jobs() == []
 
