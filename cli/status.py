@@ -71,8 +71,9 @@ def stack_status(stack_name: str, api_url: str | None) -> dict[str, Any]:
             name,
             outputs,
             api_url,
-            ingest_dead_letters=ingest_dead.get(name, 0),
-            training_dead_letters=training_dead.get(name, 0),
+            ingest_dead_letters=len(ingest_dead.get(name, [])),
+            training_dead_letters=len(training_dead.get(name, [])),
+            training_failure=next(iter(training_dead.get(name, [])), None),
             registry_up=not registry_error,
         )
         for name in names
@@ -135,12 +136,14 @@ def _model_of_job(body: str) -> str | None:
         return None
 
 
-def _dead_letter_models(queue_url: str, model_of: Any) -> dict[str, int]:
-    """Dead-lettered messages by model, counted without taking them off the queue."""
-    counts: Counter[str] = Counter()
+def _dead_letter_models(queue_url: str, model_of: Any) -> dict[str, list[str | None]]:
+    """Dead-lettered messages by model, each as the failure reason it carries (None without one),
+    read without taking them off the queue."""
+    reasons: dict[str, list[str | None]] = {}
     for message in sqs.peek(queue_url, DEAD_LETTERS_PEEKED):
-        counts[model_of(message["Body"]) or "(unknown)"] += 1
-    return dict(counts)
+        reason = message.get("MessageAttributes", {}).get("failure_reason", {}).get("StringValue")
+        reasons.setdefault(model_of(message["Body"]) or "(unknown)", []).append(reason)
+    return reasons
 
 
 def _trainers(stack_name: str) -> list[dict[str, Any]]:
@@ -172,6 +175,7 @@ def _model_status(
     *,
     ingest_dead_letters: int,
     training_dead_letters: int,
+    training_failure: str | None = None,
     registry_up: bool,
 ) -> dict[str, Any]:
     from common.drift import live_summary_key  # pandas and numpy: only once there is a model to show
@@ -202,7 +206,12 @@ def _model_status(
             "rows": sum(int(entry.get("rows", 0)) for entry in datasets),
             "quarantined": _quarantined_by_rule(outputs["QuarantineBucketName"], name),
         },
-        "jobs": {"ingest_dead_letters": ingest_dead_letters, "training_dead_letters": training_dead_letters},
+        "jobs": {
+            "ingest_dead_letters": ingest_dead_letters,
+            "training_dead_letters": training_dead_letters,
+            # One job's reason, so the line says why (an AccessDenied names the action and role).
+            "training_failure": training_failure,
+        },
         "versions": versions,
         "awaiting_approval": [v["version"] for v in versions if v["decision"] == "awaiting approval"],
         "champion": champion,
@@ -317,9 +326,11 @@ def _problems(status: dict[str, Any], registry_up: bool) -> list[str]:
             "then `arrival redrive ingest`"
         )
     if dead["training_dead_letters"]:
+        reason = dead.get("training_failure")
+        because = f" ({' '.join(reason.split())[:300]})" if reason else ""
         problems.append(
-            f"{dead['training_dead_letters']} training job(s) dead-lettered: `arrival logs trainer`, "
-            "then `arrival redrive training`"
+            f"{dead['training_dead_letters']} training job(s) dead-lettered{because}: "
+            "`arrival logs trainer`, then `arrival redrive training`"
         )
     return problems
 

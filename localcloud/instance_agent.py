@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import re
@@ -30,8 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
+from botocore.credentials import CredentialProvider, RefreshableCredentials
+from botocore.exceptions import ClientError
 
 from localcloud.emulator import Service
+from localcloud.instance_credentials import RoleCredentials
 from localcloud.log_shipper import LogShipper
 from localcloud.processes import die_with_parent
 from localcloud.settings import LocalCloudSettings, get_local_cloud_settings
@@ -50,6 +55,19 @@ LIVE = {"pending", "running"}
 # MLFLOW_TRACKING_URI: a trainer unpickles its champion from that server, so whoever may call
 # RunInstances must not be able to point this host at a server of their choosing.
 ALLOWED_VARIABLES = re.compile(r"^ARRIVAL_[A-Z0-9_]+$")
+# Where boto3 would find credentials before asking IMDS: none of them reaches an instance.
+_HOST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_EC2_METADATA_DISABLED",
+}
 
 
 def command_from_user_data(user_data: str, role: str) -> list[str] | None:
@@ -94,8 +112,12 @@ def instance_environment(
     return {**agent_environment, **environment_from_user_data(user_data), **owned}
 
 
+_CREDENTIALS_PATH = "iam/security-credentials/"
+
+
 class _MetadataHandler(BaseHTTPRequestHandler):
-    """IMDSv2's two calls boto3 and the worker make: a session token, then metadata paths."""
+    """IMDSv2's two calls boto3 and the worker make: a session token, then metadata paths, among
+    them the instance profile role's credentials."""
 
     server: MetadataStub
 
@@ -103,7 +125,16 @@ class _MetadataHandler(BaseHTTPRequestHandler):
         self._answer("local-imds-token" if self.path == "/latest/api/token" else None)
 
     def do_GET(self) -> None:
-        self._answer(self.server.metadata.get(self.path.removeprefix("/latest/meta-data/")))
+        path = self.path.removeprefix("/latest/meta-data/")
+        credentials = self.server.credentials
+        if path.startswith(_CREDENTIALS_PATH) and credentials is not None:
+            role = path.removeprefix(_CREDENTIALS_PATH).strip("/")
+            if not role:
+                self._answer(credentials.role_name)
+            else:
+                self._answer(credentials.imds_document() if role == credentials.role_name else None)
+            return
+        self._answer(self.server.metadata.get(path))
 
     def _answer(self, body: str | None) -> None:
         self.send_response(200 if body is not None else 404)
@@ -116,13 +147,30 @@ class _MetadataHandler(BaseHTTPRequestHandler):
 
 
 class MetadataStub(ThreadingHTTPServer):
-    def __init__(self, metadata: dict[str, str]) -> None:
+    def __init__(self, metadata: dict[str, str], credentials: RoleCredentials | None = None) -> None:
+        """An instance without an instance profile (`credentials` None) gets no credentials, as on EC2."""
         super().__init__(("127.0.0.1", 0), _MetadataHandler)
         self.metadata = metadata
+        self.credentials = credentials
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+class _InstanceRoleProvider(CredentialProvider):
+    """The instance's role credentials as first in a botocore session's chain (for the log shipper)."""
+
+    METHOD = "arrival-instance-role"
+
+    def __init__(self, credentials: RoleCredentials) -> None:
+        super().__init__()
+        self._role = credentials
+
+    def load(self) -> RefreshableCredentials:
+        return RefreshableCredentials.create_from_metadata(
+            self._role.botocore_metadata(), self._role.botocore_metadata, self.METHOD
+        )
 
 
 @dataclass
@@ -154,6 +202,9 @@ class InstanceAgent:
         self.settings = settings
         self.ec2: Any = self._client("ec2")
         self.logs: Any = self._client("logs")
+        self.iam: Any = self._client("iam")
+        self.sts: Any = self._client("sts")
+        self.cloudformation: Any = self._client("cloudformation")
         self.booted: dict[str, BootedInstance] = {}
         self.finished: set[str] = set()
         self.waiting: set[str] = set()
@@ -169,6 +220,13 @@ class InstanceAgent:
             aws_secret_access_key="test",  # noqa: S106  # LocalStack accepts any credentials
         )
 
+    def _logs_client(self, credentials: RoleCredentials) -> Any:
+        session = botocore.session.get_session()
+        session.get_component("credential_provider").insert_before("env", _InstanceRoleProvider(credentials))
+        return boto3.session.Session(botocore_session=session).client(
+            "logs", endpoint_url=self.settings.aws_endpoint_url, region_name=self.settings.region
+        )
+
     def _instances(self) -> list[dict[str, Any]]:
         # Every instance, not only those with a role tag: see _identity.
         reservations = self.ec2.describe_instances()
@@ -177,11 +235,15 @@ class InstanceAgent:
         ]
 
     def _environment(self, metadata_url: str) -> dict[str, str]:
+        """The agent's environment without its credentials: an instance's process finds its role's
+        through IMDS, and neither the agent's keys nor the host's ~/.aws may stand in for them."""
+        inherited = {name: value for name, value in os.environ.items() if name not in _HOST_CREDENTIALS}
+        no_file = str(self.settings.state_dir / "instances-have-no-aws-files")
         return {
-            **os.environ,
+            **inherited,
+            "AWS_SHARED_CREDENTIALS_FILE": no_file,
+            "AWS_CONFIG_FILE": no_file,
             "AWS_ENDPOINT_URL": self.settings.aws_endpoint_url,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
             "AWS_DEFAULT_REGION": self.settings.region,
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": metadata_url,
             "MLFLOW_TRACKING_URI": self.settings.mlflow_url,
@@ -202,6 +264,64 @@ class InstanceAgent:
         role = tags.get(ROLE_TAG) or role_from_user_data(user_data) or ""
         stack = tags.get(STACK_TAG) or environment_from_user_data(user_data).get("ARRIVAL_STACK_NAME", "")
         return Identity(role, stack, user_data)
+
+    def _instance_profile(self, instance: dict[str, Any], stack: str) -> str | None:
+        """The instance profile (ARN or name) the instance was launched with. LocalStack's EC2 keeps
+        it only when RunInstances names it: one from a launch template is read from the template
+        (EC2 tags the instance with it), and one of an AWS::EC2::Instance, whose IamInstanceProfile
+        and LaunchTemplate LocalStack's CloudFormation drops, from the stack's template."""
+        recorded = (instance.get("IamInstanceProfile") or {}).get("Arn")
+        if recorded:
+            return str(recorded)
+        tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+        if "aws:ec2launchtemplate:id" in tags:
+            return self._template_profile(
+                tags["aws:ec2launchtemplate:id"], tags.get("aws:ec2launchtemplate:version")
+            )
+        return self._stack_instance_profile(instance["InstanceId"], stack) if stack else None
+
+    def _template_profile(self, template_id: str, version: str | None) -> str | None:
+        versions = self.ec2.describe_launch_template_versions(
+            LaunchTemplateId=template_id, Versions=[version or "$Latest"]
+        )["LaunchTemplateVersions"]
+        profile = versions[0]["LaunchTemplateData"].get("IamInstanceProfile", {}) if versions else {}
+        return profile.get("Arn") or profile.get("Name")
+
+    def _stack_instance_profile(self, instance_id: str, stack: str) -> str | None:
+        try:
+            resources = self.cloudformation.describe_stack_resources(StackName=stack)["StackResources"]
+        except ClientError:
+            return None
+        physical = {resource["LogicalResourceId"]: resource["PhysicalResourceId"] for resource in resources}
+        logical = next((name for name, value in physical.items() if value == instance_id), None)
+        if logical is None:
+            return None
+        template = self.cloudformation.get_template(StackName=stack, TemplateStage="Processed")[
+            "TemplateBody"
+        ]
+        properties = (json.loads(template) if isinstance(template, str) else template)["Resources"][logical][
+            "Properties"
+        ]
+
+        def resolved(value: Any) -> str | None:  # a literal, or a Ref to one of the stack's resources
+            if isinstance(value, dict):
+                return physical.get(value.get("Ref", ""))
+            return str(value) if value else None
+
+        profile = resolved(properties.get("IamInstanceProfile"))
+        launch_template = resolved((properties.get("LaunchTemplate") or {}).get("LaunchTemplateId"))
+        if profile is None and launch_template is not None:
+            profile = self._template_profile(launch_template, None)
+        return profile
+
+    def _role_credentials(self, instance: dict[str, Any], stack: str) -> RoleCredentials | None:
+        profile = self._instance_profile(instance, stack)
+        if profile is None:
+            return None
+        roles = self.iam.get_instance_profile(InstanceProfileName=profile.rsplit("/", 1)[-1])[
+            "InstanceProfile"
+        ]["Roles"]
+        return RoleCredentials(self.sts, roles[0]["Arn"], instance["InstanceId"]) if roles else None
 
     def _running_server(self) -> str | None:
         return next((booted.instance_id for booted in self.booted.values() if booted.role == "server"), None)
@@ -246,12 +366,24 @@ class InstanceAgent:
         command = self.command_for(instance_id, identity)
         if command is None:
             return
-        metadata = MetadataStub({"instance-id": instance_id, "placement/region": self.settings.region})
+        credentials = self._role_credentials(instance, identity.stack)
+        if credentials is None:
+            LOG.warning(
+                "instance %s has no instance profile: its process gets no AWS credentials", instance_id
+            )
+        metadata = MetadataStub(
+            {"instance-id": instance_id, "placement/region": self.settings.region}, credentials
+        )
         threading.Thread(target=metadata.serve_forever, daemon=True).start()
         log_path = self.settings.state_dir / "logs" / f"instance-{instance_id}.log"
-        # Made before the process starts, so its first lines are shipped too.
+        # Made before the process starts, so its first lines are shipped too; with the instance's
+        # role, as the CloudWatch agent ships them on EC2.
         group = environment_from_user_data(identity.user_data).get("ARRIVAL_LOG_GROUP")
-        shipper = LogShipper(self.logs, log_path, group, instance_id) if group else None
+        shipper = (
+            LogShipper(self._logs_client(credentials), log_path, group, instance_id)
+            if group and credentials is not None
+            else None
+        )
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [str(self.bin_dir / command[0]), *command[1:]],

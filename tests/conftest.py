@@ -93,6 +93,8 @@ def _start_cloud(state_dir: Path) -> dict[str, Any]:
         mlflow_port=free_port(),
         api_port=free_port(),
         agent_stacks=[TRAINING_STACK],
+        # The proof that what passes here is allowed on AWS: each role gets only its policies.
+        iam_enforcement=True,
     )
     # The supervisor, and so every trainer it boots, inherits these.
     os.environ.update(_cloud_environment(settings))

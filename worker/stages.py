@@ -4,12 +4,14 @@ data/accepted.json."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -17,11 +19,30 @@ import typer
 import yaml
 
 from common.contracts import DataContract, Task, parse_contract
+from worker.workspace import STAGE_FAILURE_FILE
 
 # Each stage is its own process: each imports only what it uses (scikit-learn alone takes ~2 s).
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 Workspace = Annotated[Path, typer.Option(help="the DVC workspace")]
+_Stage = TypeVar("_Stage", bound=Callable[..., None])
+
+
+def _noting_failure(stage: _Stage) -> _Stage:
+    """Leave the stage's error in the workspace for the worker's dead-letter reason, then fail."""
+
+    @functools.wraps(stage)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            stage(*args, **kwargs)
+        except Exception as error:
+            note = Path(kwargs.get("workspace", Path())) / STAGE_FAILURE_FILE
+            note.write_text(
+                f"{stage.__name__}: {type(error).__name__}: {' '.join(str(error).split())}"[:2000]
+            )
+            raise
+
+    return run  # type: ignore[return-value]
 
 
 def _contract(workspace: Path) -> DataContract:
@@ -34,6 +55,7 @@ def _params(workspace: Path) -> dict[str, Any]:
 
 
 @app.command()
+@_noting_failure
 def prepare(workspace: Workspace = Path()) -> None:
     """Gather the accepted datasets, drop rows repeated across them, split off the holdout."""
     from common.adapters import s3
@@ -66,6 +88,7 @@ def prepare(workspace: Workspace = Path()) -> None:
 
 
 @app.command()
+@_noting_failure
 def train(workspace: Workspace = Path()) -> None:
     """Fit the model family the contract names, with fixed seeds."""
     from worker import training
@@ -90,6 +113,7 @@ def train(workspace: Workspace = Path()) -> None:
 
 
 @app.command()
+@_noting_failure
 def evaluate(workspace: Workspace = Path()) -> None:
     """Score the model on the holdout, export it to ONNX and check ONNX agrees with it."""
     from worker import training

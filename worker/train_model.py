@@ -37,7 +37,7 @@ from worker.decision import (
     source_uris,
 )
 from worker.onnx_export import parity_problem
-from worker.workspace import logged_files, write_workspace
+from worker.workspace import StageFailedError, logged_files, stage_failure, write_workspace
 
 __all__ = ["Speculation", "TrainingOutcome", "train_model"]
 
@@ -200,9 +200,12 @@ def _run_pipeline(workspace: Path, run: TrainingRun) -> None:
     dvc_workspace.track(workspace, "data/accepted.json")
     try:
         dvc_workspace.reproduce(workspace)
-    except Exception:
+    except Exception as error:
         if run.speculation.superseded():  # its stages were ended on purpose
             raise SupersededError from None
+        cause = stage_failure(workspace)
+        if cause is not None:
+            raise StageFailedError(f"stage {cause}") from error
         raise
     run.timings["timing.repro_seconds"] = time.monotonic() - started
     if not run.speculation.settle():

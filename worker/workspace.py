@@ -25,6 +25,21 @@ WORKSPACE_FILES = [
 ]
 
 
+# A failed stage leaves its error here, one line, because DVC reports only "failed to reproduce"
+# and the stage's own output goes to the log: the job's dead-letter reason names the cause with it
+# (an AccessDenied naming its action and role, a contract the family does not know).
+STAGE_FAILURE_FILE = ".arrival-stage-failure"
+
+
+class StageFailedError(RuntimeError):
+    """A pipeline stage failed; the message carries the stage's own error."""
+
+
+def stage_failure(workspace: Path) -> str | None:
+    note = workspace / STAGE_FAILURE_FILE
+    return note.read_text() if note.is_file() else None
+
+
 def pipeline_file(name: str) -> Path:
     """dvc.yaml or params.yaml: inside the package when installed from a wheel (see pyproject.toml),
     at the project's root in a checkout."""

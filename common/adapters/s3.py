@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -45,11 +46,31 @@ def _is_missing(error: ClientError) -> bool:
     return _error_code(error) in {"NoSuchKey", "404", "NotFound"}
 
 
+class ReadForbiddenError(PermissionError):
+    """S3 refused a read. A HEAD's refusal has no body, so AWS names neither the action nor the
+    caller: this says which action the read needed, which is what an operator has to check."""
+
+
+@contextlib.contextmanager
+def _naming_a_refused_read(bucket: str, key: str, version_id: str | None) -> Iterator[None]:
+    try:
+        yield
+    except ClientError as error:
+        if _error_code(error) not in {"403", "AccessDenied"}:
+            raise
+        action = "s3:GetObjectVersion" if version_id else "s3:GetObject"
+        where = f"s3://{bucket}/{key}" + (f" (version {version_id})" if version_id else "")
+        raise ReadForbiddenError(
+            f"AccessDenied: the caller's role needs {action} to read {where} ({error})"
+        ) from error
+
+
 def head_object(bucket: str, key: str, version_id: str | None = None) -> ObjectInfo:
-    if version_id:
-        head = s3_client().head_object(Bucket=bucket, Key=key, VersionId=version_id)
-    else:
-        head = s3_client().head_object(Bucket=bucket, Key=key)
+    with _naming_a_refused_read(bucket, key, version_id):
+        if version_id:
+            head = s3_client().head_object(Bucket=bucket, Key=key, VersionId=version_id)
+        else:
+            head = s3_client().head_object(Bucket=bucket, Key=key)
     return ObjectInfo(
         bucket=bucket,
         key=key,
@@ -71,7 +92,9 @@ def find_object(bucket: str, key: str, version_id: str | None = None) -> ObjectI
 
 def download(info: ObjectInfo, destination: Path) -> None:
     extra = {"VersionId": info.version_id} if info.version_id else None
-    s3_client().download_file(info.bucket, info.key, str(destination), ExtraArgs=extra)
+    # The transfer manager starts with a HEAD (of that version), whose refusal says only "403".
+    with _naming_a_refused_read(info.bucket, info.key, info.version_id):
+        s3_client().download_file(info.bucket, info.key, str(destination), ExtraArgs=extra)
 
 
 def upload(path: Path, bucket: str, key: str) -> None:

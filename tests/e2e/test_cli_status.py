@@ -74,7 +74,11 @@ def test_status_counts_data_by_rule_and_dead_letters_by_model(
     assert status["datasets"]["accepted"] == 1
     assert status["datasets"]["rows"] == 60
     assert status["datasets"]["quarantined"] == {"out_of_range": 1, "too_few_rows": 1}
-    assert status["jobs"] == {"ingest_dead_letters": 0, "training_dead_letters": 1}
+    assert status["jobs"] == {
+        "ingest_dead_letters": 0,
+        "training_dead_letters": 1,
+        "training_failure": None,  # this one was sent without a reason
+    }
     assert status["versions"] == [] and status["champion"] is None
     assert any("arrival redrive training" in problem for problem in status["problems"])
     assert report["stack"]["queues"]["training"]["dead_letters"] >= 1

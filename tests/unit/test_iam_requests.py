@@ -3,14 +3,42 @@ depend on a parameter, and a call may need more than one action."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from arrival_lambda_executor.iam_policy import Request
-from arrival_lambda_executor.iam_requests import requests_for
+from arrival_lambda_executor.iam_requests import LaunchTemplateFacts, NothingKnown, requests_for
 
 ACCOUNT, REGION = "000000000000", "us-east-1"
+TEMPLATE_ARN = f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/lt-0abc"
+TRAINER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/arrival-TrainerRole"
+
+
+class _Cloud(NothingKnown):
+    """One stack's trainer launch template, instance profile, tagged instance, secret and stack."""
+
+    def launch_template(self, specification: Mapping[str, Any]) -> LaunchTemplateFacts | None:
+        if specification.get("LaunchTemplateId") != "lt-0abc":
+            return None
+        return LaunchTemplateFacts(
+            TEMPLATE_ARN, image_id="ami-1", instance_profile="arn:aws:iam::0:instance-profile/trainer"
+        )
+
+    def profile_role_arn(self, profile: str) -> str | None:
+        return TRAINER_ROLE if profile.endswith("/trainer") else None
+
+    def instance_tags(self, instance_id: str) -> Mapping[str, str]:
+        return {"arrival:stack": "arrival", "arrival:role": "trainer"} if instance_id == "i-1" else {}
+
+    def secret_arn(self, secret_id: str) -> str | None:
+        return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{secret_id}-AbCdEf"
+
+    def stack_arn(self, stack_name: str) -> str | None:
+        return f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{stack_name}/5f3e"
 
 
 def _for(service: str, operation: str, **params: object) -> list[Request] | None:
-    return requests_for(service, operation, params, ACCOUNT, REGION)
+    return requests_for(service, operation, params, ACCOUNT, REGION, _Cloud())
 
 
 def test_a_read_by_version_is_get_object_version_and_a_plain_one_get_object() -> None:
@@ -76,3 +104,65 @@ def test_get_caller_identity_needs_nothing_and_an_unmapped_call_is_not_guessed()
         Request("sns:Publish", "arn:aws:sns:us-east-1:000000000000:t")
     ]
     assert _for("sns", "ListTopics") is None
+
+
+def test_a_launch_from_a_template_is_authorized_on_every_resource_it_touches_with_the_template() -> None:
+    tags = [{"Key": "arrival:role", "Value": "trainer"}]
+    requests = _for(
+        "ec2",
+        "RunInstances",
+        LaunchTemplate={"LaunchTemplateId": "lt-0abc", "Version": "$Latest"},
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )
+    assert requests is not None
+    launches = {request.resource: request for request in requests if request.action == "ec2:RunInstances"}
+    assert set(launches) == {
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*",
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/*",
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:network-interface/*",
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/*",
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:subnet/*",
+        f"arn:aws:ec2:{REGION}::image/ami-1",
+        TEMPLATE_ARN,
+    }
+    assert all(request.context["ec2:LaunchTemplate"] == [TEMPLATE_ARN] for request in launches.values())
+    [tagging] = [request for request in requests if request.action == "ec2:CreateTags"]
+    assert tagging.context["ec2:CreateAction"] == ["RunInstances"]
+    assert tagging.context["aws:RequestTag/arrival:role"] == ["trainer"]
+    [passing] = [request for request in requests if request.action == "iam:PassRole"]
+    assert passing == Request("iam:PassRole", TRAINER_ROLE, {"iam:PassedToService": ["ec2.amazonaws.com"]})
+
+
+def test_terminating_an_instance_carries_its_tags_for_the_policy_to_check() -> None:
+    [request] = _for("ec2", "TerminateInstances", InstanceIds=["i-1"]) or []
+    assert request.resource == f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-1"
+    assert request.context["aws:ResourceTag/arrival:stack"] == ["arrival"]
+    assert request.context["aws:ResourceTag/arrival:role"] == ["trainer"]
+    [untagged] = _for("ec2", "TerminateInstances", InstanceIds=["i-2"]) or []
+    assert untagged.context == {}
+    assert _for("ec2", "DescribeInstances") == [Request("ec2:DescribeInstances", "*")]
+
+
+def test_a_secret_and_a_stack_named_by_name_are_authorized_on_their_full_arns() -> None:
+    assert _for("secretsmanager", "GetSecretValue", SecretId="arrival/api-key") == [
+        Request(
+            "secretsmanager:GetSecretValue",
+            f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:arrival/api-key-AbCdEf",
+        )
+    ]
+    assert _for("cloudformation", "DescribeStacks", StackName="arrival") == [
+        Request(
+            "cloudformation:DescribeStacks", f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/arrival/5f3e"
+        )
+    ]
+
+
+def test_log_stream_calls_are_authorized_on_the_stream_under_its_group() -> None:
+    assert _for("logs", "PutLogEvents", logGroupName="/arrival/a/trainer", logStreamName="i-1") == [
+        Request(
+            "logs:PutLogEvents",
+            f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/arrival/a/trainer:log-stream:i-1",
+        )
+    ]

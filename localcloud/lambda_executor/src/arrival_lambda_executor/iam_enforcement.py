@@ -14,8 +14,10 @@ policies), permission boundaries and AWS managed policies.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -28,7 +30,7 @@ from localstack.services.sts.models import sts_stores
 from localstack.utils.aws.request_context import extract_access_key_id_from_auth_header
 
 from arrival_lambda_executor.iam_policy import Decision, evaluate
-from arrival_lambda_executor.iam_requests import requests_for
+from arrival_lambda_executor.iam_requests import LaunchTemplateFacts, requests_for
 
 LOG = logging.getLogger(__name__)
 # IAM and STS keep one store for every region.
@@ -43,6 +45,14 @@ def _access_key(context: RequestContext) -> str | None:
     return key
 
 
+@functools.cache
+def _warn_not_counted(role_name: str, policy_arn: str) -> None:
+    """Once per role and policy: every request of the role would say it again."""
+    LOG.warning(
+        "IAM enforcement: %s's policy %s is not the account's own; not counted", role_name, policy_arn
+    )
+
+
 def _role_policies(account: str, role_name: str) -> list[dict[str, Any]]:
     store = iam_stores[account][_GLOBAL_REGION]
     role = store.ROLES.get(role_name)
@@ -52,14 +62,68 @@ def _role_policies(account: str, role_name: str) -> list[dict[str, Any]]:
     for arn in role.attached_policy_arns:
         managed = store.MANAGED_POLICIES.get(arn)
         if managed is None:
-            LOG.warning(
-                "IAM enforcement: %s's policy %s is not the account's own; not counted", role_name, arn
-            )
+            _warn_not_counted(role_name, arn)
             continue
         documents.append(managed.versions[managed.policy["DefaultVersionId"]]["Document"])
     return [
         json.loads(unquote(document)) if isinstance(document, str) else document for document in documents
     ]
+
+
+class LocalStackState:
+    """The facts a request's authorization needs that the request does not carry, read from
+    LocalStack's stores (and moto's, behind its EC2 and Secrets Manager)."""
+
+    def __init__(self, account: str, region: str) -> None:
+        self.account, self.region = account, region
+
+    def secret_arn(self, secret_id: str) -> str | None:
+        from moto.secretsmanager.models import secretsmanager_backends
+
+        secret = secretsmanager_backends[self.account][self.region].secrets.get(secret_id)
+        return str(secret.arn) if secret is not None else None
+
+    def stack_arn(self, stack_name: str) -> str | None:
+        from localstack.services.cloudformation.models import get_cloudformation_store
+        from localstack.services.cloudformation.v2.provider import find_stack_v2
+
+        stack = find_stack_v2(get_cloudformation_store(self.account, self.region), stack_name)
+        return str(stack.stack_id) if stack is not None else None
+
+    def instance_tags(self, instance_id: str) -> dict[str, str]:
+        from moto.ec2.models import ec2_backends
+
+        tags = ec2_backends[self.account][self.region].describe_tags(filters={"resource-id": [instance_id]})
+        return {tag["key"]: tag["value"] for tag in tags}
+
+    def launch_template(self, specification: Mapping[str, Any]) -> LaunchTemplateFacts | None:
+        from moto.ec2.models import ec2_backends
+
+        backend = ec2_backends[self.account][self.region]
+        try:
+            template = (
+                backend.get_launch_template(specification["LaunchTemplateId"])
+                if specification.get("LaunchTemplateId")
+                else backend.get_launch_template_by_name(specification["LaunchTemplateName"])
+            )
+            data = template.get_version(specification.get("Version") or "$Default").data
+        except Exception:  # moto's not-found errors; EC2 itself then answers the call
+            return None
+        profile = data.get("IamInstanceProfile") or {}
+        interfaces = data.get("NetworkInterfaces") or [{}]
+        return LaunchTemplateFacts(
+            arn=f"arn:aws:ec2:{self.region}:{self.account}:launch-template/{template.id}",
+            image_id=data.get("ImageId"),
+            security_group_ids=tuple(data.get("SecurityGroupIds") or interfaces[0].get("Groups") or ()),
+            subnet_id=interfaces[0].get("SubnetId"),
+            instance_profile=profile.get("Arn") or profile.get("Name"),
+        )
+
+    def profile_role_arn(self, profile: str) -> str | None:
+        store = iam_stores[self.account][_GLOBAL_REGION]
+        entity = store.INSTANCE_PROFILES.get(profile.rsplit("/", 1)[-1])
+        role = store.ROLES.get(entity.role_name) if entity and entity.role_name else None
+        return str(role.role["Arn"]) if role is not None else None
 
 
 def _refusal(service: str, message: str) -> Exception:
@@ -86,7 +150,12 @@ def enforce_identity_policies(chain: HandlerChain, context: RequestContext, resp
     if session.is_expired():
         raise CommonServiceException("ExpiredToken", "The security token included in the request is expired")
     requests = requests_for(
-        service, operation, context.service_request or {}, context.account_id, context.region
+        service,
+        operation,
+        context.service_request or {},
+        context.account_id,
+        context.region,
+        LocalStackState(context.account_id, context.region),
     )
     if requests is None:
         LOG.warning("IAM enforcement: %s:%s is not mapped; refused for %s", service, operation, caller)

