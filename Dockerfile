@@ -163,7 +163,7 @@ ENV PATH=/opt/localstack/bin:$PATH \
     LAMBDA_EVENT_SOURCE_MAPPING_POLL_INTERVAL_SEC=0.05 \
     ARRIVAL_UV=/usr/local/bin/uv \
     ARRIVAL_LAMBDA_VENV_CACHE=/var/lib/localstack/cache/lambda-venvs \
-    ARRIVAL_IAM_ENFORCEMENT=0 \
+    ARRIVAL_IAM_ENFORCEMENT=1 \
     UV_CACHE_DIR=/var/lib/localstack/cache/uv \
     UV_PYTHON_DOWNLOADS=never
 USER 10001:10001

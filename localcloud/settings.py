@@ -45,8 +45,9 @@ class LocalCloudSettings(BaseSettings):
         default=None, description="stacks whose instances the EC2 agent boots; all if unset"
     )
     region: str = "us-east-1"
+    # On by default: a local cloud that lets through what AWS refuses would make green mean nothing.
     iam_enforcement: bool = Field(
-        default=False,
+        default=True,
         description="refuse what an assumed role's policies do not allow, as AWS would "
         "(the executor package's iam_enforcement.py); the operator's own credentials stay unrestricted",
     )

@@ -1,41 +1,33 @@
-"""IAM enforced by a local cloud started with `iam_enforcement`: a session of an assumed role gets
+"""IAM enforced by the local cloud (`iam_enforcement`, on for every test): a session of an assumed role gets
 exactly what the role's policies allow, refused as AWS refuses; the operator stays unrestricted."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import uuid
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from localcloud import control
-from localcloud.processes import free_port
 from localcloud.settings import LocalCloudSettings
+from tests.conftest import LocalCloud
 
 pytestmark = pytest.mark.integration
 
-BUCKET = "iam-data"
-ALLOWED_QUEUE, OTHER_QUEUE = "iam-allowed", "iam-other"
+# Unique per run: the session's cloud is shared, and names are never torn down.
+_RUN = uuid.uuid4().hex[:8]
+BUCKET = f"iam-data-{_RUN}"
+ALLOWED_QUEUE, OTHER_QUEUE = f"iam-allowed-{_RUN}", f"iam-other-{_RUN}"
+ROLE = f"iam-test-{_RUN}"
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloudSettings]:
-    settings = LocalCloudSettings(
-        state_dir=tmp_path_factory.mktemp("iam") / "cloud",
-        aws_port=free_port(),
-        mlflow_port=free_port(),
-        api_port=free_port(),
-        agent_roles=[],
-        iam_enforcement=True,
-    )
-    control.up(settings)
-    try:
-        yield settings
-    finally:
-        control.down(settings)
+def cloud(local_cloud: LocalCloud) -> LocalCloudSettings:
+    """The session's local cloud, which enforces IAM as every test's does."""
+    assert local_cloud.settings.iam_enforcement
+    return local_cloud.settings
 
 
 def _operator(settings: LocalCloudSettings) -> boto3.session.Session:
@@ -68,7 +60,7 @@ def role_session(cloud: LocalCloudSettings) -> boto3.session.Session:
             {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
         ],
     }
-    role = iam.create_role(RoleName="iam-test", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    role = iam.create_role(RoleName=ROLE, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
     policy = {
         "Version": "2012-10-17",
         "Statement": [
@@ -80,7 +72,7 @@ def role_session(cloud: LocalCloudSettings) -> boto3.session.Session:
             {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": allowed_queue_arn},
         ],
     }
-    iam.put_role_policy(RoleName="iam-test", PolicyName="data", PolicyDocument=json.dumps(policy))
+    iam.put_role_policy(RoleName=ROLE, PolicyName="data", PolicyDocument=json.dumps(policy))
     credentials = operator.client("sts", endpoint_url=url).assume_role(
         RoleArn=role["Arn"], RoleSessionName="test"
     )["Credentials"]
@@ -110,7 +102,7 @@ def test_a_role_gets_what_its_policy_allows_and_access_denied_for_the_rest(
     # Outside its prefix: refused, naming the role, the action and the resource
     error = _refused(s3.put_object, Bucket=BUCKET, Key="elsewhere/a.csv", Body=b"x")
     assert error["Code"] == "AccessDenied"
-    assert "assumed-role/iam-test/test" in error["Message"]
+    assert f"assumed-role/{ROLE}/test" in error["Message"]
     assert f'"arn:aws:s3:::{BUCKET}/elsewhere/a.csv"' in error["Message"]
 
     # A GET by version id is s3:GetObjectVersion, which s3:GetObject does not cover (issue 17's hole)
@@ -141,7 +133,7 @@ def test_the_operator_and_get_caller_identity_stay_unrestricted(
     cloud: LocalCloudSettings, role_session: boto3.session.Session
 ) -> None:
     identity = role_session.client("sts", endpoint_url=cloud.aws_endpoint_url).get_caller_identity()
-    assert ":assumed-role/iam-test/" in identity["Arn"]
+    assert f":assumed-role/{ROLE}/" in identity["Arn"]
     operator_s3 = _operator(cloud).client("s3", endpoint_url=cloud.aws_endpoint_url)
     operator_s3.put_object(Bucket=BUCKET, Key="elsewhere/a.csv", Body=b"x")
     assert operator_s3.get_object(Bucket=BUCKET, Key="elsewhere/a.csv")["Body"].read() == b"x"
