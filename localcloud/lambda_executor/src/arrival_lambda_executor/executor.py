@@ -68,6 +68,12 @@ ENV_RUNTIME = "_ARRIVAL_RUNTIME"
 # Copied from LocalStack's own environment into every child, so that all processes of one local
 # cloud can be found through /proc/<pid>/environ.
 ENV_CLOUD_ID = "ARRIVAL_CLOUD_ID"
+# LocalStack assumes a function's role once, when an environment starts, for 12 hours, and keeps a
+# busy environment alive for ever (it stops only idle ones): with IAM enforced, a reconciler invoked
+# every minute would call AWS with an expired session after 12 hours. Lambda recycles environments
+# long before its credentials expire; here an environment this old assumes its role again and
+# restarts its process before the next invocation (a fresh sandbox, with a cold start, as Lambda's).
+RENEW_ROLE_SESSION_AFTER_S = float(os.environ.get("ARRIVAL_LAMBDA_SESSION_RENEW_SECONDS", 6 * 3600))
 
 
 def venv_cache_dir() -> Path:
@@ -244,6 +250,7 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
         # Set after a (re)start; reported once, in the REPORT line of the next invocation.
         self._pending_init_ms: float | None = None
         self._peak_kb = 0
+        self._session_started = time.monotonic()
 
     # -- RuntimeExecutor interface ------------------------------------------------------------
 
@@ -311,6 +318,8 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
     def invoke(self, payload: dict[str, str]) -> InvocationResult:
         request_id = payload["invoke-id"]
         with self._invoke_lock:
+            if time.monotonic() - self._session_started > RENEW_ROLE_SESSION_AFTER_S:
+                self._renew_role_session()
             if not self._is_running():
                 # The previous process timed out, ran out of memory or crashed: re-init, as Lambda
                 # does in a fresh sandbox.
@@ -462,6 +471,30 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
                 )
         self._pending_init_ms = (time.monotonic() - started) * 1000
         LOG.debug("Runtime process %d ready after %.1f ms", proc.pid, self._pending_init_ms)
+
+    def _renew_role_session(self) -> None:
+        """A new session of the function's role, as LocalStack's environment makes one at its start,
+        and the process restarted with it (see RENEW_ROLE_SESSION_AFTER_S)."""
+        from localstack.aws.connect import connect_to
+
+        function = self.function_version
+        sts = connect_to(region_name=function.id.region).sts.request_metadata(service_principal="lambda")
+        credentials = sts.assume_role(
+            RoleArn=function.config.role,
+            RoleSessionName=function.id.function_name.ljust(2, "@"),
+            DurationSeconds=43200,
+        )["Credentials"]
+        self._env_vars.update(
+            AWS_ACCESS_KEY_ID=credentials["AccessKeyId"],
+            AWS_SECRET_ACCESS_KEY=credentials["SecretAccessKey"],
+            AWS_SESSION_TOKEN=credentials["SessionToken"],
+        )
+        self._session_started = time.monotonic()
+        with self._lock:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            LOG.info("Environment %s renews its role session: restarting its process", self.id)
+            self._terminate(proc, graceful=True)
 
     def _terminate(self, proc: subprocess.Popen[bytes], graceful: bool) -> None:
         """Stop the process group: SIGTERM, then SIGKILL after STOP_GRACE_S (or SIGKILL at once)."""
