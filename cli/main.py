@@ -164,7 +164,7 @@ def deploy(
     # ...and as the deployer does: their login goes into the stack's secret, never into user data.
     from cli.target import Target, tracking_access
 
-    login = tracking_access(Target.local, get_local_cloud_settings(), dict(os.environ), stack_name).login
+    login = tracking_access(Target.local, get_local_cloud_settings(), dict(os.environ)).login
     if login is not None and "MlflowLoginSecretArn" not in overrides:
         secret = deployment.login_secret_name(stack_name)
         overrides["MlflowLoginSecretArn"] = deployment.put_login_secret(

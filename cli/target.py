@@ -76,23 +76,24 @@ def tracking_access(
     cloud: LocalCloudSettings,
     environ: dict[str, str],
     stack_name: str | None = None,
-    stack_login: StackLogin = login_from_stack,
+    stack_login: StackLogin | None = None,
 ) -> TrackingAccess:
-    """The MLflow URI and login for the target (what `arrival env` prints). The login is the first
-    found of: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD as set; the local cloud's own,
-    from its state directory (local target only; no network); the stack's secret."""
+    """The MLflow URI and login for the target (what `arrival env` prints). The login is
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD if both are set; else, for the local
+    cloud, its own from its state directory (no network); else, for AWS, the stack's secret."""
     uri = environ.get("MLFLOW_TRACKING_URI") or (cloud.mlflow_url if target is Target.local else "")
     if not uri:
         raise TargetError(
             "MLFLOW_TRACKING_URI is not set: point it at your stack's tracking server "
             "(arrival never creates a tracking store of its own)"
         )
-    login = login_from_environment(environ)
-    if login is None and target is Target.local and (local := read_login(cloud.state_dir)) is not None:
-        login = MlflowLogin(local.username, local.password)
-    if login is None:
-        login = stack_login(stack_name or environ.get("ARRIVAL_STACK_NAME") or "arrival")
-    return TrackingAccess(uri, login)
+    if (login := login_from_environment(environ)) is not None:
+        return TrackingAccess(uri, login)
+    if target is Target.local:
+        local = read_login(cloud.state_dir)
+        return TrackingAccess(uri, MlflowLogin(local.username, local.password) if local else None)
+    read_stack_login = stack_login or login_from_stack
+    return TrackingAccess(uri, read_stack_login(stack_name or environ.get("ARRIVAL_STACK_NAME") or "arrival"))
 
 
 def environment_for(
@@ -101,7 +102,7 @@ def environment_for(
     *,
     cloud_running: bool,
     environ: dict[str, str],
-    stack_login: StackLogin = login_from_stack,
+    stack_login: StackLogin | None = None,
 ) -> dict[str, str]:
     """The variables to set before the command runs (nothing already set is overridden, except
     credentials sent to the local cloud)."""
