@@ -263,9 +263,8 @@ def test_without_a_secret_the_trainer_goes_anonymous_and_says_so(
 
 def _as_the_rest_client_raises(status: int) -> MlflowException:
     """MLflow's REST client's error for a status whose body is not JSON (the basic-auth app's 401)."""
-    return MlflowException(
-        f"API request failed with error code {status} != 200", error_code=get_error_code(status)
-    )
+    code = get_error_code(status)  # type: ignore[no-untyped-call]
+    return MlflowException(f"API request failed with error code {status} != 200", error_code=code)
 
 
 def test_a_401_from_the_tracking_server_is_told_apart_from_other_failures() -> None:
