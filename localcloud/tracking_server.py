@@ -20,6 +20,10 @@ from localcloud.tracking_login import TrackingLogin, ensure_login, write_owner_o
 # files are and which data trained it, and anonymous callers are refused outright (401) before
 # permissions are looked at. The trainer and the operator both log in as the admin.
 DEFAULT_PERMISSION = "NO_PERMISSIONS"
+# Each request's password is checked against a PBKDF2 hash, about 0.8 s of CPU here; a training
+# makes hundreds of requests. A check that passed is trusted this long instead. The cache is in the
+# one worker's memory, which the update-password API clears, so it cannot outlive a rotation.
+AUTH_CACHE_SECONDS = 300
 # Variables that would override the configuration file's admin login (MLflow reads them first).
 _ADMIN_OVERRIDES = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
 
@@ -54,6 +58,7 @@ def auth_config(login: TrackingLogin, users_database: Path) -> str:
         f"database_uri = sqlite:///{users_database}\n"
         f"admin_username = {login.username}\n"
         f"admin_password = {login.password}\n"
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
     )
 
 

@@ -65,6 +65,7 @@ def test_the_tracking_server_runs_the_basic_auth_app_with_the_clouds_own_login(
     assert config["default_permission"] == "NO_PERMISSIONS"
     assert config["admin_username"] == login.username
     assert config["admin_password"] == login.password
+    assert int(config["auth_cache_ttl_seconds"]) > 0, "a PBKDF2 check on every request slows training"
     assert config["database_uri"] == f"sqlite:///{(tmp_path / 'mlflow' / 'users.db').resolve()}"
     assert _owner_only(Path(service.env["MLFLOW_AUTH_CONFIG_PATH"]))
     assert _owner_only(login_path(tmp_path))
