@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from localcloud import control  # noqa: E402
-from localcloud.deploy import deploy_stack  # noqa: E402
+from localcloud.deploy import deploy_stack, login_secret_name, put_login_secret  # noqa: E402
 from localcloud.processes import free_port  # noqa: E402
 from localcloud.settings import LocalCloudSettings  # noqa: E402
+from localcloud.tracking_login import read_login  # noqa: E402
 
 STACK = "arrival-chain-bench"
 STAGES = ["event delivery", "ingest", "boot", "queue", "train", "quiet period", "log and register", "promote"]
@@ -178,6 +179,16 @@ def _row(label: str, runs: list[dict[str, float]]) -> str:
     )
 
 
+def _log_in_to_mlflow(settings: LocalCloudSettings) -> dict[str, str]:
+    """The cloud's MLflow login for this process's clients, and in the stack's secret for its
+    trainers, as `arrival deploy` does (docs/local-cloud.md); the stack parameter naming it."""
+    login = read_login(settings.state_dir)
+    assert login is not None, "the local cloud's tracking server makes its login when it starts"
+    os.environ.update(MLFLOW_TRACKING_USERNAME=login.username, MLFLOW_TRACKING_PASSWORD=login.password)
+    secret = put_login_secret(login_secret_name(STACK), login.username, login.password)
+    return {"MlflowLoginSecretArn": secret}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
@@ -201,7 +212,11 @@ def main() -> None:
         outputs = deploy_stack(
             ROOT / "template.yaml",
             STACK,
-            {"IngestTimeoutSeconds": "900", "IngestVisibilityTimeoutSeconds": "960"},
+            {
+                "IngestTimeoutSeconds": "900",
+                "IngestVisibilityTimeoutSeconds": "960",
+                **_log_in_to_mlflow(settings),
+            },
         )
         bench = Bench(outputs, settings.mlflow_url, settings.cloud_id)
         cases = [("5,000 rows", 5_000, arguments.runs)]

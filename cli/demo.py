@@ -152,6 +152,14 @@ def _print_next_steps(console: Console, model: str, api_url: str | None, record:
     if api_url is not None:
         console.print(f"  API docs:   {api_url}/docs", highlight=False)
     console.print(f"  MLflow UI:  {mlflow_url}/#/models/{model}", highlight=False)
+    if username := os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        # The UI asks for the login too; the password is not printed (a terminal's scrollback is kept).
+        console.print(
+            f"  MLflow login: {username}; its password is MLFLOW_TRACKING_PASSWORD, or the local "
+            "cloud's mlflow/login.json (docs/local-cloud.md)",
+            soft_wrap=True,
+            highlight=False,
+        )
     if api_url is not None and record:
         console.print(
             f"  curl -s -X POST {api_url}/models/{model}/predict -H 'Content-Type: application/json' "

@@ -161,6 +161,15 @@ def deploy(
     # The trainer logs where the deployer's own MLflow client does, unless told otherwise.
     if tracking_uri := os.environ.get("MLFLOW_TRACKING_URI"):
         overrides.setdefault("MlflowTrackingUri", tracking_uri)
+    # ...and as the deployer does: their login goes into the stack's secret, never into user data.
+    from cli.target import Target, tracking_access
+
+    login = tracking_access(Target.local, get_local_cloud_settings(), dict(os.environ)).login
+    if login is not None and "MlflowLoginSecretArn" not in overrides:
+        secret = deployment.login_secret_name(stack_name)
+        overrides["MlflowLoginSecretArn"] = deployment.put_login_secret(
+            secret, login.username, login.password
+        )
     outputs = deployment.deploy_stack(template, stack_name, overrides, say=_say)
     for key, value in sorted(outputs.items()):
         console.print(f"  {key}: {value}")

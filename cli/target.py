@@ -10,11 +10,15 @@ directory (which is how an `mlflow.db` once got committed).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.tracking_login import MlflowLogin, login_from_environment
 from localcloud.settings import LocalCloudSettings
+from localcloud.tracking_login import read_login
 
 # What LocalStack accepts: any credentials, as long as there are some.
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
@@ -37,18 +41,73 @@ class TargetError(Exception):
     """A command cannot tell where to go: one line saying what to do."""
 
 
+StackLogin = Callable[[str], MlflowLogin | None]
+
+
+def login_from_stack(stack_name: str) -> MlflowLogin | None:
+    """The login in the stack's secret (its MlflowLoginSecretArn parameter), read with the caller's
+    own AWS credentials; None when there is no such stack or secret, or it cannot be read: the
+    command then goes without one, and the tracking server's 401 says so."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from common.adapters import secrets, stack
+    from common.tracking_login import LOGIN_SECRET_PARAMETER, TrackingLoginError, login_from_secret
+
+    try:
+        secret_id = stack.stack_parameter(stack_name, LOGIN_SECRET_PARAMETER)
+        return login_from_secret(secret_id, secrets.secret_json(secret_id)) if secret_id else None
+    except (BotoCoreError, ClientError, TrackingLoginError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class TrackingAccess:
+    """Where the operator's MLflow client goes, and as whom (None: anonymously)."""
+
+    uri: str
+    login: MlflowLogin | None
+
+    def environment(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_URI": self.uri, **(self.login.environment() if self.login else {})}
+
+
+def tracking_access(
+    target: Target,
+    cloud: LocalCloudSettings,
+    environ: dict[str, str],
+    stack_name: str | None = None,
+    stack_login: StackLogin | None = None,
+) -> TrackingAccess:
+    """The MLflow URI and login for the target (what `arrival env` prints). The login is
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD if both are set; else, for the local
+    cloud, its own from its state directory (no network); else, for AWS, the stack's secret."""
+    uri = environ.get("MLFLOW_TRACKING_URI") or (cloud.mlflow_url if target is Target.local else "")
+    if not uri:
+        raise TargetError(
+            "MLFLOW_TRACKING_URI is not set: point it at your stack's tracking server "
+            "(arrival never creates a tracking store of its own)"
+        )
+    if (login := login_from_environment(environ)) is not None:
+        return TrackingAccess(uri, login)
+    if target is Target.local:
+        local = read_login(cloud.state_dir)
+        return TrackingAccess(uri, MlflowLogin(local.username, local.password) if local else None)
+    read_stack_login = stack_login or login_from_stack
+    return TrackingAccess(uri, read_stack_login(stack_name or environ.get("ARRIVAL_STACK_NAME") or "arrival"))
+
+
 def environment_for(
-    target: Target, cloud: LocalCloudSettings, *, cloud_running: bool, environ: dict[str, str]
+    target: Target,
+    cloud: LocalCloudSettings,
+    *,
+    cloud_running: bool,
+    environ: dict[str, str],
+    stack_login: StackLogin | None = None,
 ) -> dict[str, str]:
     """The variables to set before the command runs (nothing already set is overridden, except
     credentials sent to the local cloud)."""
     if target is Target.aws:
-        if not environ.get("MLFLOW_TRACKING_URI"):
-            raise TargetError(
-                "MLFLOW_TRACKING_URI is not set: point it at your stack's tracking server "
-                "(arrival never creates a tracking store of its own)"
-            )
-        return {}
+        return _tracking_only(tracking_access(target, cloud, environ, stack_login=stack_login), environ)
     if environ.get("AWS_ENDPOINT_URL"):
         # Pointed somewhere on purpose (another local cloud, the tests' own): respected as it is.
         if not environ.get("MLFLOW_TRACKING_URI"):
@@ -56,7 +115,7 @@ def environment_for(
                 f"AWS_ENDPOINT_URL is {environ['AWS_ENDPOINT_URL']} but MLFLOW_TRACKING_URI is not set: "
                 "set it to that cloud's tracking server"
             )
-        return {}
+        return _tracking_only(tracking_access(target, cloud, environ, stack_login=stack_login), environ)
     if not cloud_running:
         raise TargetError(
             "no local cloud is running: start it with `arrival up` (or `make demo`); "
@@ -66,8 +125,13 @@ def environment_for(
         "AWS_ENDPOINT_URL": cloud.aws_endpoint_url,
         **LOCAL_CREDENTIALS,
         "AWS_DEFAULT_REGION": cloud.region,
-        "MLFLOW_TRACKING_URI": environ.get("MLFLOW_TRACKING_URI") or cloud.mlflow_url,
+        **tracking_access(target, cloud, environ, stack_login=stack_login).environment(),
     }
+
+
+def _tracking_only(access: TrackingAccess, environ: dict[str, str]) -> dict[str, str]:
+    """What the access adds to an environment that chose its endpoints itself: its login alone."""
+    return {name: value for name, value in access.environment().items() if name not in environ}
 
 
 def describe(target: Target, environ: dict[str, str] | None = None) -> str:

@@ -69,6 +69,11 @@ class WorkerSettings(BaseSettings):
         default=["mlflow-artifacts:/"],
         description="where a champion the trainer loads (unpickles) may be stored",
     )
+    mlflow_login_secret: str | None = Field(
+        default=None,
+        description="the Secrets Manager secret holding the tracking server's login (the stack's "
+        "MlflowLoginSecretArn); unset or empty: MLFLOW_TRACKING_USERNAME/PASSWORD if set, else anonymous",
+    )
     poll_seconds: int = Field(default=1, ge=0, le=20)
     workspace_root: Path | None = Field(default=None, description="where scratch DVC workspaces go")
 

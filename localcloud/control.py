@@ -51,9 +51,15 @@ def _port_settings(settings: LocalCloudSettings) -> dict[str, int]:
     }
 
 
+# The operator's own MLflow login, if their shell has one. The cloud's trainers read theirs from the
+# stack's secret, as on AWS; inherited from whoever ran `arrival up`, it would hide a stack that
+# gives them none.
+OPERATOR_ONLY_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 def _environment(settings: LocalCloudSettings) -> dict[str, str]:
     return {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name not in OPERATOR_ONLY_VARIABLES},
         "ARRIVAL_STATE_DIR": str(settings.state_dir.resolve()),
         "ARRIVAL_CACHE_DIR": str(settings.cache_dir.resolve()),
         "ARRIVAL_AWS_PORT": str(settings.aws_port),

@@ -210,6 +210,28 @@ def deploy_stack(
     return stack_outputs(cloudformation, stack_name)
 
 
+def login_secret_name(stack_name: str) -> str:
+    return f"{stack_name}/mlflow-login"
+
+
+def put_login_secret(name: str, username: str, password: str) -> str:
+    """Create the secret holding the tracking server's login, or give it this value if it exists;
+    its ARN, for the stack's MlflowLoginSecretArn. Where boto3 points: the local cloud's deploy keeps
+    its own server's login there, so its trainers read it as they would on AWS."""
+    secretsmanager: Any = boto3.client("secretsmanager")
+    value = json.dumps({"username": username, "password": password})
+    try:
+        created = secretsmanager.create_secret(
+            Name=name, SecretString=value, Description="arrival: the MLflow tracking server's login"
+        )
+    except secretsmanager.exceptions.ResourceExistsException:
+        current = secretsmanager.get_secret_value(SecretId=name)
+        if current["SecretString"] != value:  # a redeploy with the same login adds no version
+            secretsmanager.put_secret_value(SecretId=name, SecretString=value)
+        return str(current["ARN"])
+    return str(created["ARN"])
+
+
 def stack_outputs(cloudformation: Any, stack_name: str) -> dict[str, str]:
     stack = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
     return {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}

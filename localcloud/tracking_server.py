@@ -1,6 +1,7 @@
 """The MLflow tracking server as a service of the supervisor: one worker, SQLite in the state
 directory by default (PostgreSQL by ARRIVAL_MLFLOW_BACKEND_STORE_URI), artifacts in LocalStack S3
-behind the server's artifact proxy, so clients need no S3 settings of their own."""
+behind the server's artifact proxy, so clients need no S3 settings of their own. It runs MLflow's
+basic-auth app: a request without the local cloud's login gets 401 (`localcloud/tracking_login.py`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,18 @@ from botocore.exceptions import ClientError
 
 from localcloud.emulator import Service
 from localcloud.settings import LocalCloudSettings
+from localcloud.tracking_login import TrackingLogin, ensure_login, write_owner_only
+
+# Anyone who is not the admin gets nothing, not even READ: a reader learns where every champion's
+# files are and which data trained it, and anonymous callers are refused outright (401) before
+# permissions are looked at. The trainer and the operator both log in as the admin.
+DEFAULT_PERMISSION = "NO_PERMISSIONS"
+# Each request's password is checked against a PBKDF2 hash, about 0.8 s of CPU here; a training
+# makes hundreds of requests. A check that passed is trusted this long instead. The cache is in the
+# one worker's memory, which the update-password API clears, so it cannot outlive a rotation.
+AUTH_CACHE_SECONDS = 300
+# Variables that would override the configuration file's admin login (MLflow reads them first).
+_ADMIN_OVERRIDES = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
 
 
 def _ensure_artifact_bucket(settings: LocalCloudSettings) -> None:
@@ -36,14 +49,44 @@ def _fresh_local_store(settings: LocalCloudSettings, database: Path) -> None:
     _ensure_artifact_bucket(settings)
 
 
+def auth_config(login: TrackingLogin, users_database: Path) -> str:
+    """The basic-auth app's configuration file (`MLFLOW_AUTH_CONFIG_PATH`). It holds the admin's
+    password, which MLflow applies only when it creates the admin in an empty user store."""
+    return (
+        "[mlflow]\n"
+        f"default_permission = {DEFAULT_PERMISSION}\n"
+        f"database_uri = sqlite:///{users_database}\n"
+        f"admin_username = {login.username}\n"
+        f"admin_password = {login.password}\n"
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
+    )
+
+
+def prepare_auth(store: Path) -> tuple[TrackingLogin, Path]:
+    """The login and the configuration file, the same on every start of the same local cloud: a
+    restart, or `arrival up` after `down`, keeps the users and the login that made them. A login
+    made anew (its file was deleted) starts its user store anew, since MLflow would keep the old
+    admin password."""
+    login, is_new = ensure_login(store.parent)
+    users_database = (store / "users.db").resolve()
+    if is_new:
+        users_database.unlink(missing_ok=True)
+    config = store / "auth.ini"
+    write_owner_only(config, auth_config(login, users_database))
+    return login, config
+
+
 def mlflow_service(settings: LocalCloudSettings) -> Service:
     store = settings.state_dir / "mlflow"
     store.mkdir(parents=True, exist_ok=True)
     database = (store / "mlflow.db").resolve()
     backend = settings.mlflow_backend_store_uri or f"sqlite:///{database}"
     bin_dir = Path(sys.executable).parent
+    login, config = prepare_auth(store)
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name not in _ADMIN_OVERRIDES},
+        "MLFLOW_AUTH_CONFIG_PATH": str(config.resolve()),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": login.flask_secret_key,
         "MLFLOW_S3_ENDPOINT_URL": settings.aws_endpoint_url,
         "AWS_ENDPOINT_URL": settings.aws_endpoint_url,
         "AWS_ACCESS_KEY_ID": "test",
@@ -61,6 +104,8 @@ def mlflow_service(settings: LocalCloudSettings) -> Service:
         argv=[
             str(bin_dir / "mlflow"),
             "server",
+            "--app-name",
+            "basic-auth",
             "--workers",
             "1",
             "--host",

@@ -17,9 +17,10 @@ import pytest
 from filelock import FileLock
 
 from localcloud import control
-from localcloud.deploy import deploy_stack
+from localcloud.deploy import deploy_stack, load_template, login_secret_name, put_login_secret
 from localcloud.processes import free_port
 from localcloud.settings import LocalCloudSettings
+from localcloud.tracking_login import TrackingLogin, read_login
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INGEST_STACK = "arrival-ingest"
@@ -58,8 +59,21 @@ class LocalCloud:
     def client(self, service: str):  # type: ignore[no-untyped-def]
         return self.session.client(service)  # type: ignore[call-overload]
 
+    @property
+    def tracking_login(self) -> TrackingLogin:
+        """The login the cloud's tracking server made for itself (localcloud/tracking_login.py)."""
+        login = read_login(self.settings.state_dir)
+        assert login is not None, f"the local cloud in {self.settings.state_dir} has no MLflow login"
+        return login
+
     def deploy(self, template: Path, stack_name: str, parameters: dict[str, str]) -> dict[str, str]:
-        return deploy_stack(template, stack_name, parameters)
+        """As `arrival deploy` does: the tracking server's login goes into the stack's secret (for a
+        template that takes one)."""
+        if "MlflowLoginSecretArn" not in load_template(template).get("Parameters", {}):
+            return deploy_stack(template, stack_name, parameters)
+        login = self.tracking_login
+        secret = put_login_secret(login_secret_name(stack_name), login.username, login.password)
+        return deploy_stack(template, stack_name, {"MlflowLoginSecretArn": secret, **parameters})
 
 
 def _run_dir(config: pytest.Config) -> Path:
@@ -112,6 +126,8 @@ CLOUD_ENVIRONMENT_NAMES = (
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
     *WORKER_SETTINGS,
 )
 
@@ -139,8 +155,17 @@ def local_cloud(request: pytest.FixtureRequest) -> Iterator[LocalCloud]:
     )
     os.environ.update(_cloud_environment(settings))
     os.environ.pop("AWS_PROFILE", None)
+    cloud = LocalCloud(settings, settings.aws_endpoint_url, boto3.session.Session())
+    # The tests' own MLflow clients log in as the operator does. Set only now, after the cloud has
+    # started: its trainers must find their login in the stack's secret, not inherit this one.
+    os.environ.update(
+        {
+            "MLFLOW_TRACKING_USERNAME": cloud.tracking_login.username,
+            "MLFLOW_TRACKING_PASSWORD": cloud.tracking_login.password,
+        }
+    )
     try:
-        yield LocalCloud(settings, settings.aws_endpoint_url, boto3.session.Session())
+        yield cloud
     finally:
         os.environ.clear()
         os.environ.update(saved)

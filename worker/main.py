@@ -22,10 +22,11 @@ from typing import Annotated, Any
 
 import typer
 
-from common.adapters import ec2, events, instance, s3, sqs
+from common.adapters import ec2, events, instance, s3, secrets, sqs
 from common.adapters.stack import StackResources, stack_outputs
 from common.layout import accepted_list_key, trainer_heartbeat_key
 from common.settings import WorkerSettings, get_worker_settings
+from common.tracking_login import login_from_environment, login_from_secret
 from worker.stage_server import StageServer, stage_server
 
 # worker.train_model (MLflow, DVC, pandas: ~4 s of imports) loads with the first job, after the stage
@@ -162,6 +163,22 @@ class DataListWatch:
         self._halt()
 
 
+def use_tracking_login(settings: WorkerSettings) -> None:
+    """Log in to the tracking server as the stack's secret says, read again for each job so a
+    rotated password is picked up by the next. MLflow's client reads the variables on every request,
+    and the DVC stages a training starts inherit them. Without a secret the trainer goes with what
+    its environment has, or anonymously: a server that requires a login then refuses every request
+    (401), and the job dead-letters saying so."""
+    if settings.mlflow_login_secret:
+        secret_id = settings.mlflow_login_secret
+        os.environ.update(login_from_secret(secret_id, secrets.secret_json(secret_id)).environment())
+    elif login_from_environment(dict(os.environ)) is None:
+        LOG.warning(
+            "no MLflow login: ARRIVAL_WORKER_MLFLOW_LOGIN_SECRET is not set (the stack's "
+            "MlflowLoginSecretArn); calling the tracking server anonymously"
+        )
+
+
 class Trainer:
     def __init__(
         self, settings: WorkerSettings, outputs: dict[str, str], stages: StageServer | None = None
@@ -226,6 +243,7 @@ class Trainer:
         if self.heartbeat is not None:
             self.heartbeat.model = model
         try:
+            use_tracking_login(self.settings)
             outcome, speculative = None, True
             while outcome is None:
                 if not speculative:
@@ -281,7 +299,14 @@ class Trainer:
     def failed(self, model: str, messages: list[dict[str, Any]], error: Exception) -> None:
         """Hand each job back for a later retry, or dead-letter it with its reason after the last try.
         Nothing here may kill the worker: a job whose handling fails comes back when its lease lapses."""
+        from worker.adapters.tracking import refused_login
+
         reason = f"{type(error).__name__}: {error}"
+        if refused_login(error):
+            reason = (
+                "the tracking server refused the trainer's login (401): check the stack's "
+                f"MlflowLoginSecretArn (ARRIVAL_WORKER_MLFLOW_LOGIN_SECRET). {reason}"
+            )
         trace = "".join(traceback.format_exception(error))[-2000:]
         for message in messages:
             attempts = int(message["Attributes"].get("ApproximateReceiveCount", "1"))

@@ -14,6 +14,13 @@ def stack_outputs(stack_name: str) -> dict[str, str]:
     return {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}
 
 
+def stack_parameter(stack_name: str, key: str) -> str | None:
+    """The value the stack was deployed with for one template parameter; None if it has none."""
+    stack = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
+    values = {found["ParameterKey"]: found.get("ParameterValue") for found in stack.get("Parameters", [])}
+    return values.get(key) or None
+
+
 @dataclass(frozen=True)
 class StackResources:
     """What the training worker uses of a stack."""

@@ -12,6 +12,7 @@ import pytest
 from localcloud import control
 from localcloud.processes import free_port, marked_processes, port_is_listening, process_tree, wait_until
 from localcloud.settings import LocalCloudSettings
+from localcloud.tracking_login import read_login
 from tests.conftest import LocalCloud
 
 pytestmark = pytest.mark.integration
@@ -51,7 +52,9 @@ def test_a_port_taken_by_another_program_is_named_with_its_setting(tmp_path: Pat
     assert "\n" not in message
 
 
-def test_a_fresh_cloud_through_a_crash_a_down_and_a_killed_supervisor(tmp_path: Path) -> None:
+def test_a_fresh_cloud_through_a_crash_a_down_and_a_killed_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One state directory through what a cloud's life holds: three starts of a cloud of its own
     (each start costs seconds of both cores), instead of one per test.
 
@@ -73,6 +76,11 @@ def test_a_fresh_cloud_through_a_crash_a_down_and_a_killed_supervisor(tmp_path: 
     try:
         # GIVEN a cloud holding a bucket and an experiment
         control.up(settings)
+        # (MLflow's client reads its login from these on every request.)
+        login = read_login(settings.state_dir)
+        assert login is not None
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login.username)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login.password)
         s3.create_bucket(Bucket="survivor")
         MlflowClient(settings.mlflow_url).create_experiment("survivor")
 
@@ -88,6 +96,8 @@ def test_a_fresh_cloud_through_a_crash_a_down_and_a_killed_supervisor(tmp_path: 
         assert port_is_listening(settings.aws_port)
         assert "survivor" not in [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]
         assert MlflowClient(settings.mlflow_url).get_experiment_by_name("survivor") is None
+        # AND the tracking server's login is the one it had, and still lets its holder in
+        assert read_login(settings.state_dir) == login
 
         # WHEN it is brought down THEN no process and no port is left
         assert control.down(settings) is True

@@ -11,12 +11,18 @@ from typer.testing import CliRunner
 # Imported before the tests block sockets: importing it probes the network stack (urllib3's IPv6
 # check, the X-Ray emitter), which no test of the CLI's behaviour is about.
 import common.ingest  # noqa: F401
+from cli import target
 from cli.main import app
 from cli.target import Target, TargetError, environment_for
 from localcloud.settings import LocalCloudSettings
 from worker.adapters import tracking
 
-CLOUD = LocalCloudSettings(aws_port=4566, mlflow_port=5000)
+# A state directory with no login in it: the person's own local cloud must not leak into these.
+CLOUD = LocalCloudSettings(aws_port=4566, mlflow_port=5000, state_dir=Path("/nonexistent/arrival-unit"))
+
+
+def no_stack_login(stack_name: str) -> None:
+    return None
 
 
 def test_a_running_local_cloud_is_the_default_target() -> None:
@@ -40,7 +46,13 @@ def test_aws_is_chosen_explicitly_and_needs_its_tracking_server() -> None:
     with pytest.raises(TargetError, match="MLFLOW_TRACKING_URI"):
         environment_for(Target.aws, CLOUD, cloud_running=True, environ={})
     assert (
-        environment_for(Target.aws, CLOUD, cloud_running=False, environ={"MLFLOW_TRACKING_URI": "https://m"})
+        environment_for(
+            Target.aws,
+            CLOUD,
+            cloud_running=False,
+            environ={"MLFLOW_TRACKING_URI": "https://m"},
+            stack_login=no_stack_login,
+        )
         == {}
     )
 
@@ -84,6 +96,7 @@ def test_a_command_run_without_exports_and_without_a_cloud_says_what_to_do_in_on
 
 def test_status_names_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARRIVAL_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(target, "login_from_stack", no_stack_login)
     from localcloud.settings import get_local_cloud_settings
 
     get_local_cloud_settings.cache_clear()
@@ -110,6 +123,7 @@ def test_no_tracking_store_is_created_by_accident(tmp_path: Path, monkeypatch: p
 
 def test_deploying_to_aws_goes_through_sam(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example")
+    monkeypatch.setattr(target, "login_from_stack", no_stack_login)
     result = CliRunner().invoke(app, ["--aws", "deploy"])
     assert result.exit_code == 1
     assert "sam build && sam deploy" in result.output

@@ -54,12 +54,16 @@ SERVING_VALUES = {
 }
 
 
+LOGIN_SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/mlflow-login-AbCdEf"
+
+
 def test_the_template_user_data_boots_the_trainer_with_its_tracking_server() -> None:
     user_data = _template_user_data(
         **{
             "AWS::Region": "eu-west-1",
             "AWS::StackName": "prod",
             "MlflowTrackingUri": "http://mlflow:5000",
+            "MlflowLoginSecretArn": LOGIN_SECRET,
             "TrainerLogGroup": "/arrival/prod/trainer",
         }
     )
@@ -72,10 +76,12 @@ def test_the_template_user_data_boots_the_trainer_with_its_tracking_server() -> 
         "prod",
     ]
     # The tracking server stays the agent's own (test_user_data_cannot_choose_the_tracking_server).
-    # Its log group is where the local agent ships its output, as the AMI's CloudWatch agent would.
+    # Its log group is where the local agent ships its output, as the AMI's CloudWatch agent would;
+    # its MLflow login is named by the secret that holds it, read by the worker (worker/main.py).
     assert environment_from_user_data(user_data) == {
         "ARRIVAL_STACK_NAME": "prod",
         "ARRIVAL_LOG_GROUP": "/arrival/prod/trainer",
+        "ARRIVAL_WORKER_MLFLOW_LOGIN_SECRET": LOGIN_SECRET,
     }
 
 
@@ -148,7 +154,9 @@ def test_the_server_answers_on_the_agents_api_port_whatever_the_user_data_says()
     assert environment["ARRIVAL_SERVING_PORT"] == "18080"
     assert environment["ARRIVAL_SERVING_MODELS_BUCKET"] == "prod-models-1-eu-west-1"
     assert environment["PATH"] == "/bin"
-    trainer = _template_user_data(**{"AWS::StackName": "s", "MlflowTrackingUri": "", "TrainerLogGroup": "g"})
+    trainer = _template_user_data(
+        **{"AWS::StackName": "s", "MlflowTrackingUri": "", "MlflowLoginSecretArn": "", "TrainerLogGroup": "g"}
+    )
     assert instance_environment({}, trainer, "trainer", settings) == {
         "ARRIVAL_STACK_NAME": "s",
         "ARRIVAL_LOG_GROUP": "g",

@@ -57,11 +57,22 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def _granted_if_set(statements: list[Any]) -> Iterator[dict[str, Any]]:
+    """The statements, with a conditional one (`Fn::If`) as its branches that grant: what the role
+    holds when the condition is true, for a check that must hold either way."""
+    for statement in statements:
+        if isinstance(statement, dict) and "Fn::If" in statement:
+            _, *branches = statement["Fn::If"]
+            yield from _granted_if_set([branch for branch in branches if branch != {"Ref": "AWS::NoValue"}])
+        else:
+            yield statement
+
+
 def _statements(policy_holder: Any) -> Iterator[dict[str, Any]]:
     """Every policy statement anywhere below a template node."""
     if isinstance(policy_holder, dict):
         if "Statement" in policy_holder:
-            yield from _listed(policy_holder["Statement"])
+            yield from _granted_if_set(_listed(policy_holder["Statement"]))
         for value in policy_holder.values():
             yield from _statements(value)
     elif isinstance(policy_holder, list):
@@ -455,3 +466,34 @@ def test_the_drift_functions_report_prefix_cannot_reach_a_bundle() -> None:
 def test_captures_expire() -> None:
     (rule,) = [rule for rule in _lifecycle_rules("CaptureBucket", CAPTURED) if "ExpirationInDays" in rule]
     assert rule["ExpirationInDays"] == {"Ref": "CaptureRetentionDays"}
+
+
+LOGIN_SECRET = "${MlflowLoginSecretArn}"
+
+
+def test_only_the_trainer_reads_the_mlflow_login_and_only_that_secret() -> None:
+    # GIVEN every role's grants, with the trainer's conditional one as deployed with a secret
+    readers = [
+        role for role in ROLES if _granting(_identity_statements(role), "secretsmanager:GetSecretValue")
+    ]
+
+    # THEN the trainer, the one role that talks to MLflow, reads its login and nothing else
+    assert readers == ["TrainerRole"]
+    (grant,) = _granting(_identity_statements("TrainerRole"), "secretsmanager:GetSecretValue")
+    assert _listed(grant["Action"]) == ["secretsmanager:GetSecretValue"]
+    assert [_render(resource) for resource in _listed(grant["Resource"])] == [LOGIN_SECRET]
+    other = "arn:aws:secretsmanager:us-east-1:123456789012:secret:database/password-AbCdEf"
+    assert not _allows(_identity_statements("TrainerRole"), "secretsmanager:GetSecretValue", other)
+
+
+def test_the_login_grant_exists_only_when_a_secret_is_named() -> None:
+    # Without a secret (the local cloud's tests may deploy without one) the policy must still be
+    # valid: an empty Resource would make the whole role fail to deploy.
+    statements = RESOURCES["TrainerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    (conditional,) = [statement for statement in statements if "Fn::If" in statement]
+    condition, granted, otherwise = conditional["Fn::If"]
+    assert TEMPLATE["Conditions"][condition] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "MlflowLoginSecretArn"}, ""]}]
+    }
+    assert granted["Resource"] == {"Ref": "MlflowLoginSecretArn"}
+    assert otherwise == {"Ref": "AWS::NoValue"}

@@ -98,3 +98,47 @@ def test_the_tracking_uri_pattern_refuses_anything_else(value: str) -> None:
 
     assert not re.fullmatch(parameter["AllowedPattern"], value)
     assert "http://" in parameter["ConstraintDescription"]
+
+
+def _login_secret_parameter() -> dict[str, str]:
+    parameter: dict[str, str] = load_template(ROOT / "template.yaml")["Parameters"]["MlflowLoginSecretArn"]
+    return parameter
+
+
+def test_aws_refuses_a_stack_without_an_mlflow_login_secret() -> None:
+    template = load_template(ROOT / "template.yaml")
+    assertions = [assertion for rule in template["Rules"].values() for assertion in rule["Assertions"]]
+    refusing_empty = [
+        assertion
+        for assertion in assertions
+        if assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "MlflowLoginSecretArn"}, ""]}]}
+    ]
+
+    assert _login_secret_parameter().get("Default", "") == ""
+    assert len(refusing_empty) == 1
+    assert "MlflowLoginSecretArn=arn:aws:secretsmanager:" in refusing_empty[0]["AssertDescription"]
+
+
+def test_the_login_secret_pattern_takes_a_full_secret_arn_only() -> None:
+    pattern = _login_secret_parameter()["AllowedPattern"]
+
+    assert re.fullmatch(
+        pattern, "arn:aws:secretsmanager:eu-west-1:123456789012:secret:arrival/mlflow-login-AbCdEf"
+    )
+    assert re.fullmatch(pattern, "")
+    for refused in [
+        "arrival/mlflow-login",  # a name: the trainer's grant needs the ARN
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:arrival/mlflow-login",  # partial ARN
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:*",
+        "arn:aws:ssm:eu-west-1:123456789012:parameter/x-AbCdEf",
+    ]:
+        assert not re.fullmatch(pattern, refused), refused
+
+
+def test_the_trainer_user_data_names_the_login_secret_never_the_login() -> None:
+    template = load_template(ROOT / "template.yaml")
+    user_data = template["Resources"]["TrainerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    script = user_data["Fn::Base64"]["Fn::Sub"]
+
+    assert "export ARRIVAL_WORKER_MLFLOW_LOGIN_SECRET=${MlflowLoginSecretArn}" in script
+    assert "MLFLOW_TRACKING_USERNAME" not in script and "MLFLOW_TRACKING_PASSWORD" not in script

@@ -40,6 +40,12 @@ def client() -> MlflowClient:
     return MlflowClient()
 
 
+def refused_login(error: BaseException) -> bool:
+    """Whether the tracking server turned a request away for its login (HTTP 401): no login, or a
+    wrong one. Retrying will not help until the stack's secret is fixed."""
+    return isinstance(error, MlflowException) and error.get_http_status_code() == 401  # type: ignore[no-untyped-call]
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     name: str

@@ -1,0 +1,104 @@
+"""The tracking server lets no one in without the local cloud's login, and the chain still trains and
+registers, its trainers logging in with the login the stack's secret holds; a trainer whose login
+the server refuses dead-letters its job with that reason."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from localcloud.deploy import login_secret_name
+from tests import datasets
+from tests.conftest import TRAINING_STACK
+from tests.e2e.conftest import Chain
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.e2e
+
+SEARCH = "/api/2.0/mlflow/registered-models/search"
+
+
+def test_the_tracking_server_refuses_anyone_without_the_login(chain: Chain) -> None:
+    login = chain.cloud.tracking_login
+    with httpx.Client(base_url=chain.cloud.settings.mlflow_url, timeout=10) as mlflow:
+        # GIVEN the local cloud's tracking server
+        # WHEN it is called anonymously, or with a wrong password, or with the login
+        anonymous = mlflow.get(SEARCH)
+        wrong = mlflow.get(SEARCH, auth=(login.username, login.password + "x"))
+        logged_in = mlflow.get(SEARCH, auth=(login.username, login.password))
+        # THEN only the login gets in; the health check stays open for the supervisor
+        assert anonymous.status_code == 401
+        assert wrong.status_code == 401
+        assert logged_in.status_code == 200
+        assert mlflow.get("/health").status_code == 200
+
+
+def test_the_trainer_logs_in_with_the_stacks_secret_and_trains_and_registers(
+    chain: Chain, unique: str
+) -> None:
+    # GIVEN the training stack, whose trainers get no login but the secret's ARN in their user data
+    stack = chain.cloud.client("cloudformation").describe_stacks(StackName=TRAINING_STACK)["Stacks"][0]
+    parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack["Parameters"]}
+    assert login_secret_name(TRAINING_STACK) in parameters["MlflowLoginSecretArn"]
+    model = f"login-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("iris", model))
+
+    # WHEN a dataset lands
+    chain.upload(f"{model}/day-1.csv", datasets.noisy_iris_csv(120, seed=3))
+
+    # THEN the trainer registers a version and the gate makes it the champion
+    version = chain.wait_versions(model, 1)[0]
+    assert chain.champion(model) == version.version
+
+
+@pytest.fixture
+def refused_login(chain: Chain) -> Iterator[None]:
+    """The training stack's secret holds a wrong password for the test's length; the trainer reads
+    it before each job. Put back afterwards, whatever happened."""
+    secrets = chain.cloud.client("secretsmanager")
+    name = login_secret_name(TRAINING_STACK)
+    login = chain.cloud.tracking_login
+    wrong = {"username": login.username, "password": login.password + "-not-it"}
+    secrets.put_secret_value(SecretId=name, SecretString=json.dumps(wrong))
+    try:
+        yield
+    finally:
+        right = {"username": login.username, "password": login.password}
+        secrets.put_secret_value(SecretId=name, SecretString=json.dumps(right))
+
+
+def test_a_trainer_the_server_refuses_dead_letters_its_job_saying_why(
+    chain: Chain, unique: str, refused_login: None
+) -> None:
+    # GIVEN a stack whose secret holds a login the tracking server refuses
+    model = f"refused-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("iris", model))
+
+    # WHEN a dataset lands
+    chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(100, seed=4))
+
+    # THEN the job is not dropped: after its retries it lands in the dead-letter queue, and the
+    # reason names the refused login and where it comes from
+    sqs = chain.cloud.client("sqs")
+
+    def dead_letter() -> dict[str, Any] | None:
+        for message in sqs.receive_message(
+            QueueUrl=chain.outputs["TrainingDeadLetterQueueUrl"],
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            MessageAttributeNames=["All"],
+            VisibilityTimeout=0,
+        ).get("Messages", []):
+            if json.loads(message["Body"])["model"] == model:
+                return message  # type: ignore[no-any-return]
+        return None
+
+    message = eventually(dead_letter, 240, interval=0, what="the job in the dead-letter queue")
+    reason = message["MessageAttributes"]["failure_reason"]["StringValue"]
+    assert "refused the trainer's login (401)" in reason
+    assert "MlflowLoginSecretArn" in reason
+    assert chain.versions(model) == []
