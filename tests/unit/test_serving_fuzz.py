@@ -72,7 +72,7 @@ def fuzzed_app(aws_credentials: None) -> Iterator[FastAPI]:
             models_bucket=MODELS_BUCKET, max_batch=MAX_BATCH, max_body_bytes=MAX_BODY_BYTES
         )
         store = ModelStore(MODELS_BUCKET, max_batch=MAX_BATCH)
-        app = create_app(settings, store=store)
+        app = create_app(settings, store=store, api_key=None)
         store.refresh()
         yield app
 
