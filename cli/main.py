@@ -508,10 +508,12 @@ def logs(
 
 def _api_key(ctx: typer.Context, stack_name: str) -> str:
     """The key to send: ARRIVAL_API_KEY, or else the stack's secret, from the cloud the command targets."""
-    from cli.target import CliSettings, api_key_for_stack
+    from cli.target import CliSettings, Target, api_key_for_stack
 
-    if CliSettings().api_key is None:
-        point_at_cloud(ctx.obj)  # the secret is read from the chosen cloud, as any of its resources
+    # The secret is read from the chosen cloud: the local one needs its endpoint set first (AWS needs
+    # nothing, and predicting needs no tracking server, which pointing at AWS would insist on).
+    if CliSettings().api_key is None and Target(str(ctx.obj)) is Target.local:
+        point_at_cloud(ctx.obj)
     return api_key_for_stack(stack_name)
 
 

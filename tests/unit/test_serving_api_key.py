@@ -185,7 +185,7 @@ def test_the_server_reads_its_key_from_the_stacks_secret(aws_credentials: None) 
     with serving_bundles.models_bucket():
         secrets.secrets_client.cache_clear()
         arn = boto3.client("secretsmanager").create_secret(Name="serving-key", SecretString=API_KEY)["ARN"]
-        settings = ServerSettings(models_bucket="models", api_key_secret=arn)  # type: ignore[call-arg]
+        settings = ServerSettings(models_bucket="models", api_key_secret=arn)
 
         assert api_key_of(settings) == API_KEY
 
