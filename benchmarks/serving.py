@@ -462,6 +462,8 @@ class Bench:
         self.memory: dict[str, Memory] = {}
         self.server_pid = 0
         self.quiet_budget = {"seconds": float(options.quiet_budget)}
+        self.key_own_times: dict[tuple[str, str], float] = {}
+        self.key_check_cost = float("nan")
         self.discarded = 0
 
     # models, bundles, promotions
@@ -976,15 +978,12 @@ class Bench:
         with contextlib.ExitStack() as servers:
             keyed_url, keyed_pid = servers.enter_context(self.twin(with_key=True))
             open_url, open_pid = servers.enter_context(self.twin(with_key=False))
-            cases = [
-                (checked, name, url, pid)
-                for name in self.models
-                for checked, url, pid in (
-                    ("with the key", keyed_url, keyed_pid),
-                    ("without", open_url, open_pid),
-                )
-            ]
+            twins = [("with the key", keyed_url, keyed_pid), ("without", open_url, open_pid)]
             for repeat in range(1, self.options.repeats + 1):
+                # Which twin goes first alternates, so that a machine getting busier or quieter over a
+                # pair does not always favour the same one.
+                order = twins if repeat % 2 else twins[::-1]
+                cases = [(checked, name, url, pid) for name in self.models for checked, url, pid in order]
                 for checked, name, url, pid in cases:
                     body_file = self.body_file(self.models[name].record_body)
                     load = self.measured_run(
@@ -993,6 +992,19 @@ class Bench:
                     runs.setdefault((name, checked), []).append(load)
                     print(f"{repeat}: {name} {checked}: {load.row()}", flush=True)  # noqa: T201
                 self.write_api_key_check(runs)
+            # The app's own time (its Server-Timing, which starts before the check), one request at a
+            # time: far less at the mercy of the other programs than a throughput.
+            for name in self.models:
+                for checked, url in (("with the key", keyed_url), ("without", open_url)):
+                    self.key_own_times[(name, checked)] = self.own_time_at(url, name)
+            self.key_check_cost = _key_check_seconds()
+            self.write_api_key_check(runs)
+
+    def own_time_at(self, url: str, name: str, requests: int = 500) -> float:
+        with httpx.Client(base_url=url, headers=json_headers(), timeout=10) as client:
+            body = self.models[name].record_body
+            responses = [client.post(f"/models/{name}/predict", content=body) for _ in range(requests)]
+        return median([_server_timing_seconds(response) for response in responses])
 
     @contextlib.contextmanager
     def twin(self, *, with_key: bool) -> Iterator[tuple[str, int]]:
@@ -1041,17 +1053,45 @@ class Bench:
         text = paragraph(
             """Two servers alike but for the key check, up side by side in this run, each reading the
             stack's bucket and writing captures as the instance does: `arrival-serve` itself, given the
-            key (`ARRIVAL_SERVING_API_KEY`), and the same app (`create_app(..., api_key=None)`) under
-            the same uvicorn settings without one. wrk `-t1 -c16 -d{seconds}s` on `POST
-            /models/<model>/predict`, one record a request, every request carrying the key (the server
-            without a check ignores it); each run after a {warmup} s warm-up, the four cases
-            interleaved run by run, {repeats} runs each, medians of each figure over the runs.""",
+            key (`ARRIVAL_SERVING_API_KEY`), and the same `serving.main.serve` given no key. wrk `-t1
+            -c16 -d{seconds}s` on `POST /models/<model>/predict`, one record a request, every request
+            carrying the key (the server without a check ignores it); each run after a {warmup} s
+            warm-up, the four cases interleaved run by run (which server goes first alternates from
+            round to round), {repeats} runs each, medians of each figure over the runs.""",
             seconds=self.options.seconds,
             warmup=self.options.warmup,
             repeats=self.options.repeats,
         )
         table = f"| model | key check | runs | {LOAD_COLUMNS} |\n|{'---|' * 11}\n" + "\n".join(rows)
-        self.report.section("8. The API key check", f"{text}\n\n{table}\n")
+        # Each run with the key against the run without it just after: how much the pairs scatter.
+        paired = "; ".join(
+            f"{name} "
+            + ", ".join(
+                f"{keyed.requests_per_second / unkeyed.requests_per_second:.0%}"
+                for keyed, unkeyed in zip(
+                    runs[(name, "with the key")], runs.get((name, "without"), []), strict=False
+                )
+            )
+            for name in self.models
+            if (name, "with the key") in runs
+        )
+        pairs = f"req/s with the key / without, run by run (each pair measured back to back): {paired}."
+        own = "; ".join(
+            f"{name} {self.key_own_times[(name, 'with the key')] * 1e6:.0f} µs with the key, "
+            f"{self.key_own_times[(name, 'without')] * 1e6:.0f} µs without"
+            for name in self.models
+            if (name, "without") in self.key_own_times
+        )
+        if own:
+            pairs += paragraph(
+                """ The app's own time for one record (its `Server-Timing`, which begins before the check;
+                median of 500 sequential requests to each server after the wrk runs): {own}. The check
+                alone (`ApiKeyCheck.refusal` on the right 40-character key, in process, CPU time):
+                {check:.2f} µs.""",
+                own=own,
+                check=self.key_check_cost * 1e6,
+            )
+        self.report.section("8. The API key check", f"{text}\n\n{table}\n\n{pairs}\n")
 
     # 7. the Lambda package
 
@@ -1430,25 +1470,25 @@ def serve_hello(port: int) -> None:
     )
 
 
-def serve_without_key() -> None:
-    """arrival's app without the API key check, under `arrival-serve`'s uvicorn settings
-    (serving/main.py), for section 8's comparison."""
-    import uvicorn
+def _key_check_seconds(calls: int = 200_000) -> float:
+    """What the server's check costs a request that carries the right key, in process."""
+    from serving.auth import ApiKeyCheck
 
-    from serving.app import create_app
+    key = os.environ["ARRIVAL_API_KEY"]
+    check = ApiKeyCheck(key)
+    given = "".join(key)  # another str object, as a request's header is
+    started = time.thread_time()  # one clock read for all the calls: each is far below its resolution
+    for _ in range(calls):
+        check.refusal(given)
+    return (time.thread_time() - started) / calls
+
+
+def serve_without_key() -> None:
+    """`arrival-serve` without the API key check (serving.main.serve, with no key), for section 8."""
+    from serving.main import serve
     from serving.settings import get_serving_settings
 
-    settings = get_serving_settings()
-    uvicorn.run(
-        create_app(settings, mode="server", api_key=None),
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-    )
+    serve(get_serving_settings(), api_key=None)
 
 
 def run_section(report: Report, title: str, section: Callable[[], None]) -> None:
@@ -1527,6 +1567,11 @@ def main() -> None:
         bench.prepare_models()
         bench.wait_for_server()
         chosen = {int(number) for number in arguments.sections.split(",")}
+        if chosen != set(range(1, 9)):
+            report.notes.append(
+                f"Only section(s) {', '.join(map(str, sorted(chosen)))} ran (`--sections`); the introduction "
+                "describes the whole benchmark, whose last full results are benchmarks/results/serving.md."
+            )
         for number, title, section in (
             (1, "1. single records", bench.single_records),
             (2, "2. batch", bench.batch),

@@ -29,10 +29,6 @@ class ApiKeyCheck:
         # Bytes: compare_digest refuses str holding anything but ASCII, which a caller may send.
         self._expected = api_key.encode() if api_key is not None else None
 
-    @property
-    def required(self) -> bool:
-        return self._expected is not None
-
     def refusal(self, given: str | None) -> Problem | None:
         """Why a request with this header value is refused, or None if it may pass."""
         if self._expected is None:

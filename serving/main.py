@@ -8,7 +8,7 @@ import uvicorn
 
 from common.adapters.secrets import secret_string
 from serving.app import create_app
-from serving.settings import MIN_API_KEY_LENGTH, ServerSettings, get_server_settings
+from serving.settings import MIN_API_KEY_LENGTH, ServerSettings, ServingSettings, get_server_settings
 
 
 def api_key_of(settings: ServerSettings) -> str:
@@ -33,9 +33,15 @@ def api_key_of(settings: ServerSettings) -> str:
 
 def main() -> None:
     settings = get_server_settings()
+    serve(settings, api_key_of(settings))
+
+
+def serve(settings: ServingSettings, api_key: str | None) -> None:
+    """The app under uvicorn, as the serving instance runs it (benchmarks/serving.py also runs it
+    without a key, to measure what the check costs)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     uvicorn.run(
-        create_app(settings, mode="server", api_key=api_key_of(settings)),
+        create_app(settings, mode="server", api_key=api_key),
         host=settings.host,
         port=settings.port,
         workers=1,
