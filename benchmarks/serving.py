@@ -1083,7 +1083,7 @@ class Bench:
             if (name, "without") in self.key_own_times
         )
         if own:
-            pairs += paragraph(
+            pairs += " " + paragraph(
                 """ The app's own time for one record (its `Server-Timing`, which begins before the check;
                 median of 500 sequential requests to each server after the wrk runs): {own}. The check
                 alone (`ApiKeyCheck.refusal` on the right 40-character key, in process, CPU time):
