@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 
-from serving.auth import API_KEY_HEADER, ApiKeyCheck, ApiKeyRequired
+from serving.auth import API_KEY_HEADER, FORBIDDEN, ApiKeyCheck, ApiKeyRequired
 from serving.bundle import LoadedModel, Predictions
 from serving.capture import CaptureWriter
 from serving.mlflow_format import invocation_records
@@ -264,7 +264,9 @@ async def invocations(request: Request) -> Response:
     return await _answer(request, "invocations", read_invocations, write_invocations)
 
 
-models_router = APIRouter(prefix="/models", tags=["models"], dependencies=[ApiKeyRequired])
+models_router = APIRouter(
+    prefix="/models", tags=["models"], dependencies=[ApiKeyRequired], responses=FORBIDDEN
+)
 
 
 @models_router.get("")
@@ -322,7 +324,9 @@ async def ready(store: StoreDep) -> Response:
 
 
 # Prometheus' text format, not JSON: documented so, or a client generated from the schema parses JSON.
-@operations_router.get("/metrics", response_class=PlainTextResponse, dependencies=[ApiKeyRequired])
+@operations_router.get(
+    "/metrics", response_class=PlainTextResponse, dependencies=[ApiKeyRequired], responses=FORBIDDEN
+)
 async def metrics(store: StoreDep) -> Response:
     """Prometheus metrics: requests, latency, refusals by rule, loaded versions and reloads."""
     return Response(generate_latest(store.registry), media_type=CONTENT_TYPE_LATEST)

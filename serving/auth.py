@@ -21,6 +21,15 @@ api_key_header = APIKeyHeader(
 )
 
 
+# How a route that needs the key documents its refusal (serving/openapi.py adds the Problems schema).
+FORBIDDEN: dict[int | str, dict[str, object]] = {
+    403: {
+        "description": "No API key in x-api-key, or a wrong one (rules missing_api_key, wrong_api_key)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problems"}}},
+    }
+}
+
+
 class ApiKeyCheck:
     """Whether a request's key is the one key, compared in constant time; with no key, everything passes
     (the Lambda app: API Gateway has already checked)."""
