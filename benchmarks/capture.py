@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import secrets
 import shutil
 import statistics
 import sys
@@ -197,6 +198,8 @@ def main() -> None:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     os.environ.update(aws)
+    # The servers require an API key; wrk (benchmarks/serving.lua) sends ARRIVAL_API_KEY.
+    os.environ["ARRIVAL_API_KEY"] = secrets.token_urlsafe(30)
     s3 = boto3.client("s3")
     for bucket in (MODELS_BUCKET, CAPTURE_BUCKET, IN_PROCESS_BUCKET):
         s3.create_bucket(Bucket=bucket)
@@ -213,6 +216,7 @@ def main() -> None:
                 "ARRIVAL_SERVING_CAPTURE_BUCKET": CAPTURE_BUCKET,
                 "ARRIVAL_SERVING_HOST": "127.0.0.1",
                 "ARRIVAL_SERVING_PORT": str(port),
+                "ARRIVAL_SERVING_API_KEY": os.environ["ARRIVAL_API_KEY"],
             }
             if rate is not None:
                 env["ARRIVAL_SERVING_CAPTURE_RATE"] = rate
@@ -227,7 +231,11 @@ def main() -> None:
         body = scratch / "record.json"
         for url, pid in servers.values():
             wrk(f"{url}/models/{MODEL}/predict", body, CONNECTIONS, options.warmup, pid)
-        warmed = capture_counts(httpx.get(f"{servers['on'][0]}/metrics").text)
+        warmed = capture_counts(
+            httpx.get(
+                f"{servers['on'][0]}/metrics", headers={"x-api-key": os.environ["ARRIVAL_API_KEY"]}
+            ).text
+        )
         loads: dict[str, list[Load]] = {"off": [], "on": []}
         order_of_rounds = []
         for round_number in range(options.rounds):
@@ -238,7 +246,11 @@ def main() -> None:
                 load = wrk(f"{url}/models/{MODEL}/predict", body, CONNECTIONS, options.seconds, pid)
                 loads[name].append(load)
                 print(f"round {round_number + 1} {name}: {load.requests_per_second:,.0f} req/s", flush=True)  # noqa: T201
-        counted = capture_counts(httpx.get(f"{servers['on'][0]}/metrics").text)
+        counted = capture_counts(
+            httpx.get(
+                f"{servers['on'][0]}/metrics", headers={"x-api-key": os.environ["ARRIVAL_API_KEY"]}
+            ).text
+        )
         requests_on = sum(load.requests_per_second * options.seconds for load in loads["on"])
         # Stopping the servers (ExitStack) ends their lifespans: the "on" server writes what it holds.
     objects, captured, stored = captured_objects(s3)

@@ -1,11 +1,15 @@
 -- wrk script for benchmarks/serving.py: every request POSTs the JSON body held in the file that
--- ARRIVAL_WRK_BODY names, and the run ends with one line of JSON (latencies in microseconds) for the
+-- ARRIVAL_WRK_BODY names, with the API key ARRIVAL_API_KEY holds (when it is set and not empty), and the run ends with one line of JSON (latencies in microseconds) for the
 -- benchmark to read, so it need not parse wrk's human-readable units.
 local file = assert(io.open(os.getenv("ARRIVAL_WRK_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = "application/json"
+local api_key = os.getenv("ARRIVAL_API_KEY")
+if api_key and api_key ~= "" then
+  wrk.headers["x-api-key"] = api_key
+end
 
 function done(summary, latency, requests)
   local errors = summary.errors

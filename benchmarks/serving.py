@@ -1,7 +1,8 @@
 """Serving benchmark: arrival's model server against `mlflow models serve` on the same registered version
 and against a FastAPI hello world, for a 100-tree random forest and a logistic regression on 20
 numeric features; then a batch of 1,000 records, reloads under load, promotion -> new version
-answering, the server's memory, the Lambda behind API Gateway, and the Lambda package's size.
+answering, the server's memory, the Lambda behind API Gateway, the Lambda package's size, and the
+cost of the API key check (the server with it and without it, side by side).
 
 Starts its own local cloud (free ports, temporary state), deploys the stack, fits both models in
 process with the trainer's code, logs and registers them to the cloud's MLflow server with the
@@ -11,6 +12,10 @@ Servers are measured one at a time, with wrk (Debian/Ubuntu package `wrk`) on on
 benchmarks/results/serving.md after every section, so an interrupted run keeps what it measured.
 
     uv run python benchmarks/serving.py [--seconds 10] [--repeats 3] [--reload-seconds 30]
+    uv run python benchmarks/serving.py --sections 8 --results benchmarks/results/serving_api_key.md
+
+Every request to the stack's API carries the stack's API key (read from its secret after the deploy,
+and passed to wrk through ARRIVAL_API_KEY).
 """
 
 from __future__ import annotations
@@ -71,6 +76,17 @@ FOREST = "bench-forest"
 ROWS, BATCH = 5_000, 1_000
 BATCH_ROUNDS = 3
 JSON_HEADERS = {"content-type": "application/json"}
+
+
+def key_headers() -> dict[str, str]:
+    """The stack's API key, which main() puts in ARRIVAL_API_KEY once the stack is deployed."""
+    return {"x-api-key": os.environ["ARRIVAL_API_KEY"]}
+
+
+def json_headers() -> dict[str, str]:
+    return {**JSON_HEADERS, **key_headers()}
+
+
 CONNECTIONS = (1, 16)
 TICKS = os.sysconf("SC_CLK_TCK")
 # Over this much CPU used by the rest of the machine (the idle local cloud takes about 0.1), a run is
@@ -368,6 +384,7 @@ from /proc. Latencies in ms.
 @dataclass
 class Report:
     command: str
+    results: Path = RESULTS
     started: float = field(default_factory=time.monotonic)
     targets: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     sections: dict[str, str] = field(default_factory=dict)
@@ -405,8 +422,8 @@ class Report:
             lines += [f"## {title}", "", text.rstrip(), ""]
         if self.notes:
             lines += ["## Notes", "", *(f"- {note}" for note in self.notes), ""]
-        RESULTS.write_text("\n".join(lines))
-        print(f"wrote {RESULTS}", flush=True)  # noqa: T201
+        self.results.write_text("\n".join(lines))
+        print(f"wrote {self.results}", flush=True)  # noqa: T201
 
 
 @cache
@@ -446,6 +463,8 @@ class Bench:
         self.memory: dict[str, Memory] = {}
         self.server_pid = 0
         self.quiet_budget = {"seconds": float(options.quiet_budget)}
+        self.key_own_times: dict[tuple[str, str], float] = {}
+        self.key_check_cost = float("nan")
         self.discarded = 0
 
     # models, bundles, promotions
@@ -581,7 +600,7 @@ class Bench:
             wait_for(lambda: _answers(f"{url}/ping"), 180, f"mlflow models serve for {fitted.name}")
             theirs = httpx.post(f"{url}/invocations", content=fitted.mlflow_body, headers=JSON_HEADERS).json()
             ours = httpx.post(
-                f"{self.api}/models/{fitted.name}/predict", content=fitted.record_body, headers=JSON_HEADERS
+                f"{self.api}/models/{fitted.name}/predict", content=fitted.record_body, headers=json_headers()
             )
             self.report.notes.append(
                 f"{fitted.name}, the benchmark's record: mlflow serve answered {theirs['predictions']}, "
@@ -626,7 +645,8 @@ class Bench:
         with httpx.Client(base_url=self.api, timeout=10) as client:
             body = self.models[name].record_body
             responses = [
-                client.post(f"/models/{name}/predict", content=body, headers=JSON_HEADERS) for _ in range(200)
+                client.post(f"/models/{name}/predict", content=body, headers=json_headers())
+                for _ in range(200)
             ]
         return median([_server_timing_seconds(response) for response in responses])
 
@@ -671,7 +691,8 @@ class Bench:
         settings = ServingSettings(models_bucket=self.bucket)
         store = ModelStore(self.bucket, max_batch=settings.max_batch)
         store.refresh()
-        app = create_app(settings, store=store)
+        # Without a key: the app's own work on a batch (section 8 measures what the check costs).
+        app = create_app(settings, store=store, api_key=None)
         rows, pieces = [], []
         runs = self.options.batch_runs
         samples: dict[str, list[list[float]]] = {name: [[], [], [], [], []] for name in self.models}
@@ -834,7 +855,7 @@ class Bench:
     def _time_promotions(self, base_url: str, count: int, *, event: bool) -> list[float]:
         versions = self.new_versions(FOREST, count)
         times = []
-        with httpx.Client(base_url=base_url, timeout=10) as client:
+        with httpx.Client(base_url=base_url, headers=key_headers(), timeout=10) as client:
             for version in versions:
                 if not event:  # a random moment in the poll's cycle, or each promotion lands at the same one
                     time.sleep(random.uniform(0, POLL_SECONDS))  # noqa: S311
@@ -894,10 +915,10 @@ class Bench:
     def lambda_api(self) -> None:
         base = f"{self.settings.aws_endpoint_url}/_aws/execute-api/{self.outputs['ServingApiId']}/Prod"
         runs, rows = self.options.lambda_runs, []
-        with httpx.Client(base_url=base, timeout=300) as client:
+        with httpx.Client(base_url=base, headers=key_headers(), timeout=300) as client:
             started = time.perf_counter()
             first = client.post(
-                f"/models/{FOREST}/predict", content=self.models[FOREST].record_body, headers=JSON_HEADERS
+                f"/models/{FOREST}/predict", content=self.models[FOREST].record_body, headers=json_headers()
             )
             cold = time.perf_counter() - started
             if first.status_code != 200:
@@ -948,6 +969,130 @@ class Bench:
             errors = {event["message"].strip() for event in found if "[ERROR]" in event["message"]}
             return "the function logged: " + " | ".join(sorted(errors))[:600]
         return "no function log"
+
+    # 8. the API key check
+
+    def api_key_check(self) -> None:
+        """Two servers alike but for the key check, side by side: `arrival-serve` itself with the key, and
+        the same app and uvicorn settings without one; the runs interleaved, as in section 1."""
+        runs: dict[tuple[str, str], list[Load]] = {}
+        with contextlib.ExitStack() as servers:
+            keyed_url, keyed_pid = servers.enter_context(self.twin(with_key=True))
+            open_url, open_pid = servers.enter_context(self.twin(with_key=False))
+            twins = [("with the key", keyed_url, keyed_pid), ("without", open_url, open_pid)]
+            for repeat in range(1, self.options.repeats + 1):
+                # Which twin goes first alternates, so that a machine getting busier or quieter over a
+                # pair does not always favour the same one.
+                order = twins if repeat % 2 else twins[::-1]
+                cases = [(checked, name, url, pid) for name in self.models for checked, url, pid in order]
+                for checked, name, url, pid in cases:
+                    body_file = self.body_file(self.models[name].record_body)
+                    load = self.measured_run(
+                        f"{url}/models/{name}/predict", body_file, 16, self.options.seconds, pid
+                    )
+                    runs.setdefault((name, checked), []).append(load)
+                    print(f"{repeat}: {name} {checked}: {load.row()}", flush=True)  # noqa: T201
+                self.write_api_key_check(runs)
+            # The app's own time (its Server-Timing, which starts before the check), one request at a
+            # time: far less at the mercy of the other programs than a throughput.
+            for name in self.models:
+                for checked, url in (("with the key", keyed_url), ("without", open_url)):
+                    self.key_own_times[(name, checked)] = self.own_time_at(url, name)
+            self.key_check_cost = _key_check_seconds()
+            self.write_api_key_check(runs)
+
+    def own_time_at(self, url: str, name: str, requests: int = 500) -> float:
+        with httpx.Client(base_url=url, headers=json_headers(), timeout=10) as client:
+            body = self.models[name].record_body
+            responses = [client.post(f"/models/{name}/predict", content=body) for _ in range(requests)]
+        return median([_server_timing_seconds(response) for response in responses])
+
+    @contextlib.contextmanager
+    def twin(self, *, with_key: bool) -> Iterator[tuple[str, int]]:
+        """A serving process on a port of its own, reading the stack's bucket as the instance does."""
+        port = free_port()
+        env = {
+            **os.environ,
+            "ARRIVAL_SERVING_MODELS_BUCKET": self.bucket,
+            "ARRIVAL_SERVING_CAPTURE_BUCKET": self.outputs["CaptureBucketName"],
+            "ARRIVAL_SERVING_HOST": "127.0.0.1",
+            "ARRIVAL_SERVING_PORT": str(port),
+            "ARRIVAL_SERVING_API_KEY": os.environ["ARRIVAL_API_KEY"] if with_key else "",
+        }
+        env.pop("ARRIVAL_SERVING_API_KEY_SECRET", None)
+        if with_key:
+            command = [str(BIN / "arrival-serve")]
+        else:
+            del env["ARRIVAL_SERVING_API_KEY"]
+            command = [sys.executable, str(Path(__file__).resolve()), "--serve-without-key"]
+        label = "keyed" if with_key else "open"
+        url = f"http://127.0.0.1:{port}"
+        with running(command, self.scratch / f"twin-{label}.log", env) as process:
+            wait_for(lambda: served(url) == self.current(), 120, f"the {label} twin serving both models")
+            refused = httpx.get(f"{url}/models", timeout=5).status_code
+            if refused != (403 if with_key else 200):
+                raise RuntimeError(f"the {label} twin answered GET /models without a key with {refused}")
+            yield url, process.pid
+
+    def write_api_key_check(self, runs: dict[tuple[str, str], list[Load]]) -> None:
+        loads = {case: median_load(found) for case, found in runs.items()}
+        rows = [
+            f"| {name} | {checked} | {len(runs[(name, checked)])} | {load.row()} |"
+            for (name, checked), load in loads.items()
+        ]
+        for name in self.models:
+            keyed, unkeyed = loads.get((name, "with the key")), loads.get((name, "without"))
+            if keyed is None or unkeyed is None:
+                continue
+            ratio = keyed.requests_per_second / unkeyed.requests_per_second
+            self.report.target(
+                f"8. {name}, 16 connections: req/s with the API key check vs without",
+                ">= 95%",
+                f"{ratio:.0%} ({keyed.requests_per_second:,.0f} vs {unkeyed.requests_per_second:,.0f})",
+                verdict(ratio, 0.95, at_least=True),
+            )
+        text = paragraph(
+            """Two servers alike but for the key check, up side by side in this run, each reading the
+            stack's bucket and writing captures as the instance does: `arrival-serve` itself, given the
+            key (`ARRIVAL_SERVING_API_KEY`), and the same `serving.main.serve` given no key. wrk `-t1
+            -c16 -d{seconds}s` on `POST /models/<model>/predict`, one record a request, every request
+            carrying the key (the server without a check ignores it); each run after a {warmup} s
+            warm-up, the four cases interleaved run by run (which server goes first alternates from
+            round to round), {repeats} runs each, medians of each figure over the runs.""",
+            seconds=self.options.seconds,
+            warmup=self.options.warmup,
+            repeats=self.options.repeats,
+        )
+        table = f"| model | key check | runs | {LOAD_COLUMNS} |\n|{'---|' * 11}\n" + "\n".join(rows)
+        # Each run with the key against the run without it just after: how much the pairs scatter.
+        paired = "; ".join(
+            f"{name} "
+            + ", ".join(
+                f"{keyed.requests_per_second / unkeyed.requests_per_second:.0%}"
+                for keyed, unkeyed in zip(
+                    runs[(name, "with the key")], runs.get((name, "without"), []), strict=False
+                )
+            )
+            for name in self.models
+            if (name, "with the key") in runs
+        )
+        pairs = f"req/s with the key / without, run by run (each pair measured back to back): {paired}."
+        own = "; ".join(
+            f"{name} {self.key_own_times[(name, 'with the key')] * 1e6:.0f} µs with the key, "
+            f"{self.key_own_times[(name, 'without')] * 1e6:.0f} µs without"
+            for name in self.models
+            if (name, "without") in self.key_own_times
+        )
+        if own:
+            pairs += " " + paragraph(
+                """ The app's own time for one record (its `Server-Timing`, which begins before the check;
+                median of 500 sequential requests to each server after the wrk runs): {own}. The check
+                alone (`ApiKeyCheck.refusal` on the right 40-character key, in process, CPU time):
+                {check:.2f} µs.""",
+                own=own,
+                check=self.key_check_cost * 1e6,
+            )
+        self.report.section("8. The API key check", f"{text}\n\n{table}\n\n{pairs}\n")
 
     # 7. the Lambda package
 
@@ -1163,7 +1308,7 @@ def _http_times(base_url: str, path: str, body: bytes, runs: int) -> tuple[list[
     with httpx.Client(base_url=base_url, timeout=30) as client:
         for run in range(5 + runs):
             started = time.perf_counter()
-            response = client.post(path, content=body, headers=JSON_HEADERS)
+            response = client.post(path, content=body, headers=json_headers())
             elapsed = time.perf_counter() - started
             response.raise_for_status()
             if run >= 5:
@@ -1256,7 +1401,7 @@ PIECES_HEADER = (
 
 
 def _reload_count(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    text = httpx.get(f"{base_url}/metrics", headers=key_headers(), timeout=10).text
     found = re.search(
         rf'^arrival_model_reloads_total\{{model="{re.escape(name)}"\}} (\S+)$', text, re.MULTILINE
     )
@@ -1326,6 +1471,27 @@ def serve_hello(port: int) -> None:
     )
 
 
+def _key_check_seconds(calls: int = 200_000) -> float:
+    """What the server's check costs a request that carries the right key, in process."""
+    from serving.auth import ApiKeyCheck
+
+    key = os.environ["ARRIVAL_API_KEY"]
+    check = ApiKeyCheck(key)
+    given = "".join(key)  # another str object, as a request's header is
+    started = time.thread_time()  # one clock read for all the calls: each is far below its resolution
+    for _ in range(calls):
+        check.refusal(given)
+    return (time.thread_time() - started) / calls
+
+
+def serve_without_key() -> None:
+    """`arrival-serve` without the API key check (serving.main.serve, with no key), for section 8."""
+    from serving.main import serve
+    from serving.settings import get_serving_settings
+
+    serve(get_serving_settings(), api_key=None)
+
+
 def run_section(report: Report, title: str, section: Callable[[], None]) -> None:
     """A section that fails is reported as failed; the others still run."""
     print(f"--- {title}", flush=True)  # noqa: T201
@@ -1358,6 +1524,13 @@ def options() -> argparse.Namespace:
     parser.add_argument("--poll-promotions", type=int, default=3, help="0 skips the poll-only fallback")
     parser.add_argument("--lambda-runs", type=int, default=50)
     parser.add_argument("--serve-hello", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-without-key", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sections",
+        default="1,2,3,4,5,6,7,8",
+        help="the sections to run, by number (e.g. 8); those left out are left out of the results",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the Markdown file to write")
     return parser.parse_args()
 
 
@@ -1376,9 +1549,12 @@ def main() -> None:
     if arguments.serve_hello:
         serve_hello(arguments.serve_hello)
         return
+    if arguments.serve_without_key:
+        serve_without_key()
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: install it (Debian/Ubuntu: `sudo apt-get install wrk`) and rerun")
-    report = Report(" ".join(["uv run python benchmarks/serving.py", *sys.argv[1:]]))
+    report = Report(" ".join(["uv run python benchmarks/serving.py", *sys.argv[1:]]), arguments.results)
     state = Path(tempfile.mkdtemp(prefix="arrival-serving-cloud-"))
     settings = LocalCloudSettings(
         state_dir=state, aws_port=free_port(), mlflow_port=free_port(), api_port=free_port()
@@ -1399,16 +1575,30 @@ def main() -> None:
             STACK,
             {"ReconcileSchedule": "rate(1 hour)", **_log_in_to_mlflow(settings)},
         )
+        # Every request to the stack's API carries its key, as a client's would (wrk reads it too).
+        secret = boto3.client("secretsmanager").get_secret_value(SecretId=outputs["ServingApiKeySecretArn"])
+        os.environ["ARRIVAL_API_KEY"] = secret["SecretString"]
         bench = Bench(settings, outputs, report, arguments)
         bench.prepare_models()
         bench.wait_for_server()
-        run_section(report, "1. single records", bench.single_records)
-        run_section(report, "2. batch", bench.batch)
-        run_section(report, "3. reloads under load", bench.reloads)
-        run_section(report, "4. promotion -> answering", bench.promotions)
-        run_section(report, "5. memory", bench.write_memory)
-        run_section(report, "6. Lambda", bench.lambda_api)
-        run_section(report, "7. package", bench.package)
+        chosen = {int(number) for number in arguments.sections.split(",")}
+        if chosen != set(range(1, 9)):
+            report.notes.append(
+                f"Only section(s) {', '.join(map(str, sorted(chosen)))} ran (`--sections`); the introduction "
+                "describes the whole benchmark, whose last full results are benchmarks/results/serving.md."
+            )
+        for number, title, section in (
+            (1, "1. single records", bench.single_records),
+            (2, "2. batch", bench.batch),
+            (3, "3. reloads under load", bench.reloads),
+            (4, "4. promotion -> answering", bench.promotions),
+            (5, "5. memory", bench.write_memory),
+            (6, "6. Lambda", bench.lambda_api),
+            (7, "7. package", bench.package),
+            (8, "8. the API key check", bench.api_key_check),
+        ):
+            if number in chosen:
+                run_section(report, title, section)
         bench.explain()
     finally:
         control.down(settings)

@@ -31,12 +31,14 @@ def timed_printer(console: Console) -> Callable[[str], None]:
     return say
 
 
-def _get_json(url: str, body: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]] | None:
+def _get_json(
+    url: str, api_key: str, body: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, str]] | None:
     """The API's answer and headers, or None while it does not answer yet (booting, loading)."""
     request = urllib.request.Request(  # noqa: S310  # the local cloud's own API
         url,
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "x-api-key": api_key},
         method="POST" if body is not None else "GET",
     )
     try:
@@ -46,11 +48,13 @@ def _get_json(url: str, body: dict[str, Any] | None = None) -> tuple[dict[str, A
         return None
 
 
-def _serve_prediction(follow: Follower, model: str, version: str, api_url: str) -> dict[str, Any]:
+def _serve_prediction(
+    follow: Follower, model: str, version: str, api_url: str, api_key: str
+) -> dict[str, Any]:
     """Wait until the serving instance answers with the champion, then ask it for one prediction."""
 
     def serving_champion() -> dict[str, Any] | None:
-        found = _get_json(f"{api_url}/models/{model}")
+        found = _get_json(f"{api_url}/models/{model}", api_key)
         return found[0] if found and str(found[0].get("version")) == version else None
 
     wait_for(serving_champion, time.monotonic() + 120, f"the serving API answering with version {version}")
@@ -63,7 +67,9 @@ def _serve_prediction(follow: Follower, model: str, version: str, api_url: str) 
         name: _number_or_text(value) for name, value in zip(header, values, strict=True) if name != target
     }
     answer = wait_for(
-        lambda: _get_json(f"{api_url}/models/{model}/predict", record), time.monotonic() + 30, "a prediction"
+        lambda: _get_json(f"{api_url}/models/{model}/predict", api_key, record),
+        time.monotonic() + 30,
+        "a prediction",
     )
     follow.say(f"prediction from version {answer[1].get('x-model-version')}: {answer[0].get('prediction')!r}")
     return record
@@ -90,9 +96,11 @@ MONTHS = (("2026-10", "iris-2026-10.csv"), ("2026-11", "iris.csv"))
 
 
 def run_demo(stack_name: str, console: Console, api_url: str | None, model: str = "iris") -> None:
+    from cli.target import api_key_for_stack
     from worker.adapters import tracking
 
     follow = Follower(stack_name, timed_printer(console))
+    api_key = api_key_for_stack(stack_name) if api_url is not None else ""
     location = put_contract(SAMPLES / f"{model}.yaml", stack_name)
     follow.say(f"contract for model '{model}' in {location}")
     served: str | None = None
@@ -111,9 +119,9 @@ def run_demo(stack_name: str, console: Console, api_url: str | None, model: str 
         if api_url is None:
             console.print("no serving API known (set ARRIVAL_API_URL): skipping the served prediction")
             continue
-        record = _serve_prediction(follow, model, champion.version, api_url)
+        record = _serve_prediction(follow, model, champion.version, api_url, api_key)
         served = champion.version
-    _print_next_steps(console, model, api_url, record)
+    _print_next_steps(console, model, api_url, api_key, record)
 
 
 def _upload_month(
@@ -146,11 +154,16 @@ def _print_champion(console: Console, model: str, version: str, metrics: dict[st
     )
 
 
-def _print_next_steps(console: Console, model: str, api_url: str | None, record: dict[str, Any]) -> None:
+def _print_next_steps(
+    console: Console, model: str, api_url: str | None, api_key: str, record: dict[str, Any]
+) -> None:
     mlflow_url = os.environ.get("MLFLOW_TRACKING_URI", "")
     console.print("\n[bold]Look around[/bold]")
     if api_url is not None:
-        console.print(f"  API docs:   {api_url}/docs", highlight=False)
+        # Every route but the probes needs the key, the docs too: a browser sends no x-api-key.
+        console.print(
+            f"  API schema: curl -s {api_url}/openapi.json -H 'x-api-key: {api_key}'", highlight=False
+        )
     console.print(f"  MLflow UI:  {mlflow_url}/#/models/{model}", highlight=False)
     if username := os.environ.get("MLFLOW_TRACKING_USERNAME"):
         # The UI asks for the login too; the password is not printed (a terminal's scrollback is kept).
@@ -162,8 +175,10 @@ def _print_next_steps(console: Console, model: str, api_url: str | None, record:
         )
     if api_url is not None and record:
         console.print(
+            # The key itself, so that the line works pasted as it is: the operator's own key, which
+            # the command has just read with their credentials.
             f"  curl -s -X POST {api_url}/models/{model}/predict -H 'Content-Type: application/json' "
-            f"-d '{json.dumps(record)}'",
+            f"-H 'x-api-key: {api_key}' -d '{json.dumps(record)}'",
             soft_wrap=True,
             highlight=False,
         )

@@ -515,18 +515,32 @@ def logs(
         errors.print(f"no log lines since {since} ago (--since goes further back)", highlight=False)
 
 
+def _api_key(ctx: typer.Context, stack_name: str) -> str:
+    """The key to send: ARRIVAL_API_KEY, or else the stack's secret, from the cloud the command targets."""
+    from cli.target import CliSettings, Target, api_key_for_stack
+
+    # The secret is read from the chosen cloud: the local one needs its endpoint set first (AWS needs
+    # nothing, and predicting needs no tracking server, which pointing at AWS would insist on).
+    if CliSettings().api_key is None and Target(str(ctx.obj)) is Target.local:
+        point_at_cloud(ctx.obj)
+    return api_key_for_stack(stack_name)
+
+
 @app.command()
 def predict(
     file: Annotated[str, typer.Argument(help="a CSV or JSON file of records, or - for JSON on stdin")],
     model: Annotated[str, typer.Option(help="the model to ask")],
+    ctx: typer.Context,
     url: Annotated[
         str | None, typer.Option(envvar="ARRIVAL_API_URL", help="the serving API; the local cloud's if unset")
     ] = None,
+    stack_name: Annotated[str, typer.Option(help="the stack whose API key to send")] = "arrival",
 ) -> None:
     """Ask the serving API for predictions on the records of a file (or stdin)."""
     import sys
 
     from cli import operations
+    from cli.target import TargetError
 
     if file == "-":
         text, is_csv = sys.stdin.read(), False
@@ -541,8 +555,9 @@ def predict(
         errors.print("[red]error:[/red] no serving API known: start the local cloud, or pass --url")
         raise typer.Exit(1)
     try:
-        answer = operations.predict(api_url, model, operations.read_records(text, is_csv))
-    except (operations.OperationError, ValueError) as error:
+        api_key = _api_key(ctx, stack_name)
+        answer = operations.predict(api_url, api_key, model, operations.read_records(text, is_csv))
+    except (operations.OperationError, TargetError, ValueError) as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error
     typer.echo(json.dumps(answer, indent=2))

@@ -159,13 +159,13 @@ def _csv_value(value: str | None) -> Any:
         return value
 
 
-def predict(api_url: str, model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+def predict(api_url: str, api_key: str, model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     """POST the records to the serving API; a 4xx comes back as an OperationError naming the field."""
     body = json.dumps(records[0] if len(records) == 1 else {"records": records}).encode()
     request = urllib.request.Request(  # noqa: S310  # the URL is the operator's own API
         f"{api_url.rstrip('/')}/models/{model}/predict",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "x-api-key": api_key},
         method="POST",
     )
     try:

@@ -62,6 +62,7 @@ def stack_status(stack_name: str, api_url: str | None) -> dict[str, Any]:
     }
     report["unsent"] = unsent
     report["problems"] = _stack_problems(unsent)
+    api_key = _api_key_or_none(stack_name) if api_url else None
     registry_error, registered = _registered_models()
     if registry_error:
         report["registry_error"] = registry_error
@@ -71,6 +72,7 @@ def stack_status(stack_name: str, api_url: str | None) -> dict[str, Any]:
             name,
             outputs,
             api_url,
+            api_key,
             ingest_dead_letters=len(ingest_dead.get(name, [])),
             training_dead_letters=len(training_dead.get(name, [])),
             training_failure=next(iter(training_dead.get(name, [])), None),
@@ -172,6 +174,7 @@ def _model_status(
     name: str,
     outputs: dict[str, str],
     api_url: str | None,
+    api_key: str | None,
     *,
     ingest_dead_letters: int,
     training_dead_letters: int,
@@ -194,7 +197,7 @@ def _model_status(
     versions = _versions(name, metric) if registry_up else []
     champion = next((v["version"] for v in versions if "champion" in v["aliases"]), None)
     pointer = read_pointer(outputs["ModelsBucketName"], name)
-    served = _served_version(api_url, name) if pointer else None
+    served = _served_version(api_url, api_key, name) if pointer else None
     live = s3.get_bytes(outputs["ModelsBucketName"], live_summary_key(name))
     status = {
         "name": name,
@@ -280,14 +283,25 @@ def _json_list(text: str) -> list[str]:
     return [str(item) for item in found] if isinstance(found, list) else [text]
 
 
-def _served_version(api_url: str | None, model: str) -> str | None:
-    """The version the API answers with, or None if no API is known or it does not answer."""
-    if not api_url:
-        return None
+def _api_key_or_none(stack_name: str) -> str | None:
+    """The stack's API key, or None if it cannot be read (status then shows no served version)."""
+    from cli.target import TargetError, api_key_for_stack
+
     try:
-        with urllib.request.urlopen(  # noqa: S310  # the operator's own API
-            f"{api_url.rstrip('/')}/models/{model}", timeout=3
-        ) as response:
+        return api_key_for_stack(stack_name)
+    except TargetError:
+        return None
+
+
+def _served_version(api_url: str | None, api_key: str | None, model: str) -> str | None:
+    """The version the API answers with, or None if no API or key is known or it does not answer."""
+    if not api_url or api_key is None:
+        return None
+    request = urllib.request.Request(  # noqa: S310  # the operator's own API
+        f"{api_url.rstrip('/')}/models/{model}", headers={"x-api-key": api_key}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
             return str(json.loads(response.read()).get("version"))
     except (urllib.error.URLError, OSError, ValueError):
         return None

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.tracking_login import MlflowLogin, login_from_environment
@@ -35,6 +36,11 @@ class CliSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARRIVAL_", env_file=".env", extra="ignore")
 
     target: Target = Target.local
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="the serving API's key the commands send (x-api-key); unset: read from the stack's "
+        "secret (its ServingApiKeySecretArn output)",
+    )
 
 
 class TargetError(Exception):
@@ -139,3 +145,34 @@ def describe(target: Target, environ: dict[str, str] | None = None) -> str:
     if target is Target.aws:
         return f"AWS (region {environ.get('AWS_DEFAULT_REGION') or environ.get('AWS_REGION') or 'default'})"
     return f"the local cloud ({environ.get('AWS_ENDPOINT_URL') or 'when it runs'})"
+
+
+# The stack output naming the Secrets Manager secret that holds the serving API's key (template.yaml).
+API_KEY_SECRET_OUTPUT = "ServingApiKeySecretArn"  # noqa: S105  # a name, not a secret
+
+
+def api_key_for_stack(stack_name: str) -> str:
+    """The serving API's key for a stack: ARRIVAL_API_KEY if set (the environment or `.env`), else the
+    value of the stack's secret, read with the caller's credentials from the cloud the environment
+    points at. The one place the commands (and `arrival env`) find the key."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from common.adapters.secrets import secret_string
+    from common.adapters.stack import stack_outputs
+
+    configured = CliSettings().api_key
+    if configured is not None:
+        return configured.get_secret_value()
+    try:
+        secret = stack_outputs(stack_name).get(API_KEY_SECRET_OUTPUT)
+        if not secret:
+            raise TargetError(
+                f"stack {stack_name!r} has no {API_KEY_SECRET_OUTPUT} output (deployed before the API "
+                "needed a key?): deploy it again, or set ARRIVAL_API_KEY"
+            )
+        return secret_string(secret)
+    except (ClientError, BotoCoreError) as error:
+        raise TargetError(
+            f"cannot read the API key of stack {stack_name!r} ({error}); set ARRIVAL_API_KEY, "
+            "or check the stack's name (--stack-name) and your credentials"
+        ) from error

@@ -1,8 +1,9 @@
 """The serving container's entry point in docker-compose.yml: it stands in for the serving instance's
-user data, which on EC2 exports the stack's models bucket and reload queue before ``arrival-serve``.
+user data, which on EC2 exports the stack's models bucket, reload queue and API key secret before
+``arrival-serve``.
 
 Under compose the stack is deployed after the container starts (``arrival deploy``), so this waits
-for it, takes the same two values from its outputs, then runs the command it is given.
+for it, takes the same three values from its outputs, then runs the command it is given.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main() -> None:
         **os.environ,
         "ARRIVAL_SERVING_MODELS_BUCKET": outputs["ModelsBucketName"],
         "ARRIVAL_SERVING_RELOAD_QUEUE_URL": outputs["ServingReloadQueueUrl"],
+        # The secret's name, not the key: arrival-serve reads the key itself (it refuses to start without).
+        "ARRIVAL_SERVING_API_KEY_SECRET": outputs["ServingApiKeySecretArn"],
     }
     LOG.info("serving stack %s from bucket %s", stack, outputs["ModelsBucketName"])
     os.execvpe(command[0], command, environment)  # noqa: S606  # the container's own command

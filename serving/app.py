@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 
+from serving.auth import API_KEY_HEADER, FORBIDDEN, ApiKeyCheck, ApiKeyRequired
 from serving.bundle import LoadedModel, Predictions
 from serving.capture import CaptureWriter
 from serving.mlflow_format import invocation_records
@@ -35,6 +36,8 @@ LOG = logging.getLogger("arrival.serving")
 JSON = "application/json"
 # Requests for a model that does not exist share one label, so callers cannot grow the metrics.
 UNKNOWN_MODEL = "_unknown"
+# Refused for their key: counted under one label too, whatever model they name.
+UNAUTHENTICATED = "_unauthenticated"
 
 
 class RequestMetrics:
@@ -177,9 +180,14 @@ Writer = Callable[[LoadedModel, Predictions, bool], bytes]
 async def _answer(request: Request, route: str, read: Reader, write: Writer) -> Response:
     started = time.perf_counter()
     state = request.app.state
+    request_metrics: RequestMetrics = state.request_metrics
+    # First: a refused request reads no body, runs no model and is never captured.
+    refusal = state.api_key_check.refusal(request.headers.get(API_KEY_HEADER))
+    if refusal is not None:
+        request_metrics.observe(UNAUTHENTICATED, route, 403, time.perf_counter() - started, [refusal.rule])
+        return Response(problems_json([refusal]), status_code=403, media_type=JSON)
     store = current_store(request)
     name: str = request.path_params["model"]
-    request_metrics: RequestMetrics = state.request_metrics
     model = store.models.get(name)  # one read of the snapshot: the whole request sees this version
     if model is None:
         response = unknown_model_response(name, store)
@@ -256,7 +264,9 @@ async def invocations(request: Request) -> Response:
     return await _answer(request, "invocations", read_invocations, write_invocations)
 
 
-models_router = APIRouter(prefix="/models", tags=["models"])
+models_router = APIRouter(
+    prefix="/models", tags=["models"], dependencies=[ApiKeyRequired], responses=FORBIDDEN
+)
 
 
 @models_router.get("")
@@ -314,14 +324,16 @@ async def ready(store: StoreDep) -> Response:
 
 
 # Prometheus' text format, not JSON: documented so, or a client generated from the schema parses JSON.
-@operations_router.get("/metrics", response_class=PlainTextResponse)
+@operations_router.get(
+    "/metrics", response_class=PlainTextResponse, dependencies=[ApiKeyRequired], responses=FORBIDDEN
+)
 async def metrics(store: StoreDep) -> Response:
     """Prometheus metrics: requests, latency, refusals by rule, loaded versions and reloads."""
     return Response(generate_latest(store.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 # FastAPI's own /openapi.json and /docs would come before the prediction routes (see create_app).
-docs_router = APIRouter(include_in_schema=False)
+docs_router = APIRouter(include_in_schema=False, dependencies=[ApiKeyRequired])
 
 
 @docs_router.get("/openapi.json")
@@ -340,10 +352,16 @@ def create_app(
     *,
     store: ModelStore | None = None,
     mode: Literal["server", "lambda"] = "server",
+    api_key: str | None,
 ) -> FastAPI:
     """The API. "server" refreshes models from background threads started with the app's lifespan;
     "lambda" has no lifespan (Mangum runs with lifespan="off") and checks pointers on requests.
-    The app's metrics go to the store's registry: one app per store."""
+    The app's metrics go to the store's registry: one app per store.
+
+    With an api_key, every route but /health and /ready (probes: a load balancer's health check
+    sends no header) answers 403 without it in x-api-key. Without one the app checks nothing: that is
+    the Lambda app, behind API Gateway's own check of the same key. No default, so that each caller
+    says which it builds."""
     settings = settings or get_serving_settings()
     store = store or ModelStore(settings.models_bucket, max_batch=settings.max_batch)
     capture = CaptureWriter(
@@ -380,6 +398,7 @@ def create_app(
     app.state.shared_runs = SharedRuns()
     app.state.capture = capture
     app.state.check_pointers_every = settings.lambda_check_seconds if mode == "lambda" else None
+    app.state.api_key_check = ApiKeyCheck(api_key)
     # The predictions, nearly all of the traffic, are plain Starlette routes on the app itself and
     # first in line (routes are tried in order): FastAPI's parameters, dependencies and routers would
     # cost more than the prediction. They stay out of the generated schema, where serving/openapi.py

@@ -15,8 +15,9 @@ from serving.capture import CaptureWriter
 @cache
 def asgi_handler() -> Mangum:
     # lifespan="off": Mangum would otherwise run the lifespan on every invocation. The store lives in
-    # the cached app and checks its pointers on requests (mode="lambda").
-    return Mangum(create_app(mode="lambda"), lifespan="off")
+    # the cached app and checks its pointers on requests (mode="lambda"). No key: API Gateway checks
+    # it before the function runs (template.yaml, ServingFunction's events).
+    return Mangum(create_app(mode="lambda", api_key=None), lifespan="off")
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

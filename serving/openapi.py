@@ -30,6 +30,7 @@ _PROBLEMS = {
 }
 _ERRORS = {
     "400": "Malformed JSON (rule json_invalid)",
+    "403": "No API key in x-api-key, or a wrong one (rules missing_api_key, wrong_api_key)",
     "404": "No such model (the known ones are listed)",
     "413": "Body over the size limit, or a batch over the record limit",
     "415": "The content type is not application/json",
@@ -192,6 +193,8 @@ def _operation(
         "operationId": operation_id.replace("-", "_"),
         "summary": summary,
         "description": description,
+        # The scheme serving/auth.py declares, which /models and /metrics carry too.
+        "security": [{"ApiKey": []}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
         "responses": {
             "200": {"description": "The predictions", "content": {"application/json": {"schema": response}}},

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from functools import cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# API Gateway refuses API key values shorter than this; the server holds its key to the same rule.
+MIN_API_KEY_LENGTH = 20
 
 
 class ServingSettings(BaseSettings):
@@ -40,8 +43,40 @@ class ServingSettings(BaseSettings):
     )
     host: str = "0.0.0.0"  # noqa: S104  # the server must answer on the instance's interfaces
     port: int = Field(default=8080, gt=0, lt=65536)
+    # The server checks the key itself; on Lambda, API Gateway does, and the function needs neither.
+    api_key_secret: str | None = Field(
+        default=None,
+        description="the Secrets Manager secret (ARN or name) holding the API key `arrival-serve` "
+        "requires in x-api-key; read once, at start",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        min_length=MIN_API_KEY_LENGTH,
+        description="the API key itself, instead of a secret (tests, benchmarks); the template passes "
+        "the secret",
+    )
+
+
+class ServerSettings(ServingSettings):
+    """`arrival-serve`'s settings: the same, and a key it must have. A server started without one
+    would answer anyone, so it refuses to start instead."""
+
+    @model_validator(mode="after")
+    def _requires_an_api_key(self) -> ServerSettings:
+        if self.api_key is None and not self.api_key_secret:
+            raise ValueError(
+                "arrival-serve refuses to serve without an API key: set ARRIVAL_SERVING_API_KEY_SECRET "
+                "to the Secrets Manager secret holding it (the stack's ServingApiKeySecretArn output; "
+                "the template's user data sets it), or ARRIVAL_SERVING_API_KEY"
+            )
+        return self
 
 
 @cache
 def get_serving_settings() -> ServingSettings:
     return ServingSettings()  # type: ignore[call-arg]  # filled from the environment
+
+
+@cache
+def get_server_settings() -> ServerSettings:
+    return ServerSettings()  # type: ignore[call-arg]  # filled from the environment

@@ -129,6 +129,11 @@ class Chain:
     def upload(self, key: str, body: bytes) -> None:
         self.s3.put_object(Bucket=self.outputs["RawBucketName"], Key=key, Body=body)
 
+    def api_key(self) -> str:
+        """The serving API's key, from the stack's secret, as an operator reads it."""
+        secrets = self.cloud.client("secretsmanager")
+        return str(secrets.get_secret_value(SecretId=self.outputs["ServingApiKeySecretArn"])["SecretString"])
+
     def versions(self, model: str) -> list[Any]:
         try:
             return sorted(
@@ -199,9 +204,24 @@ def chain(local_cloud: LocalCloud, training_stack: dict[str, str]) -> Iterator[C
 
 
 @pytest.fixture(scope="session")
+def lambda_api(local_cloud: LocalCloud, chain: Chain) -> Iterator[httpx.Client]:
+    """The same app through Mangum, behind LocalStack's API Gateway (REST API, stage Prod); every
+    request carries the stack's API key."""
+    base = f"{local_cloud.endpoint_url}/_aws/execute-api/{chain.outputs['ServingApiId']}/Prod"
+    client = httpx.Client(base_url=base, headers={"x-api-key": chain.api_key()}, timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
 def api(local_cloud: LocalCloud, chain: Chain) -> Iterator[httpx.Client]:
-    """The training stack's EC2 serving instance's API, once its process answers."""
-    client = httpx.Client(base_url=f"http://127.0.0.1:{local_cloud.settings.api_port}", timeout=30)
+    """The training stack's EC2 serving instance's API, once its process answers; every request
+    carries the stack's API key."""
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{local_cloud.settings.api_port}",
+        headers={"x-api-key": chain.api_key()},
+        timeout=30,
+    )
 
     def healthy() -> bool:
         try:

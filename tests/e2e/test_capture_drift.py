@@ -97,7 +97,10 @@ def test_captured_traffic_feeds_the_scheduled_drift_report(
     lambda_api = f"{local_cloud.endpoint_url}/_aws/execute-api/{chain.outputs['ServingApiId']}/Prod"
 
     def answered_by_lambda() -> httpx.Response | None:
-        url, headers = f"{lambda_api}/models/{model}/predict", {"x-request-id": f"lambda-{unique}"}
+        url, headers = (
+            f"{lambda_api}/models/{model}/predict",
+            {"x-request-id": f"lambda-{unique}", "x-api-key": chain.api_key()},
+        )
         response = httpx.post(url, json=records[1], headers=headers, timeout=60)
         return response if response.status_code == 200 else None  # 503 until its store has loaded
 

@@ -64,7 +64,7 @@ def test_the_demo_reaches_a_served_prediction_twice_and_status_reports_it(
         assert f"prediction from version {summary['champion']}:" in printed
     # AND it ends with where to look and what to run next
     assert f"curl -s -X POST {api}/models/iris/predict" in printed
-    assert f"API docs: {api}/docs" in printed
+    assert f"API schema: curl -s {api}/openapi.json -H 'x-api-key: " in printed
     assert f"MLflow UI: {settings.mlflow_url}/#/models/iris" in printed
     assert "uv run arrival status" in printed and "uv run arrival logs trainer" in printed
 

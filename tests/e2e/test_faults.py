@@ -146,6 +146,8 @@ class ServerProcess:
             "ARRIVAL_SERVING_MODELS_BUCKET": chain.outputs["ModelsBucketName"],
             "ARRIVAL_SERVING_HOST": "127.0.0.1",
             "ARRIVAL_SERVING_PORT": str(port),
+            # As the instance's user data says: the server reads its key from the stack's secret.
+            "ARRIVAL_SERVING_API_KEY_SECRET": chain.outputs["ServingApiKeySecretArn"],
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -173,7 +175,9 @@ def test_a_restarted_server_takes_traffic_only_once_ready_and_never_answers_404_
     record = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
     server = ServerProcess(chain, free_port())
     client = httpx.Client(
-        base_url=f"http://127.0.0.1:{server.environment['ARRIVAL_SERVING_PORT']}", timeout=5
+        base_url=f"http://127.0.0.1:{server.environment['ARRIVAL_SERVING_PORT']}",
+        headers={"x-api-key": chain.api_key()},
+        timeout=5,
     )
 
     def ready() -> bool:

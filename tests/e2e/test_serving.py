@@ -28,15 +28,6 @@ from tests.helpers import eventually
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def lambda_api(local_cloud: LocalCloud, chain: Chain) -> Iterator[httpx.Client]:
-    """The same app through Mangum, behind LocalStack's API Gateway (REST API, stage Prod)."""
-    base = f"{local_cloud.endpoint_url}/_aws/execute-api/{chain.outputs['ServingApiId']}/Prod"
-    client = httpx.Client(base_url=base, timeout=60)
-    yield client
-    client.close()
-
-
 def _served_version(client: httpx.Client, model: str) -> str | None:
     try:
         response = client.get(f"/models/{model}")
@@ -53,8 +44,8 @@ def _iris_record() -> dict[str, Any]:
 class LoadGenerator:
     """Clients that keep asking for predictions and keep every answer's status and version."""
 
-    def __init__(self, base_url: str, model: str, record: dict[str, Any], clients: int = 2) -> None:
-        self.base_url, self.model, self.record = base_url, model, record
+    def __init__(self, api: httpx.Client, model: str, record: dict[str, Any], clients: int = 2) -> None:
+        self.base_url, self.headers, self.model, self.record = str(api.base_url), api.headers, model, record
         self.statuses: Counter[int] = Counter()
         self.versions: list[str] = []
         self.errors: list[str] = []
@@ -63,7 +54,7 @@ class LoadGenerator:
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=10) as client:
+        with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=10) as client:
             while not self._stop.is_set():
                 try:
                     response = client.post(f"/models/{self.model}/predict", json=self.record)
@@ -135,7 +126,7 @@ def test_serving_follows_each_promotion_and_rollback_without_a_failed_request(
     assert f"/models/{model}/predict" in api.get("/openapi.json").json()["paths"]
 
     # WHEN a better dataset arrives while clients keep asking
-    with LoadGenerator(str(api.base_url), model, _iris_record()) as load:
+    with LoadGenerator(api, model, _iris_record()) as load:
         eventually(load.latest_version, 10, what="the load generator's first answer")
         chain.upload(f"{model}/large-clean.csv", datasets.noisy_iris_csv(600, seed=3, noise=0.2))
         second = chain.wait_versions(model, 2)[-1]

@@ -60,8 +60,8 @@ class Answer:
 class Clients:
     """Keep-alive connections that each ask for a prediction as soon as the last one is answered."""
 
-    def __init__(self, port: int, model: str, connections: int) -> None:
-        self.port, self.path = port, f"/models/{model}/predict"
+    def __init__(self, port: int, api_key: str, model: str, connections: int) -> None:
+        self.port, self.api_key, self.path = port, api_key, f"/models/{model}/predict"
         self.answers: list[list[Answer]] = [[] for _ in range(connections)]
         self.failures: list[str] = []
         self.first_seen: dict[str, float] = {}
@@ -76,7 +76,7 @@ class Clients:
 
     def _run(self, slot: int) -> None:
         connection, answers = self._connect(), self.answers[slot]
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "x-api-key": self.api_key}
         while not self._stop.is_set():
             sent = time.perf_counter()
             try:
@@ -199,10 +199,10 @@ def _in_order(first_seen: dict[str, float]) -> list[str]:
     return [version for version, _ in sorted(first_seen.items(), key=lambda item: item[1])]
 
 
-def _served_version(port: int, model: str) -> str | None:
+def _served_version(port: int, api_key: str, model: str) -> str | None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        connection.request("GET", f"/models/{model}")
+        connection.request("GET", f"/models/{model}", headers={"x-api-key": api_key})
         response = connection.getresponse()
         body = response.read()
     except OSError:
@@ -231,9 +231,12 @@ def test_serving_at_16_connections_through_10_promotions_fails_no_request(
     chain.upload(f"{model}/band-00.csv", datasets.to_csv(band_frame(0)))
     first = chain.wait_versions(model, 1)[0]
     assert "promotion" in first.tags, first.tags
-    eventually(lambda: _served_version(serving_port, model) == first.version, 60, what="the champion served")
+    api_key = chain.api_key()
+    eventually(
+        lambda: _served_version(serving_port, api_key, model) == first.version, 60, what="the champion served"
+    )
 
-    clients = Clients(serving_port, model, CONNECTIONS)
+    clients = Clients(serving_port, api_key, model, CONNECTIONS)
     report = ServingReport()
     with report.recorded(clients), clients.running():
         eventually(lambda: first.version in clients.first_seen, 30, what="the clients' first answer")

@@ -52,7 +52,7 @@ class Captured:
         # A store per app: an app's metrics go to its store's registry.
         store = ModelStore(MODELS_BUCKET, max_batch=50)
         values = {"models_bucket": MODELS_BUCKET, "capture_bucket": CAPTURE_BUCKET, **settings}
-        client = TestClient(create_app(ServingSettings(**values), store=store))
+        client = TestClient(create_app(ServingSettings(**values), store=store, api_key=None))
         store.refresh()
         return client
 
@@ -190,7 +190,7 @@ def test_the_servers_thread_writes_on_its_own_and_the_rest_at_shutdown(captured:
         poll_seconds=60,
     )
     store = ModelStore(MODELS_BUCKET, max_batch=50)
-    with TestClient(create_app(settings, store=store)) as client:
+    with TestClient(create_app(settings, store=store, api_key=None)) as client:
         store.refresh()
         assert any(thread.name == "capture-writer" for thread in threading.enumerate())
         # WHEN requests are sampled, THEN the thread writes them without being asked

@@ -3,9 +3,15 @@ never a tracking store of MLflow's own making."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
 from typer.testing import CliRunner
 
 # Imported before the tests block sockets: importing it probes the network stack (urllib3's IPv6
@@ -13,7 +19,7 @@ from typer.testing import CliRunner
 import common.ingest  # noqa: F401
 from cli import target
 from cli.main import app
-from cli.target import Target, TargetError, environment_for
+from cli.target import Target, TargetError, api_key_for_stack, environment_for
 from localcloud.settings import LocalCloudSettings
 from worker.adapters import tracking
 
@@ -151,3 +157,63 @@ def test_checking_a_file_against_a_local_contract_needs_no_cloud(
 
     assert result.exit_code == 0, result.output
     assert "would be accepted for model iris" in " ".join(result.output.split())
+
+
+API_KEY = "key-of-the-unit-stack-0123456789"  # pragma: allowlist secret
+
+
+@dataclass
+class Stacks:
+    """Stack outputs by stack name (CloudFormation, faked: moto's needs API Gateway's extras), and a
+    moto Secrets Manager."""
+
+    outputs: dict[str, dict[str, str]]
+
+    def read(self, stack_name: str) -> dict[str, str]:
+        if stack_name not in self.outputs:
+            error = {
+                "Error": {"Code": "ValidationError", "Message": f"Stack with id {stack_name} does not exist"}
+            }
+            raise ClientError(error, "DescribeStacks")  # type: ignore[arg-type]
+        return self.outputs[stack_name]
+
+
+@pytest.fixture
+def stacks(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stacks]:
+    from common.adapters import secrets, stack
+
+    monkeypatch.delenv("ARRIVAL_API_KEY", raising=False)
+    monkeypatch.chdir(Path(__file__).parent)  # no .env of the working tree's
+    faked = Stacks({})
+    monkeypatch.setattr(stack, "stack_outputs", faked.read)
+    with mock_aws():
+        secrets.secrets_client.cache_clear()
+        yield faked
+        secrets.secrets_client.cache_clear()
+
+
+def test_the_api_key_is_read_from_the_stacks_secret(stacks: Stacks) -> None:
+    arn = boto3.client("secretsmanager").create_secret(Name="unit-key", SecretString=API_KEY)["ARN"]
+    stacks.outputs["unit-key"] = {"ServingApiKeySecretArn": arn}
+
+    assert api_key_for_stack("unit-key") == API_KEY
+
+
+def test_arrival_api_key_comes_first(stacks: Stacks, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARRIVAL_API_KEY", "key-from-the-environment-0123456789")
+
+    assert (
+        api_key_for_stack("no-such-stack") == "key-from-the-environment-0123456789"
+    )  # pragma: allowlist secret
+
+
+@pytest.mark.parametrize(
+    ("deployed", "phrase"),
+    [(False, "cannot read the API key of stack 'unit-key'"), (True, "no ServingApiKeySecretArn output")],
+)
+def test_a_stack_without_a_key_says_what_to_do(stacks: Stacks, deployed: bool, phrase: str) -> None:
+    if deployed:  # a stack from before the API had a key
+        stacks.outputs["unit-key"] = {"ModelsBucketName": "models"}
+
+    with pytest.raises(TargetError, match=re.escape(phrase) + ".*ARRIVAL_API_KEY"):
+        api_key_for_stack("unit-key")

@@ -26,6 +26,7 @@ SUB_VARIABLE = re.compile(r"\$\{([^}!]+)\}")
 # property keys, the events arrival publishes, an AWS managed policy. Never a template name.
 NOT_TEMPLATE_NAMES = {
     "AmazonSSMManagedInstanceCore",
+    "GetSecretValue",
     "CodeUri",
     "DatasetQuarantined",
     "DescribeStacks",

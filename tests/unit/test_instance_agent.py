@@ -51,6 +51,7 @@ SERVING_VALUES = {
     "ServingPort": "8080",
     "ServingLogGroup": "/arrival/prod/serving",
     "CaptureBucket": "prod-capture-1-eu-west-1",
+    "ServingApiKeySecret": "arn:aws:secretsmanager:eu-west-1:1:secret:prod-api-key-AbCdEf",
 }
 
 
@@ -133,6 +134,8 @@ def test_the_template_user_data_starts_the_server_with_its_bucket_and_queue() ->
         "ARRIVAL_SERVING_PORT": "8080",
         "ARRIVAL_LOG_GROUP": "/arrival/prod/serving",
         "ARRIVAL_SERVING_CAPTURE_BUCKET": "prod-capture-1-eu-west-1",
+        # Where the key is, not the key: the server reads it with its role.
+        "ARRIVAL_SERVING_API_KEY_SECRET": "arn:aws:secretsmanager:eu-west-1:1:secret:prod-api-key-AbCdEf",
     }
 
 

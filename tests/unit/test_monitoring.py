@@ -185,7 +185,7 @@ def test_captures_written_by_serving_feed_the_report(stack: Stack) -> None:
     # GIVEN serving capturing every request of the champion, to the capture bucket
     settings = ServingSettings(models_bucket=MODELS_BUCKET, capture_bucket=CAPTURE_BUCKET, capture_rate=1.0)
     store = ModelStore(MODELS_BUCKET, max_batch=500)
-    client = TestClient(create_app(settings, store=store))
+    client = TestClient(create_app(settings, store=store, api_key=None))
     store.refresh()
     records = _shifted(300, seed=5)[FEATURES].to_dict("records")
     assert client.post("/models/iris/predict", json={"records": records}).status_code == 200

@@ -49,7 +49,7 @@ def serving(aws_credentials: None) -> Iterator[Serving]:
         )
         store = ModelStore(MODELS_BUCKET, max_batch=MAX_BATCH)
         # No `with`: the lifespan's background threads stay off; the tests refresh when they mean to.
-        client = TestClient(create_app(settings, store=store))
+        client = TestClient(create_app(settings, store=store, api_key=None))
         store.refresh()
         yield Serving(client, store, s3)
 
@@ -145,7 +145,9 @@ def test_health_is_always_ok_and_ready_waits_for_every_champion(aws_credentials:
     with serving_bundles.models_bucket() as s3:
         publish(s3, serving_bundles.trained("iris", "iris"), "1")
         store = ModelStore(MODELS_BUCKET, max_batch=10)
-        client = TestClient(create_app(ServingSettings(models_bucket=MODELS_BUCKET), store=store))
+        client = TestClient(
+            create_app(ServingSettings(models_bucket=MODELS_BUCKET), store=store, api_key=None)
+        )
 
         before = client.get("/ready")
         store.refresh()
@@ -333,7 +335,9 @@ def test_a_server_still_loading_its_models_answers_503_to_retry_not_404(serving:
     # A restarted server whose first look at the pointers has not happened yet: "no such model"
     # would be wrong, and a client or a load balancer would give up on a model that exists.
     starting = ModelStore(MODELS_BUCKET, max_batch=MAX_BATCH)
-    client = TestClient(create_app(ServingSettings(models_bucket=MODELS_BUCKET), store=starting))
+    client = TestClient(
+        create_app(ServingSettings(models_bucket=MODELS_BUCKET), store=starting, api_key=None)
+    )
 
     for response in (client.post("/models/iris/predict", json=IRIS_RECORD), client.get("/models/iris")):
         assert response.status_code == 503

@@ -28,9 +28,14 @@ from tests.serving_bundles import MODELS_BUCKET, publish
 # Limits small enough for the generator to cross them: the 413s are part of the contract too.
 MAX_BATCH = 20
 MAX_BODY_BYTES = 50_000
+# The app is fuzzed as the server runs it, with a key: schemathesis sends it as the document says
+# (the ApiKey scheme), and also checks that each operation refuses a request without it.
+API_KEY = "fuzzing-key-0123456789abcdef"  # pragma: allowlist secret  # a test's own
+KEYED = {"x-api-key": API_KEY}
 
 FUZZ_CONFIG: dict[str, Any] = {
     "seed": 20261127,
+    "headers": KEYED,
     "generation": {
         "mode": "all",
         "max-examples": 60,
@@ -72,7 +77,7 @@ def fuzzed_app(aws_credentials: None) -> Iterator[FastAPI]:
             models_bucket=MODELS_BUCKET, max_batch=MAX_BATCH, max_body_bytes=MAX_BODY_BYTES
         )
         store = ModelStore(MODELS_BUCKET, max_batch=MAX_BATCH)
-        app = create_app(settings, store=store)
+        app = create_app(settings, store=store, api_key=API_KEY)
         store.refresh()
         yield app
 
@@ -80,7 +85,7 @@ def fuzzed_app(aws_credentials: None) -> Iterator[FastAPI]:
 @pytest.fixture
 def api_schema(fuzzed_app: FastAPI) -> BaseSchema:
     config = schemathesis.Config.from_dict(FUZZ_CONFIG)
-    return schemathesis.openapi.from_asgi("/openapi.json", fuzzed_app, config=config)
+    return schemathesis.openapi.from_asgi("/openapi.json", fuzzed_app, config=config, headers=KEYED)
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +109,7 @@ def test_each_served_model_is_described_as_documented(api_schema: BaseSchema, mo
     # The fuzzer draws `{model}` from all strings and so only ever meets the 404s.
     case = api_schema["/models/{model}"]["GET"].Case(path_parameters={"model": model})
 
-    response = case.call_and_validate()
+    response = case.call_and_validate(headers=KEYED)
 
     assert response.status_code == 200
     assert response.json()["name"] == model
@@ -129,13 +134,13 @@ SURE_IRIS = {"sepal_length": 0.0, "sepal_width": 9.0, "petal_length": 0.0, "peta
 def test_answers_match_exactly_one_documented_shape(api_schema: BaseSchema, path: str, body: Any) -> None:
     case = api_schema[path]["POST"].Case(body=body, media_type="application/json")
 
-    response = case.call_and_validate()
+    response = case.call_and_validate(headers=KEYED)
 
     assert response.status_code == 200
 
 
 def test_metrics_are_documented_as_prometheus_text(api_schema: BaseSchema) -> None:
-    response = api_schema["/metrics"]["GET"].Case().call_and_validate()
+    response = api_schema["/metrics"]["GET"].Case().call_and_validate(headers=KEYED)
 
     assert response.headers["content-type"][0].startswith("text/plain")
 
@@ -150,9 +155,11 @@ def test_the_column_form_of_inputs_documents_each_feature(api_schema: BaseSchema
     operation = api_schema["/models/house-prices/invocations"]["POST"]
     columns: dict[str, Any] = {name: [value] for name, value in HOUSE_RECORD.items()}
 
-    accepted = operation.Case(body={"inputs": columns}, media_type="application/json").call_and_validate()
+    accepted = operation.Case(body={"inputs": columns}, media_type="application/json").call_and_validate(
+        headers=KEYED
+    )
     unknown = operation.Case(body={"inputs": {**columns, "colour": [1]}}, media_type="application/json")
-    refused = unknown.call()
+    refused = unknown.call(headers=KEYED)
 
     assert (column_form["required"], column_form["additionalProperties"]) == (record["required"], False)
     for name, rules in record["properties"].items():

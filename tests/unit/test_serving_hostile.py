@@ -46,7 +46,7 @@ def client() -> Iterator[TestClient]:
             settings = ServingSettings(
                 models_bucket=MODELS_BUCKET, max_batch=100, max_body_bytes=MAX_BODY_BYTES
             )
-            app = create_app(settings, store=store)
+            app = create_app(settings, store=store, api_key=None)
             store.refresh()
             yield TestClient(app)
 

@@ -36,7 +36,7 @@ with mock_aws():
             key = path.relative_to(files).as_posix()
             s3.put_object(Bucket="unit-models", Key=key, Body=path.read_bytes())
     store = ModelStore("unit-models", max_batch=10)
-    client = TestClient(create_app(ServingSettings(models_bucket="unit-models"), store=store))
+    client = TestClient(create_app(ServingSettings(models_bucket="unit-models"), store=store, api_key=None))
     store.refresh()
     record = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
     response = client.post("/models/iris/predict", json=record)

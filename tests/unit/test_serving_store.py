@@ -209,7 +209,7 @@ def test_the_poll_refreshes_without_a_queue_and_a_broken_queue_does_not_stop_it(
 def test_the_server_starts_and_stops_its_refreshers_with_the_app(bucket: Any) -> None:
     settings = ServingSettings(models_bucket=MODELS_BUCKET, poll_seconds=0.05)
 
-    with TestClient(create_app(settings, store=_store())) as client:
+    with TestClient(create_app(settings, store=_store(), api_key=None)) as client:
         eventually(lambda: client.get("/ready").status_code == 200, timeout=20, what="ready")
         running = {thread.name for thread in threading.enumerate()}
 
@@ -220,7 +220,10 @@ def test_the_server_starts_and_stops_its_refreshers_with_the_app(bucket: Any) ->
 def test_in_lambda_a_request_checks_the_pointers_at_most_every_few_seconds(bucket: Any) -> None:
     store = _store()
     app = create_app(
-        ServingSettings(models_bucket=MODELS_BUCKET, lambda_check_seconds=3600), store=store, mode="lambda"
+        ServingSettings(models_bucket=MODELS_BUCKET, lambda_check_seconds=3600),
+        store=store,
+        mode="lambda",
+        api_key=None,
     )
     client = TestClient(app)
 
@@ -237,7 +240,10 @@ def test_in_lambda_a_request_checks_the_pointers_at_most_every_few_seconds(bucke
 def test_in_lambda_a_stale_check_refreshes_before_answering(bucket: Any) -> None:
     store = _store()
     app = create_app(
-        ServingSettings(models_bucket=MODELS_BUCKET, lambda_check_seconds=0), store=store, mode="lambda"
+        ServingSettings(models_bucket=MODELS_BUCKET, lambda_check_seconds=0),
+        store=store,
+        mode="lambda",
+        api_key=None,
     )
     client = TestClient(app)
 

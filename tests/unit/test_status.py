@@ -45,7 +45,7 @@ def test_a_broken_contract_is_its_models_problem_not_a_crash(contract: bytes, ph
 
     # WHEN its status is read
     report = status._model_status(
-        "broken", OUTPUTS, None, ingest_dead_letters=0, training_dead_letters=0, registry_up=False
+        "broken", OUTPUTS, None, None, ingest_dead_letters=0, training_dead_letters=0, registry_up=False
     )
 
     # THEN it says what is wrong with that contract and what to run

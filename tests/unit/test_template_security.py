@@ -474,7 +474,10 @@ LOGIN_SECRET = "${MlflowLoginSecretArn}"
 def test_only_the_trainer_reads_the_mlflow_login_and_only_that_secret() -> None:
     # GIVEN every role's grants, with the trainer's conditional one as deployed with a secret
     readers = [
-        role for role in ROLES if _granting(_identity_statements(role), "secretsmanager:GetSecretValue")
+        role
+        for role in ROLES
+        for grant in _granting(_identity_statements(role), "secretsmanager:GetSecretValue")
+        if LOGIN_SECRET in [_render(resource) for resource in _listed(grant["Resource"])]
     ]
 
     # THEN the trainer, the one role that talks to MLflow, reads its login and nothing else
@@ -497,3 +500,83 @@ def test_the_login_grant_exists_only_when_a_secret_is_named() -> None:
     }
     assert granted["Resource"] == {"Ref": "MlflowLoginSecretArn"}
     assert otherwise == {"Ref": "AWS::NoValue"}
+
+
+SERVING_EVENTS = {
+    name: event["Properties"]
+    for name, event in RESOURCES["ServingFunction"]["Properties"]["Events"].items()
+    if event["Type"] == "Api"
+}
+# What a load balancer's health check calls, and cannot send a header to.
+OPEN_PROBES = {("/health", "GET"), ("/ready", "GET")}
+
+
+def test_every_serving_api_method_needs_the_api_key_but_the_probes() -> None:
+    for name, event in SERVING_EVENTS.items():
+        assert event["RestApiId"] == {"Ref": "ServingApi"}, name
+        key_required = event.get("Auth", {}).get("ApiKeyRequired", False)
+        assert key_required is ((event["Path"], event["Method"]) not in OPEN_PROBES), name
+    # Every other path and method falls to the keyed root and proxy.
+    routes = {(event["Path"], event["Method"]) for event in SERVING_EVENTS.values()}
+    assert routes == {("/", "ANY"), ("/{proxy+}", "ANY"), *OPEN_PROBES}
+    # No other API reaches a function.
+    assert _of_type("AWS::Serverless::Api") == ["ServingApi"] and not _of_type("AWS::ApiGateway::RestApi")
+    for function in _of_type("AWS::Serverless::Function"):
+        events = RESOURCES[function]["Properties"].get("Events", {}).values()
+        assert function == "ServingFunction" or not [e for e in events if e["Type"] == "Api"], function
+
+
+def test_the_usage_plan_throttles_the_key_and_has_a_quota_both_parameters() -> None:
+    plan = RESOURCES["ServingUsagePlan"]
+    stage = RESOURCES["ServingApi"]["Properties"]["StageName"]
+    assert plan["Properties"]["ApiStages"] == [{"ApiId": {"Ref": "ServingApi"}, "Stage": stage}]
+    assert plan["DependsOn"] == f"ServingApi{stage}Stage"  # the stage SAM makes, which must exist first
+    assert plan["Properties"]["Throttle"] == {
+        "RateLimit": {"Ref": "ServingApiRateLimit"},
+        "BurstLimit": {"Ref": "ServingApiBurstLimit"},
+    }
+    assert plan["Properties"]["Quota"] == {
+        "Limit": {"Ref": "ServingApiQuotaLimit"},
+        "Period": {"Ref": "ServingApiQuotaPeriod"},
+    }
+    for parameter in (
+        "ServingApiRateLimit",
+        "ServingApiBurstLimit",
+        "ServingApiQuotaLimit",
+        "ServingApiQuotaPeriod",
+    ):
+        assert "Default" in TEMPLATE["Parameters"][parameter], parameter
+    assert RESOURCES["ServingUsagePlanKey"]["Properties"] == {
+        "KeyId": {"Ref": "ServingApiKey"},
+        "KeyType": "API_KEY",
+        "UsagePlanId": {"Ref": "ServingUsagePlan"},
+    }
+
+
+def test_the_api_key_is_generated_into_secrets_manager_and_both_paths_take_it_from_there() -> None:
+    generated = RESOURCES["ServingApiKeySecret"]["Properties"]["GenerateSecretString"]
+    assert "SecretString" not in RESOURCES["ServingApiKeySecret"]["Properties"]  # never in the template
+    # API Gateway's minimum is 20 characters; a header value needs no punctuation or spaces.
+    assert generated["PasswordLength"] >= 20 and generated["ExcludePunctuation"] is True
+    assert generated["IncludeSpace"] is False
+    api_key = RESOURCES["ServingApiKey"]["Properties"]
+    assert api_key["Enabled"] is True
+    assert api_key["Value"] == {"Fn::Sub": "{{resolve:secretsmanager:${ServingApiKeySecret}}}"}
+    # The server is told where the secret is, never the key (user data is readable by many).
+    user_data = RESOURCES["ServingInstance"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    assert "export ARRIVAL_SERVING_API_KEY_SECRET=${ServingApiKeySecret}\n" in user_data
+    assert "ARRIVAL_SERVING_API_KEY=" not in user_data
+    assert TEMPLATE["Outputs"]["ServingApiKeySecretArn"]["Value"] == {"Ref": "ServingApiKeySecret"}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_only_the_serving_instance_reads_the_api_key_and_the_trainer_the_mlflow_login(role: str) -> None:
+    statements = _identity_statements(role)
+    reads = _granting(statements, "secretsmanager:GetSecretValue")
+    expected = {
+        "ServingRole": [{"Ref": "ServingApiKeySecret"}],
+        "TrainerRole": [{"Ref": "MlflowLoginSecretArn"}],
+    }.get(role, [])
+    assert [read["Resource"] for read in reads] == expected, role
+    secret_actions = [a for s in statements for a in _listed(s["Action"]) if a.startswith("secretsmanager:")]
+    assert secret_actions == ["secretsmanager:GetSecretValue"] * len(expected), role
