@@ -26,7 +26,7 @@ def _say(message: str) -> None:
 # The commands that talk to a cloud, and so must know which one (cli/target.py).
 # (`contract` decides per subcommand: `check` against a local contract file needs no cloud.)
 NEEDS_A_CLOUD = {
-    *("approve", "batch", "deploy", "demo", "drift", "logs", "reject"),
+    *("approve", "batch", "deploy", "demo", "drift", "env", "logs", "reject"),
     *("reproduce", "rollback", "redrive", "upload"),
 }
 
@@ -90,6 +90,27 @@ def down() -> None:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error
     console.print("local cloud stopped" if was_running else "local cloud was not running")
+
+
+@app.command()
+def env(
+    ctx: typer.Context,
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Print `export` lines that point a shell at the target: eval "$(uv run arrival env)"."""
+    from cli.target import Target, shell_environment
+
+    settings = get_local_cloud_settings()
+    found = shell_environment(
+        Target(str(ctx.obj or "local")),
+        settings,
+        dict(os.environ),
+        stack_name,
+        control.status(settings)["endpoints"].get("api"),
+    )
+    typer.echo(found.export_lines(), nl=False)
+    for what in found.missing:
+        errors.print(f"# not set: {escape(what)}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -10,6 +10,7 @@ directory (which is how an `mlflow.db` once got committed).
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -176,3 +177,71 @@ def api_key_for_stack(stack_name: str) -> str:
             f"cannot read the API key of stack {stack_name!r} ({error}); set ARRIVAL_API_KEY, "
             "or check the stack's name (--stack-name) and your credentials"
         ) from error
+
+
+@dataclass(frozen=True)
+class ShellEnvironment:
+    """What `arrival env` prints: the variables that point a shell at the target, and what could not
+    be found (said on stderr, so `eval` still gets the rest)."""
+
+    variables: dict[str, str]
+    missing: list[str]
+
+    def export_lines(self) -> str:
+        return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in self.variables.items())
+
+
+def shell_environment(
+    target: Target,
+    cloud: LocalCloudSettings,
+    environ: dict[str, str],
+    stack_name: str,
+    local_api_url: str | None,
+    stack_login: StackLogin | None = None,
+) -> ShellEnvironment:
+    """The target's endpoint (local only, with LocalStack's dummy credentials), region, tracking
+    server and login, and the serving API with its key. `environ` is the command's environment once
+    `environment_for` has pointed it at the target; the API key is read as `api_key_for_stack` reads
+    it, with that environment's credentials."""
+    variables: dict[str, str] = {}
+    missing: list[str] = []
+    if target is Target.local:
+        variables["AWS_ENDPOINT_URL"] = environ.get("AWS_ENDPOINT_URL") or cloud.aws_endpoint_url
+        variables.update(LOCAL_CREDENTIALS)
+    region = environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or _configured_region()
+    if region:
+        variables["AWS_DEFAULT_REGION"] = region
+    else:
+        missing.append("AWS_DEFAULT_REGION: no region configured (aws configure, or AWS_REGION)")
+    variables.update(tracking_access(target, cloud, environ, stack_name, stack_login).environment())
+    if "MLFLOW_TRACKING_USERNAME" not in variables:
+        missing.append("MLFLOW_TRACKING_USERNAME/PASSWORD: no login found for the tracking server")
+    api_url = environ.get("ARRIVAL_API_URL") or (
+        local_api_url if target is Target.local else _stack_output(stack_name, "ServingApiUrl")
+    )
+    if api_url:
+        variables["ARRIVAL_API_URL"] = api_url
+    else:
+        missing.append(f"ARRIVAL_API_URL: no serving API known for stack {stack_name!r}")
+    try:
+        variables["ARRIVAL_API_KEY"] = api_key_for_stack(stack_name)
+    except TargetError as error:
+        missing.append(f"ARRIVAL_API_KEY: {error}")
+    return ShellEnvironment(variables, missing)
+
+
+def _configured_region() -> str | None:
+    import boto3
+
+    return boto3.session.Session().region_name
+
+
+def _stack_output(stack_name: str, output: str) -> str | None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from common.adapters.stack import stack_outputs
+
+    try:
+        return stack_outputs(stack_name).get(output)
+    except (ClientError, BotoCoreError):
+        return None

@@ -4,6 +4,7 @@ never a tracking store of MLflow's own making."""
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,9 @@ from typer.testing import CliRunner
 import common.ingest  # noqa: F401
 from cli import target
 from cli.main import app
-from cli.target import Target, TargetError, api_key_for_stack, environment_for
+from cli.target import Target, TargetError, api_key_for_stack, environment_for, shell_environment
 from localcloud.settings import LocalCloudSettings
+from localcloud.tracking_login import ensure_login
 from worker.adapters import tracking
 
 # A state directory with no login in it: the person's own local cloud must not leak into these.
@@ -217,3 +219,72 @@ def test_a_stack_without_a_key_says_what_to_do(stacks: Stacks, deployed: bool, p
 
     with pytest.raises(TargetError, match=re.escape(phrase) + ".*ARRIVAL_API_KEY"):
         api_key_for_stack("unit-key")
+
+
+def _evaluated(export_lines: str, *names: str) -> list[str]:
+    """The variables as a shell sees them after `eval "$(arrival env)"`."""
+    script = 'eval "$1"; shift; for name; do printf "%s\\n" "${!name}"; done'
+    shown = subprocess.run(
+        ["bash", "-c", script, "bash", export_lines, *names], capture_output=True, text=True, check=True
+    )
+    return shown.stdout.splitlines()
+
+
+def test_env_points_a_shell_at_the_local_cloud_its_tracking_server_and_the_api(
+    stacks: Stacks, tmp_path: Path
+) -> None:
+    # GIVEN a running local cloud with its tracking login, and a stack whose API key is in its secret
+    cloud = LocalCloudSettings(aws_port=4566, mlflow_port=5000, state_dir=tmp_path)
+    login, _ = ensure_login(tmp_path)
+    arn = boto3.client("secretsmanager").create_secret(Name="env-key", SecretString=API_KEY)["ARN"]
+    stacks.outputs["env-stack"] = {"ServingApiKeySecretArn": arn}
+    environ = environment_for(Target.local, cloud, cloud_running=True, environ={})
+
+    # WHEN `arrival env` asks for the shell's variables
+    found = shell_environment(Target.local, cloud, environ, "env-stack", "http://127.0.0.1:8080")
+
+    # THEN a shell that evaluates them reaches the cloud, the tracking server as its user, and the API
+    names = [
+        "AWS_ENDPOINT_URL",
+        "AWS_DEFAULT_REGION",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "ARRIVAL_API_URL",
+        "ARRIVAL_API_KEY",
+    ]
+    assert _evaluated(found.export_lines(), *names) == [
+        "http://127.0.0.1:4566",
+        "us-east-1",
+        "http://127.0.0.1:5000",
+        login.username,
+        login.password,
+        "http://127.0.0.1:8080",
+        API_KEY,
+    ]
+    assert found.missing == []
+
+
+def test_env_for_aws_sets_no_endpoint_and_says_what_it_could_not_find(
+    stacks: Stacks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN AWS as the target, a tracking server, and a stack with an API but no readable key
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    environ = {"MLFLOW_TRACKING_URI": "https://mlflow.example.com", "AWS_DEFAULT_REGION": "eu-west-1"}
+    stacks.outputs["aws-stack"] = {"ServingApiUrl": "https://abc.execute-api.eu-west-1.amazonaws.com/Prod/"}
+
+    found = shell_environment(Target.aws, CLOUD, environ, "aws-stack", None, stack_login=no_stack_login)
+
+    # THEN nothing points boto3 away from AWS, and each missing value is named (on stderr), not guessed
+    assert "AWS_ENDPOINT_URL" not in found.variables and "AWS_ACCESS_KEY_ID" not in found.variables
+    assert found.variables["ARRIVAL_API_URL"] == "https://abc.execute-api.eu-west-1.amazonaws.com/Prod/"
+    assert found.variables["MLFLOW_TRACKING_URI"] == "https://mlflow.example.com"
+    assert [line.split(":")[0] for line in found.missing] == [
+        "MLFLOW_TRACKING_USERNAME/PASSWORD",
+        "ARRIVAL_API_KEY",
+    ]
+
+
+def test_values_with_quotes_and_spaces_survive_eval() -> None:
+    tricky = target.ShellEnvironment({"ARRIVAL_API_KEY": 'a\'b "c" $d `e`'}, [])
+    assert _evaluated(tricky.export_lines(), "ARRIVAL_API_KEY") == ['a\'b "c" $d `e`']
