@@ -123,6 +123,25 @@ class Chain:
             ),
         )
 
+    def dead_letter_reason(self, model: str, timeout: float = 240) -> str:
+        """The failure reason of the model's job once it is in the training dead-letter queue (left
+        there: peeked with no visibility timeout)."""
+        sqs = self.cloud.client("sqs")
+
+        def dead_lettered() -> str | None:
+            for message in sqs.receive_message(
+                QueueUrl=self.outputs["TrainingDeadLetterQueueUrl"],
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=1,
+                MessageAttributeNames=["All"],
+                VisibilityTimeout=0,
+            ).get("Messages", []):
+                if json.loads(message["Body"])["model"] == model:
+                    return str(message["MessageAttributes"]["failure_reason"]["StringValue"])
+            return None
+
+        return eventually(dead_lettered, timeout, interval=0, what=f"{model}'s job in the dead-letter queue")
+
     def put_contract(self, model: str, body: bytes) -> None:
         self.s3.put_object(Bucket=self.outputs["ConfigBucketName"], Key=f"contracts/{model}.yaml", Body=body)
 

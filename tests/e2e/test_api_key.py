@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import uuid
 
 import httpx
 import pytest
@@ -49,16 +50,23 @@ def _predict(client: httpx.Client, model: str, request_id: str, **headers: str) 
     )
 
 
-@pytest.mark.parametrize("path", ["ec2", "lambda"])
-def test_only_requests_with_the_stacks_key_are_answered_and_captured(
-    chain: Chain, api: httpx.Client, lambda_api: httpx.Client, path: str, unique: str
-) -> None:
-    # GIVEN a champion whose contract captures every request, served on both paths
-    client = api if path == "ec2" else lambda_api
-    model = f"key-{path}-{unique}"
+@pytest.fixture(scope="module")
+def keyed_model(chain: Chain) -> str:
+    """One champion whose contract captures every request, trained once for both paths."""
+    model = f"key-{uuid.uuid4().hex[:10]}"
     chain.put_contract(model, _contract_capturing_everything(model))
     chain.upload(f"{model}/train.csv", datasets.noisy_iris_csv(200, seed=4, noise=0.2))
     chain.wait_versions(model, 1)
+    return model
+
+
+@pytest.mark.parametrize("path", ["ec2", "lambda"])
+def test_only_requests_with_the_stacks_key_are_answered_and_captured(
+    api: httpx.Client, lambda_api: httpx.Client, chain: Chain, keyed_model: str, path: str, unique: str
+) -> None:
+    # GIVEN a champion whose contract captures every request, served on both paths
+    client = api if path == "ec2" else lambda_api
+    model = keyed_model
     eventually(lambda: client.get(f"/models/{model}").status_code == 200, 60, what=f"{path} serving it")
     anonymous = _without_key(client)
 

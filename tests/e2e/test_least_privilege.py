@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from tests import datasets
 from tests.conftest import TRAINING_STACK, LocalCloud
 from tests.e2e.conftest import Chain, arrival
-from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -57,22 +55,7 @@ def test_a_trainer_role_missing_one_action_dead_letters_its_job_naming_it(
     chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(100, seed=4))
 
     # THEN the job is dead-lettered with AWS's refusal as its reason, naming the action and the role
-    sqs = chain.cloud.client("sqs")
-
-    def dead_letter() -> dict[str, Any] | None:
-        for message in sqs.receive_message(
-            QueueUrl=chain.outputs["TrainingDeadLetterQueueUrl"],
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=1,
-            MessageAttributeNames=["All"],
-            VisibilityTimeout=0,
-        ).get("Messages", []):
-            if json.loads(message["Body"])["model"] == model:
-                return message  # type: ignore[no-any-return]
-        return None
-
-    message = eventually(dead_letter, 240, interval=0, what="the refused job in the dead-letter queue")
-    reason = message["MessageAttributes"]["failure_reason"]["StringValue"]
+    reason = chain.dead_letter_reason(model)
     assert "prepare" in reason and "AccessDenied" in reason and STRIPPED in reason, reason
     assert chain.versions(model) == []
 

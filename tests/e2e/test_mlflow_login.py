@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +14,6 @@ from localcloud.deploy import login_secret_name
 from tests import datasets
 from tests.conftest import TRAINING_STACK
 from tests.e2e.conftest import Chain
-from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -37,22 +35,12 @@ def test_the_tracking_server_refuses_anyone_without_the_login(chain: Chain) -> N
         assert mlflow.get("/health").status_code == 200
 
 
-def test_the_trainer_logs_in_with_the_stacks_secret_and_trains_and_registers(
-    chain: Chain, unique: str
-) -> None:
-    # GIVEN the training stack, whose trainers get no login but the secret's ARN in their user data
+def test_the_stacks_trainers_get_where_the_login_is_never_the_login(chain: Chain) -> None:
+    # Every training test of this suite then shows that a trainer logs in with it: the tracking
+    # server refuses anyone without the login (above).
     stack = chain.cloud.client("cloudformation").describe_stacks(StackName=TRAINING_STACK)["Stacks"][0]
     parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack["Parameters"]}
     assert login_secret_name(TRAINING_STACK) in parameters["MlflowLoginSecretArn"]
-    model = f"login-{unique}"
-    chain.put_contract(model, datasets.contract_yaml("iris", model))
-
-    # WHEN a dataset lands
-    chain.upload(f"{model}/day-1.csv", datasets.noisy_iris_csv(120, seed=3))
-
-    # THEN the trainer registers a version and the gate makes it the champion
-    version = chain.wait_versions(model, 1)[0]
-    assert chain.champion(model) == version.version
 
 
 @pytest.fixture
@@ -83,22 +71,7 @@ def test_a_trainer_the_server_refuses_dead_letters_its_job_saying_why(
 
     # THEN the job is not dropped: after its retries it lands in the dead-letter queue, and the
     # reason names the refused login and where it comes from
-    sqs = chain.cloud.client("sqs")
-
-    def dead_letter() -> dict[str, Any] | None:
-        for message in sqs.receive_message(
-            QueueUrl=chain.outputs["TrainingDeadLetterQueueUrl"],
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=1,
-            MessageAttributeNames=["All"],
-            VisibilityTimeout=0,
-        ).get("Messages", []):
-            if json.loads(message["Body"])["model"] == model:
-                return message  # type: ignore[no-any-return]
-        return None
-
-    message = eventually(dead_letter, 240, interval=0, what="the job in the dead-letter queue")
-    reason = message["MessageAttributes"]["failure_reason"]["StringValue"]
+    reason = chain.dead_letter_reason(model)
     assert "refused the trainer's login (401)" in reason
     assert "MlflowLoginSecretArn" in reason
     assert chain.versions(model) == []

@@ -255,22 +255,7 @@ def test_a_job_that_always_fails_lands_in_the_dead_letter_queue_with_its_reason(
     chain.put_contract(model, contract)
     chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(100, seed=8))
 
-    sqs = chain.cloud.client("sqs")
-
-    def dead_letter() -> dict[str, Any] | None:
-        for message in sqs.receive_message(
-            QueueUrl=chain.outputs["TrainingDeadLetterQueueUrl"],
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=1,
-            MessageAttributeNames=["All"],
-            VisibilityTimeout=0,
-        ).get("Messages", []):
-            if json.loads(message["Body"])["model"] == model:
-                return message  # type: ignore[no-any-return]
-        return None
-
-    message = eventually(dead_letter, 240, interval=0, what="the job in the dead-letter queue")
-    assert "quantum_forest" in message["MessageAttributes"]["failure_reason"]["StringValue"]
+    assert "quantum_forest" in chain.dead_letter_reason(model)
     failed = eventually(lambda: chain.events.of(("TrainingFailed", model)), 30, what="TrainingFailed")[0]
     assert "quantum_forest" in failed["body"]["detail"]["failure_reason"]
     assert chain.versions(model) == []
