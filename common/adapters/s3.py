@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore
 from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
@@ -134,10 +135,32 @@ def put_bytes(
     )
 
 
+class SdkTooOldError(RuntimeError):
+    """The AWS SDK in use cannot send a parameter arrival relies on."""
+
+
+@cache
+def require_conditional_writes() -> None:
+    """S3's conditional writes need an SDK that knows PutObject's IfMatch and IfNoneMatch. A Lambda
+    runtime's own boto3 may predate them (the packages do not vendor it, to stay small: Makefile,
+    RUNTIME_PROVIDED), and botocore would then refuse with "Unknown parameter in input", naming
+    neither the cause nor the fix. Checked once per process, before the first conditional write."""
+    shape = s3_client().meta.service_model.operation_model("PutObject").input_shape
+    members = shape.members if shape is not None else {}
+    missing = [name for name in ("IfMatch", "IfNoneMatch") if name not in members]
+    if missing:
+        raise SdkTooOldError(
+            f"this AWS SDK (botocore {botocore.__version__}) cannot send {' or '.join(missing)} on "
+            "PutObject, which arrival's leases and idempotency records need: deploy the function with "
+            "the boto3 of its requirements.txt vendored (a newer runtime, or a layer with it)"
+        )
+
+
 def put_json_if(bucket: str, key: str, document: Any, *, etag: str | None) -> str:
     """Write only if the object is still at `etag` (or still absent when etag is None): S3's
     conditional writes are arrival's compare-and-swap, since DynamoDB is not available offline.
     Returns the new ETag."""
+    require_conditional_writes()
     body = json.dumps(document, sort_keys=True).encode()
     try:
         if etag is None:
