@@ -54,14 +54,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.training import log_in_to_mlflow  # noqa: E402
 from common.adapters import events  # noqa: E402
 from common.bundles import Lineage  # noqa: E402
 from common.contracts import DataContract, parse_contract  # noqa: E402
 from localcloud import control  # noqa: E402
-from localcloud.deploy import deploy_stack, login_secret_name, put_login_secret  # noqa: E402
+from localcloud.deploy import deploy_stack  # noqa: E402
 from localcloud.processes import free_port, marked_processes, port_is_listening, process_tree  # noqa: E402
 from localcloud.settings import LocalCloudSettings  # noqa: E402
-from localcloud.tracking_login import read_login  # noqa: E402
 from serving.settings import ServingSettings  # noqa: E402
 from worker import serving_bundle  # noqa: E402
 
@@ -1534,16 +1534,6 @@ def options() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _log_in_to_mlflow(settings: LocalCloudSettings) -> dict[str, str]:
-    """The cloud's MLflow login for this process's clients, and in the stack's secret for its
-    trainers, as `arrival deploy` does (docs/local-cloud.md); the stack parameter naming it."""
-    login = read_login(settings.state_dir)
-    assert login is not None, "the local cloud's tracking server makes its login when it starts"
-    os.environ.update(MLFLOW_TRACKING_USERNAME=login.username, MLFLOW_TRACKING_PASSWORD=login.password)
-    secret = put_login_secret(login_secret_name(STACK), login.username, login.password)
-    return {"MlflowLoginSecretArn": secret}
-
-
 def main() -> None:
     arguments = options()
     if arguments.serve_hello:
@@ -1573,7 +1563,7 @@ def main() -> None:
         outputs = deploy_stack(
             ROOT / "template.yaml",
             STACK,
-            {"ReconcileSchedule": "rate(1 hour)", **_log_in_to_mlflow(settings)},
+            {"ReconcileSchedule": "rate(1 hour)", **log_in_to_mlflow(settings, STACK)},
         )
         # Every request to the stack's API carries its key, as a client's would (wrk reads it too).
         secret = boto3.client("secretsmanager").get_secret_value(SecretId=outputs["ServingApiKeySecretArn"])

@@ -179,13 +179,14 @@ def _row(label: str, runs: list[dict[str, float]]) -> str:
     )
 
 
-def _log_in_to_mlflow(settings: LocalCloudSettings) -> dict[str, str]:
+def log_in_to_mlflow(settings: LocalCloudSettings, stack: str = STACK) -> dict[str, str]:
     """The cloud's MLflow login for this process's clients, and in the stack's secret for its
-    trainers, as `arrival deploy` does (docs/local-cloud.md); the stack parameter naming it."""
+    trainers, as `arrival deploy` does (docs/local-cloud.md); the stack parameter naming it. (The
+    serving benchmark logs in with it too.)"""
     login = read_login(settings.state_dir)
     assert login is not None, "the local cloud's tracking server makes its login when it starts"
     os.environ.update(MLFLOW_TRACKING_USERNAME=login.username, MLFLOW_TRACKING_PASSWORD=login.password)
-    secret = put_login_secret(login_secret_name(STACK), login.username, login.password)
+    secret = put_login_secret(login_secret_name(stack), login.username, login.password)
     return {"MlflowLoginSecretArn": secret}
 
 
@@ -215,7 +216,7 @@ def main() -> None:
             {
                 "IngestTimeoutSeconds": "900",
                 "IngestVisibilityTimeoutSeconds": "960",
-                **_log_in_to_mlflow(settings),
+                **log_in_to_mlflow(settings),
             },
         )
         bench = Bench(outputs, settings.mlflow_url, settings.cloud_id)
