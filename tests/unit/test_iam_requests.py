@@ -166,3 +166,21 @@ def test_log_stream_calls_are_authorized_on_the_stream_under_its_group() -> None
             f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/arrival/a/trainer:log-stream:i-1",
         )
     ]
+
+
+def test_tagging_an_existing_resource_is_authorized_on_its_arn_without_the_launch_action() -> None:
+    requests = _for(
+        "ec2",
+        "CreateTags",
+        Resources=["i-1", "vol-0abc", "ami-0def"],
+        Tags=[{"Key": "arrival:role", "Value": "trainer"}],
+    )
+    assert [request.resource for request in requests or []] == [
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-1",
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/vol-0abc",
+        f"arn:aws:ec2:{REGION}::image/ami-0def",
+    ]
+    instance = (requests or [])[0]
+    assert "ec2:CreateAction" not in instance.context  # so a grant limited to launches does not apply
+    assert instance.context["aws:ResourceTag/arrival:stack"] == ["arrival"]
+    assert instance.context["aws:RequestTag/arrival:role"] == ["trainer"]

@@ -258,15 +258,37 @@ def _on_instances(
     return requests
 
 
+# EC2 ids say their resource type; the ARN of a tagged resource needs it. (Images have no account.)
+_EC2_ID_PREFIXES = {
+    "i": "instance",
+    "vol": "volume",
+    "sg": "security-group",
+    "subnet": "subnet",
+    "eni": "network-interface",
+    "lt": "launch-template",
+    "snap": "snapshot",
+    "vpc": "vpc",
+}
+
+
+def _tagged_resource_arn(resource_id: str, account: str, region: str) -> str:
+    prefix = resource_id.split("-", 1)[0]
+    if prefix == "ami":
+        return f"arn:aws:ec2:{region}::image/{resource_id}"
+    # A type not listed here keeps its prefix as the type: no policy of arrival's names it.
+    return _ec2_arn(region, account, f"{_EC2_ID_PREFIXES.get(prefix, prefix)}/{resource_id}")
+
+
 def _create_tags(params: Mapping[str, Any], account: str, region: str, state: CloudState) -> list[Request]:
+    """Tagging an existing resource (not at launch): no ec2:CreateAction, and an instance's
+    current tags as aws:ResourceTag."""
     tags = {tag["Key"]: tag["Value"] for tag in params.get("Tags") or []}
     requests = []
     for resource_id in params["Resources"]:
-        kind = "instance" if resource_id.startswith("i-") else "*"
-        existing = state.instance_tags(resource_id) if kind == "instance" else {}
+        existing = state.instance_tags(resource_id) if resource_id.startswith("i-") else {}
         context = {**_tag_context("aws:RequestTag", tags), **_tag_context("aws:ResourceTag", existing)}
         requests.append(
-            Request("ec2:CreateTags", _ec2_arn(region, account, f"{kind}/{resource_id}"), context)
+            Request("ec2:CreateTags", _tagged_resource_arn(resource_id, account, region), context)
         )
     return requests
 
