@@ -208,7 +208,9 @@ def shell_environment(
     if target is Target.local:
         variables["AWS_ENDPOINT_URL"] = environ.get("AWS_ENDPOINT_URL") or cloud.aws_endpoint_url
         variables.update(LOCAL_CREDENTIALS)
-    region = environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or _configured_region()
+    from common.adapters.stack import configured_region
+
+    region = environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or configured_region()
     if region:
         variables["AWS_DEFAULT_REGION"] = region
     else:
@@ -228,12 +230,6 @@ def shell_environment(
     except TargetError as error:
         missing.append(f"ARRIVAL_API_KEY: {error}")
     return ShellEnvironment(variables, missing)
-
-
-def _configured_region() -> str | None:
-    import boto3
-
-    return boto3.session.Session().region_name
 
 
 def _stack_output(stack_name: str, output: str) -> str | None:

@@ -8,6 +8,11 @@ from functools import cache
 import boto3
 
 
+def configured_region() -> str | None:
+    """The region boto3 calls the stack in: its environment's, else its config file's; None if neither."""
+    return boto3.session.Session().region_name
+
+
 @cache
 def stack_outputs(stack_name: str) -> dict[str, str]:
     stack = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
