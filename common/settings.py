@@ -76,6 +76,13 @@ class WorkerSettings(BaseSettings):
     )
     poll_seconds: int = Field(default=1, ge=0, le=20)
     workspace_root: Path | None = Field(default=None, description="where scratch DVC workspaces go")
+    # Set by the instance's boot (deploy/arrival-boot.sh), not by ARRIVAL_WORKER_*: the release is the
+    # instance's, whatever runs on it.
+    release_version: str | None = Field(
+        default=None,
+        validation_alias="ARRIVAL_RELEASE_VERSION",
+        description="the release this worker runs; once the stack names another, it ends after its jobs",
+    )
 
 
 class BatchSettings(BaseSettings):

@@ -24,6 +24,8 @@ import boto3
 import yaml
 from botocore.exceptions import ClientError, WaiterError
 
+from localcloud import release
+
 Say = Callable[[str], None]
 
 # Each packaged resource type and the property holding its local code directory.
@@ -134,6 +136,21 @@ def package(template_path: Path, template: dict[str, Any], bucket: str, s3: Any,
         properties[code_property] = f"s3://{bucket}/{key}"
 
 
+def _release_parameters(
+    template: dict[str, Any], overrides: dict[str, str], bucket: str, s3: Any, say: Say
+) -> dict[str, str]:
+    """Build and publish the release the template's instances install, unless the template takes no
+    release or the deployer names one (a rollback to an earlier release)."""
+    parameters = template.get("Parameters", {})
+    if "ReleaseVersion" not in parameters or "ReleaseVersion" in overrides:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="arrival-release-") as scratch:
+        built = release.build_release(Path(scratch) / "release")
+        uri = release.publish_release(s3, bucket, built)
+    say(f"release {built.version}: {uri}")
+    return {"ReleaseBucket": bucket, "ReleaseVersion": built.version}
+
+
 def _stack_exists(cloudformation: Any, stack_name: str) -> bool:
     try:
         stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
@@ -176,6 +193,7 @@ def deploy_stack(
     bucket = f"arrival-artifacts-{account}-{region}"
     _ensure_bucket(s3, bucket, region)
     package(template_path, template, bucket, s3, say)
+    overrides = {**_release_parameters(template, overrides, bucket, s3, say), **overrides}
 
     exists = _stack_exists(cloudformation, stack_name)
     change_set_name = f"arrival-{int(time.time() * 1000)}"

@@ -1,11 +1,19 @@
 """The EC2 instance agent: LocalStack's EC2 only records instances, so this "boots" them.
 
-It watches LocalStack for arrival's instances and runs the command their user data names, if it is
-the allow-listed command of their role (nothing else from user data ever runs on the host).
+It watches LocalStack for arrival's instances and boots them as their user data would on EC2: the
+user data's last line runs deploy/arrival-boot.sh with the allow-listed command of the instance's
+role (nothing else from user data ever runs on the host). The agent then does what that script does
+(localcloud/instance_release.py): it reads the release the user data names with the instance's own
+role, installs it with uv into an environment that holds only that release, and runs the command
+from there, never from the checkout.
 Each process learns its instance id from an instance-metadata stub on localhost, as from IMDS on EC2.
-An instance that is stopped or terminated ends its process. A process that exits leaves its instance
-running, as on EC2: the trainer terminates its own instance, and the reconciler one whose heartbeat
-stopped. So the reconciler's RunInstances call is what really starts a trainer.
+
+The agent supervises each process as the script's systemd unit does (Restart=always): a process that
+exits on a running instance is started again a second later. An instance that is stopped ends its
+process, and starting it again starts the process again from the release it installed, without
+running user data again (cloud-init runs it at the first boot only). A terminated instance ends its
+process for good: the trainer terminates its own instance when idle, and the reconciler one whose
+heartbeat stopped. So the reconciler's RunInstances call is what really starts a trainer.
 
 A server answers on the local cloud's API port (``ARRIVAL_API_PORT``), on localhost only. There is
 one such port, so one server runs at a time: another waits, unbooted, until the port is free again.
@@ -37,19 +45,28 @@ from botocore.exceptions import ClientError
 
 from localcloud.emulator import Service
 from localcloud.instance_credentials import RoleCredentials
+from localcloud.instance_release import InstalledRelease, ReleaseInstallError, install_release
 from localcloud.log_shipper import LogShipper
 from localcloud.processes import die_with_parent
+from localcloud.release import ReleaseError
 from localcloud.settings import LocalCloudSettings, get_local_cloud_settings
 
 LOG = logging.getLogger("arrival.instance_agent")
 ROLE_TAG = "arrival:role"
 STACK_TAG = "arrival:stack"
-# The only commands user data may start, by role: the executable, then its exact argument shape.
+# The only commands user data may start, by role: deploy/arrival-boot.sh, the release's executable,
+# then its exact argument shape.
+BOOT_COMMAND = "/usr/local/bin/arrival-boot"
 ALLOWED_COMMANDS = {
-    "trainer": re.compile(r"^arrival-worker --role trainer( --stack [a-z0-9][a-z0-9-]{0,127})?$"),
-    "server": re.compile(r"^arrival-serve$"),
+    "trainer": re.compile(
+        rf"^{BOOT_COMMAND} arrival-worker --role trainer( --stack [a-z0-9][a-z0-9-]{{0,127}})?$"
+    ),
+    "server": re.compile(rf"^{BOOT_COMMAND} arrival-serve$"),
 }
 LIVE = {"pending", "running"}
+STOPPED = {"stopping", "stopped"}
+# systemd's RestartSec in arrival-boot.sh's unit.
+RESTART_SECONDS = 1.0
 # What user data may set for the command, with `export NAME=value` lines: the worker's own settings.
 # AWS_* stays the agent's (the endpoint and credentials of this local cloud), and so does
 # MLFLOW_TRACKING_URI: a trainer unpickles its champion from that server, so whoever may call
@@ -71,13 +88,13 @@ _HOST_CREDENTIALS = {
 
 
 def command_from_user_data(user_data: str, role: str) -> list[str] | None:
-    """The user data's last command line, if it is the allow-listed command for the role."""
+    """The command the user data's last line boots, if it is the allow-listed command for the role."""
     lines = [line.strip() for line in user_data.splitlines()]
     commands = [line for line in lines if line and not line.startswith("#")]
     pattern = ALLOWED_COMMANDS.get(role)
     if not commands or pattern is None or not pattern.match(commands[-1]):
         return None
-    return shlex.split(commands[-1])
+    return shlex.split(commands[-1])[1:]
 
 
 def role_from_user_data(user_data: str) -> str | None:
@@ -197,6 +214,17 @@ class Identity:
     user_data: str
 
 
+@dataclass(frozen=True)
+class Installation:
+    """What an instance's first boot leaves on its disk: its release, installed, and the unit that
+    runs the command from it; a restart or a start after a stop needs nothing else."""
+
+    identity: Identity
+    command: list[str]
+    release: InstalledRelease
+    credentials: RoleCredentials | None
+
+
 class InstanceAgent:
     def __init__(self, settings: LocalCloudSettings) -> None:
         self.settings = settings
@@ -206,10 +234,11 @@ class InstanceAgent:
         self.sts: Any = self._client("sts")
         self.cloudformation: Any = self._client("cloudformation")
         self.booted: dict[str, BootedInstance] = {}
+        self.installed: dict[str, Installation] = {}
+        self.restart_at: dict[str, float] = {}
         self.finished: set[str] = set()
         self.waiting: set[str] = set()
         self.stopping = False
-        self.bin_dir = Path(sys.executable).parent
 
     def _client(self, service: str) -> Any:
         return boto3.client(  # type: ignore[call-overload]
@@ -220,11 +249,12 @@ class InstanceAgent:
             aws_secret_access_key="test",  # noqa: S106  # LocalStack accepts any credentials
         )
 
-    def _logs_client(self, credentials: RoleCredentials) -> Any:
+    def _role_client(self, service: str, credentials: RoleCredentials) -> Any:
+        """A client that calls as the instance's role, as its process and its CloudWatch agent do."""
         session = botocore.session.get_session()
         session.get_component("credential_provider").insert_before("env", _InstanceRoleProvider(credentials))
-        return boto3.session.Session(botocore_session=session).client(
-            "logs", endpoint_url=self.settings.aws_endpoint_url, region_name=self.settings.region
+        return boto3.session.Session(botocore_session=session).client(  # type: ignore[call-overload]
+            service, endpoint_url=self.settings.aws_endpoint_url, region_name=self.settings.region
         )
 
     def _instances(self) -> list[dict[str, Any]]:
@@ -248,7 +278,6 @@ class InstanceAgent:
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": metadata_url,
             "MLFLOW_TRACKING_URI": self.settings.mlflow_url,
             "DVC_NO_ANALYTICS": "1",
-            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         }
 
     def _identity(self, instance: dict[str, Any]) -> Identity:
@@ -361,6 +390,7 @@ class InstanceAgent:
         return command
 
     def boot(self, instance: dict[str, Any]) -> None:
+        """The first boot: what user data does, then the unit's first start."""
         instance_id = instance["InstanceId"]
         identity = self._identity(instance)
         command = self.command_for(instance_id, identity)
@@ -371,25 +401,61 @@ class InstanceAgent:
             LOG.warning(
                 "instance %s has no instance profile: its process gets no AWS credentials", instance_id
             )
+        release_uri = environment_from_user_data(identity.user_data).get("ARRIVAL_RELEASE_URI", "")
+        try:
+            if credentials is None:
+                raise ReleaseInstallError("no instance profile: nothing may read the release")
+            release = install_release(
+                self._role_client("s3", credentials),
+                release_uri,
+                identity.role,
+                self.settings.cache_dir / "instances",
+            )
+        except (ReleaseInstallError, ReleaseError) as error:
+            # As on EC2: the user data fails, the instance runs on with nothing started, and the
+            # reconciler replaces a trainer that never beats. Its output says why.
+            LOG.warning("instance %s: arrival-boot failed: %s", instance_id, error)
+            with self._log_path(instance_id).open("a") as log:
+                log.write(f"arrival-boot: {error}\n")
+            self.finished.add(instance_id)
+            return
+        self.installed[instance_id] = Installation(identity, command, release, credentials)
+        self.start(instance_id)
+
+    def _log_path(self, instance_id: str) -> Path:
+        return self.settings.state_dir / "logs" / f"instance-{instance_id}.log"
+
+    def start(self, instance_id: str) -> None:
+        """The unit's start: the command, from the installed release, in the instance's home."""
+        installation = self.installed[instance_id]
+        identity, credentials = installation.identity, installation.credentials
+        self.restart_at.pop(instance_id, None)
         metadata = MetadataStub(
             {"instance-id": instance_id, "placement/region": self.settings.region}, credentials
         )
         threading.Thread(target=metadata.serve_forever, daemon=True).start()
-        log_path = self.settings.state_dir / "logs" / f"instance-{instance_id}.log"
+        log_path = self._log_path(instance_id)
         # Made before the process starts, so its first lines are shipped too; with the instance's
         # role, as the CloudWatch agent ships them on EC2.
         group = environment_from_user_data(identity.user_data).get("ARRIVAL_LOG_GROUP")
         shipper = (
-            LogShipper(self._logs_client(credentials), log_path, group, instance_id)
+            LogShipper(self._role_client("logs", credentials), log_path, group, instance_id)
             if group and credentials is not None
             else None
         )
+        home = self.settings.state_dir / "instances" / instance_id
+        home.mkdir(parents=True, exist_ok=True)
+        environment = installation.release.environment(
+            instance_environment(
+                self._environment(metadata.url), identity.user_data, identity.role, self.settings
+            )
+        )
+        command = installation.release.command(installation.command[0], installation.command[1:])
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [str(self.bin_dir / command[0]), *command[1:]],
-                env=instance_environment(
-                    self._environment(metadata.url), identity.user_data, identity.role, self.settings
-                ),
+                command,
+                cwd=home,
+                env=environment,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -399,7 +465,13 @@ class InstanceAgent:
         if shipper is not None:
             shipper.start()
         self.booted[instance_id] = BootedInstance(instance_id, identity.role, process, metadata, shipper)
-        LOG.info("booted %s (%s): pid %d", instance_id, " ".join(command), process.pid)
+        LOG.info(
+            "started %s (%s, release %s): pid %d",
+            instance_id,
+            " ".join(installation.command),
+            installation.release.version,
+            process.pid,
+        )
 
     def _halt(self, booted: BootedInstance) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -413,33 +485,46 @@ class InstanceAgent:
         booted.stopped()
 
     def reconcile_once(self) -> None:
-        states = {instance["InstanceId"]: instance["State"]["Name"] for instance in self._instances()}
+        instances = self._instances()
+        states = {instance["InstanceId"]: instance["State"]["Name"] for instance in instances}
         for instance_id, booted in list(self.booted.items()):
-            if states.get(instance_id) not in LIVE:
-                LOG.info("instance %s is %s: ending its process", instance_id, states.get(instance_id))
+            state = states.get(instance_id)
+            if state not in LIVE:
+                LOG.info("instance %s is %s: ending its process", instance_id, state)
                 self._halt(booted)
             elif booted.process.poll() is not None:
-                # As on EC2, the end of user data's command leaves the instance running: the worker
-                # terminates its own, and the reconciler one whose heartbeat stopped. Terminating it
-                # here once hid trainers that could not (they had no instance id).
+                # The unit's Restart=always: on a running instance, the process comes back. A trainer
+                # that ended its own instance is not restarted: the next poll sees it terminated.
                 LOG.info(
-                    "instance %s: process exited (%s); the instance runs on until it is terminated",
+                    "instance %s: process exited (%s); restarting it in %.0f s",
                     instance_id,
                     booted.process.returncode,
+                    RESTART_SECONDS,
                 )
                 booted.stopped()
+                self.restart_at[instance_id] = time.monotonic() + RESTART_SECONDS
             else:
                 continue
             del self.booted[instance_id]
-            self.finished.add(instance_id)
+        for instance_id, state in states.items():
+            if state not in LIVE and state not in STOPPED and instance_id not in self.finished:
+                self.installed.pop(instance_id, None)  # terminated: its disk is gone
+                self.restart_at.pop(instance_id, None)
+                self.finished.add(instance_id)
         self.waiting &= {instance_id for instance_id, state in states.items() if state in LIVE}
-        for instance in self._instances():
+        now = time.monotonic()
+        for instance in instances:
             instance_id = instance["InstanceId"]
             if (
-                instance["State"]["Name"] in LIVE
-                and instance_id not in self.booted
-                and instance_id not in self.finished
+                states[instance_id] not in LIVE
+                or instance_id in self.booted
+                or instance_id in self.finished
+                or self.restart_at.get(instance_id, now) > now
             ):
+                continue
+            if instance_id in self.installed:
+                self.start(instance_id)  # a restart, or a start after a stop: user data does not run again
+            else:
                 self.boot(instance)
 
     def run(self) -> None:

@@ -17,13 +17,14 @@ import threading
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from types import FrameType
 from typing import Annotated, Any
 
 import typer
 
 from common.adapters import ec2, events, instance, s3, secrets, sqs
-from common.adapters.stack import StackResources, stack_outputs
+from common.adapters.stack import StackResources, stack_outputs, stack_parameter
 from common.layout import accepted_list_key, trainer_heartbeat_key
 from common.settings import WorkerSettings, get_worker_settings
 from common.tracking_login import login_from_environment, login_from_secret
@@ -190,6 +191,8 @@ class Trainer:
         self.resources = StackResources.from_outputs(outputs)
         self.held: list[dict[str, Any]] = []
         self.heartbeat: TrainerHeartbeat | None = None
+        # The release the stack names now (its ReleaseVersion); None where there is no stack to ask.
+        self.stack_release: Callable[[], str | None] = lambda: None
 
     def wait_until_quiet(
         self, model: str, expected_etag: str | None = None, deadline: float | None = None
@@ -371,6 +374,18 @@ class Trainer:
             self.held = []  # each was deleted, handed back for a retry, or dead-lettered
             if jobs:
                 last_work = time.monotonic()
+                if self.superseded_by_a_release():
+                    return
+
+    def superseded_by_a_release(self) -> str | None:
+        """The stack's release, if it is no longer this worker's: the trainer then ends with its jobs
+        done, and the reconciler starts one from the new release (the launch template's latest)."""
+        own = self.settings.release_version
+        current = self.stack_release() if own else None
+        if current is None or current == own:
+            return None
+        LOG.info("the stack now runs release %s: this trainer (release %s) ends after its jobs", current, own)
+        return current
 
 
 def _serve(role: str, stack: str, instance_id: str | None) -> None:
@@ -385,6 +400,7 @@ def _serve(role: str, stack: str, instance_id: str | None) -> None:
     settings = get_worker_settings()
     with stage_server() as stages:
         trainer = Trainer(settings, stack_outputs(stack), stages)
+        trainer.stack_release = lambda: stack_parameter(stack, "ReleaseVersion")
         signal.signal(signal.SIGTERM, trainer.release_held)
         if instance_id is None:  # a developer running the worker by hand: no instance to vouch for
             trainer.run()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from localcloud.deploy import load_template
 from localcloud.instance_agent import (
+    RESTART_SECONDS,
     BootedInstance,
     Identity,
     InstanceAgent,
@@ -52,6 +54,8 @@ SERVING_VALUES = {
     "ServingLogGroup": "/arrival/prod/serving",
     "CaptureBucket": "prod-capture-1-eu-west-1",
     "ServingApiKeySecret": "arn:aws:secretsmanager:eu-west-1:1:secret:prod-api-key-AbCdEf",
+    "ReleaseBucket": "artifacts",
+    "ReleaseVersion": "0.1.0-0123456789ab",
 }
 
 
@@ -66,6 +70,8 @@ def test_the_template_user_data_boots_the_trainer_with_its_tracking_server() -> 
             "MlflowTrackingUri": "http://mlflow:5000",
             "MlflowLoginSecretArn": LOGIN_SECRET,
             "TrainerLogGroup": "/arrival/prod/trainer",
+            "ReleaseBucket": "artifacts",
+            "ReleaseVersion": "0.1.0-0123456789ab",
         }
     )
 
@@ -83,6 +89,8 @@ def test_the_template_user_data_boots_the_trainer_with_its_tracking_server() -> 
         "ARRIVAL_STACK_NAME": "prod",
         "ARRIVAL_LOG_GROUP": "/arrival/prod/trainer",
         "ARRIVAL_WORKER_MLFLOW_LOGIN_SECRET": LOGIN_SECRET,
+        # The release it installs, with its role (deploy/arrival-boot.sh, localcloud/instance_release.py).
+        "ARRIVAL_RELEASE_URI": "s3://artifacts/releases/0.1.0-0123456789ab",
     }
 
 
@@ -136,6 +144,8 @@ def test_the_template_user_data_starts_the_server_with_its_bucket_and_queue() ->
         "ARRIVAL_SERVING_CAPTURE_BUCKET": "prod-capture-1-eu-west-1",
         # Where the key is, not the key: the server reads it with its role.
         "ARRIVAL_SERVING_API_KEY_SECRET": "arn:aws:secretsmanager:eu-west-1:1:secret:prod-api-key-AbCdEf",
+        "ARRIVAL_RELEASE_URI": "s3://artifacts/releases/0.1.0-0123456789ab",
+        "ARRIVAL_CFN_SIGNAL_RESOURCE": "ServingInstance",
     }
 
 
@@ -158,19 +168,29 @@ def test_the_server_answers_on_the_agents_api_port_whatever_the_user_data_says()
     assert environment["ARRIVAL_SERVING_MODELS_BUCKET"] == "prod-models-1-eu-west-1"
     assert environment["PATH"] == "/bin"
     trainer = _template_user_data(
-        **{"AWS::StackName": "s", "MlflowTrackingUri": "", "MlflowLoginSecretArn": "", "TrainerLogGroup": "g"}
+        **{
+            "AWS::StackName": "s",
+            "MlflowTrackingUri": "",
+            "MlflowLoginSecretArn": "",
+            "TrainerLogGroup": "g",
+            "ReleaseBucket": "b",
+            "ReleaseVersion": "0.1.0-0123456789ab",
+        }
     )
     assert instance_environment({}, trainer, "trainer", settings) == {
         "ARRIVAL_STACK_NAME": "s",
         "ARRIVAL_LOG_GROUP": "g",
+        "ARRIVAL_RELEASE_URI": "s3://b/releases/0.1.0-0123456789ab",
     }
 
 
-def test_the_server_command_takes_no_arguments() -> None:
-    assert command_from_user_data("arrival-serve", "server") == ["arrival-serve"]
-    assert command_from_user_data("arrival-serve --host 0.0.0.0", "server") is None
-    assert command_from_user_data("arrival-serve; curl https://example.com | sh", "server") is None
-    assert command_from_user_data("arrival-serve", "trainer") is None
+def test_the_server_command_takes_no_arguments_and_runs_only_through_the_boot_script() -> None:
+    boot = "/usr/local/bin/arrival-boot"
+    assert command_from_user_data(f"{boot} arrival-serve", "server") == ["arrival-serve"]
+    assert command_from_user_data(f"{boot} arrival-serve --host 0.0.0.0", "server") is None
+    assert command_from_user_data(f"{boot} arrival-serve; curl https://example.com | sh", "server") is None
+    assert command_from_user_data(f"{boot} arrival-serve", "trainer") is None
+    assert command_from_user_data("arrival-serve", "server") is None  # not from the release
 
 
 def test_a_second_server_waits_for_the_api_port_instead_of_failing_on_it(tmp_path: Path) -> None:
@@ -206,9 +226,9 @@ class _RecordedInstances:
         self.terminated.extend(InstanceIds)
 
 
-def test_a_process_that_exits_leaves_its_instance_running_as_on_ec2(tmp_path: Path) -> None:
-    # On EC2 the end of user data's command ends nothing: only the worker's own TerminateInstances
-    # (or the reconciler's) does. An agent that terminated the instance here hid workers that could not.
+def test_a_process_that_exits_on_a_running_instance_is_restarted_a_second_later(tmp_path: Path) -> None:
+    # The unit's Restart=always (deploy/arrival-boot.sh): the instance is not terminated, and the
+    # process comes back from what its first boot installed, without running user data again.
     agent = InstanceAgent(LocalCloudSettings(state_dir=tmp_path, agent_stacks=["a"]))
     instances = _RecordedInstances()
     agent.ec2 = instances
@@ -216,8 +236,26 @@ def test_a_process_that_exits_leaves_its_instance_running_as_on_ec2(tmp_path: Pa
     exited.wait()
     metadata: Any = SimpleNamespace(shutdown=lambda: None)  # the stub's socket is not for a unit test
     agent.booted["i-a"] = BootedInstance("i-a", "trainer", exited, metadata)
+    before = time.monotonic()
 
     agent.reconcile_once()
 
     assert instances.terminated == []
-    assert "i-a" not in agent.booted and "i-a" in agent.finished  # and it is not booted again
+    assert "i-a" not in agent.booted and "i-a" not in agent.finished
+    assert agent.restart_at["i-a"] >= before + RESTART_SECONDS
+
+
+def test_a_terminated_instance_is_never_started_again(tmp_path: Path) -> None:
+    agent = InstanceAgent(LocalCloudSettings(state_dir=tmp_path, agent_stacks=["a"]))
+    terminated = SimpleNamespace(
+        describe_instances=lambda: {
+            "Reservations": [{"Instances": [{"InstanceId": "i-a", "State": {"Name": "terminated"}}]}]
+        }
+    )
+    agent.ec2 = terminated
+    agent.installed["i-a"] = cast(Any, object())
+    agent.restart_at["i-a"] = 0.0
+
+    agent.reconcile_once()
+
+    assert "i-a" in agent.finished and "i-a" not in agent.installed and "i-a" not in agent.restart_at

@@ -377,3 +377,39 @@ def test_the_longest_wait_counts_from_when_the_job_was_sent(monkeypatch: pytest.
     assert trainer.wait_deadline([sent(10)]) - clock.monotonic() == pytest.approx(20)
     # Queued longer than the cap: still one quiet period, for a burst to settle.
     assert trainer.wait_deadline([sent(90), sent(5)]) - clock.monotonic() == pytest.approx(2)
+
+
+def test_a_trainer_of_an_older_release_ends_after_its_jobs_and_not_before(aws: Any) -> None:
+    # GIVEN a trainer of release A, with two jobs queued, while the stack now names release B
+    queue_url = OUTPUTS["TrainingQueueUrl"]
+    for model in ("first", "second"):
+        aws.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"model": model}))
+    settings = WorkerSettings.model_construct(
+        **{
+            **WorkerSettings().model_dump(),
+            "idle_seconds": 3600,
+            "poll_seconds": 0,
+            "release_version": "0.1.0-a",
+        }
+    )
+    trainer = Trainer(settings, OUTPUTS)
+    trainer.stack_release = lambda: "0.1.0-b"
+    handled: list[str] = []
+
+    def handle(model: str, messages: list[dict[str, Any]], lease: VisibilityHeartbeat) -> None:
+        handled.append(model)
+        lease.forget(messages)
+        for message in messages:
+            sqs.delete(queue_url, message["ReceiptHandle"])
+
+    trainer.handle = handle  # type: ignore[method-assign]
+
+    # WHEN it runs (an hour of idling allowed: only the release can end it)
+    trainer.run()
+
+    # THEN it finished the jobs it had received, then ended, leaving nothing in flight
+    assert handled
+    assert trainer.held == []
+    assert trainer.superseded_by_a_release() == "0.1.0-b"
+    trainer.stack_release = lambda: "0.1.0-a"
+    assert trainer.superseded_by_a_release() is None

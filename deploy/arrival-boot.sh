@@ -1,0 +1,103 @@
+#!/bin/bash
+# arrival-boot COMMAND [ARGUMENTS...]: installs the stack's release on a stock Amazon Linux 2023
+# instance and runs COMMAND (arrival-worker or arrival-serve) from it under systemd.
+#
+# Each instance's user data fetches this script from the release it names (ARRIVAL_RELEASE_URI,
+# s3://<bucket>/releases/<version>) and runs it as its last line. The release holds the project's
+# wheel and, per role, the locked requirements with their hashes (localcloud/release.py builds it).
+# The local instance agent follows the same steps (localcloud/instance_release.py): the same
+# objects, read with the instance's role, the same uv commands, the same layout.
+#
+#   /opt/arrival/deps/<role>-<lock digest>/      a virtualenv of the locked dependencies, shared by
+#                                                every release with the same lock
+#   /opt/arrival/releases/<version>/<role>/site  the release's own wheel, installed --no-deps
+#
+# The unit restarts the process whenever it ends (Restart=always) and is enabled, so a reboot, a
+# stop and start, or a crash brings it back: user data itself runs only at the first boot.
+set -euo pipefail
+
+command_name=${1:?usage: arrival-boot arrival-worker|arrival-serve [ARGUMENTS...]}
+case "$command_name" in
+  arrival-worker) role=trainer ;;
+  arrival-serve) role=server ;;
+  *) echo "arrival-boot: no role runs $command_name" >&2; exit 2 ;;
+esac
+release_uri=${ARRIVAL_RELEASE_URI:?the user data exports ARRIVAL_RELEASE_URI}
+version=${release_uri##*/}
+root=/opt/arrival
+downloads=$root/downloads/$version
+# Amazon Linux 2023's python3.11 package: the interpreter the release's lock was resolved for
+# (localcloud/release.py INSTANCE_PYTHON).
+python=python3.11
+uv_version=0.13.9
+
+dnf install -y -q "$python" "$python-pip" aws-cfn-bootstrap
+if [ ! -x "$root/uv/bin/uv" ]; then
+  "$python" -m venv "$root/uv"
+  "$root/uv/bin/pip" install -q "uv==$uv_version"
+fi
+uv=$root/uv/bin/uv
+
+mkdir -p "$downloads"
+aws s3 cp --quiet "$release_uri/release.json" "$downloads/release.json"
+wheel=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["wheel"])' "$downloads/release.json")
+aws s3 cp --quiet "$release_uri/$wheel" "$downloads/$wheel"
+aws s3 cp --quiet "$release_uri/requirements-$role.txt" "$downloads/requirements-$role.txt"
+
+# No bytecode at install: the first start compiles and writes what it imports (a few hundred of
+# the trainer's 18,000 files), and every later start reads it.
+lock_digest=$(sha256sum "$downloads/requirements-$role.txt" | cut -c1-16)
+deps=$root/deps/$role-$lock_digest
+if [ ! -e "$deps/.complete" ]; then
+  rm -rf "$deps"
+  "$uv" venv -q --python "$python" "$deps"
+  "$uv" pip install -q --python "$deps/bin/python" --require-hashes \
+    -r "$downloads/requirements-$role.txt"
+  touch "$deps/.complete"
+fi
+site=$root/releases/$version/$role/site
+if [ ! -e "$site/.complete" ]; then
+  rm -rf "$site"
+  "$uv" pip install -q --python "$deps/bin/python" --no-deps --target "$site" \
+    "$downloads/$wheel"
+  touch "$site/.complete"
+fi
+
+# What the user data exported for the process: arrival's settings, the region and the tracking
+# server; the unit reads them at every start.
+mkdir -p /etc/arrival
+env | grep -E '^(ARRIVAL_[A-Z0-9_]+|AWS_DEFAULT_REGION|MLFLOW_TRACKING_URI)=' > "/etc/arrival/$role.env"
+echo "ARRIVAL_RELEASE_VERSION=$version" >> "/etc/arrival/$role.env"
+shift
+cat > "/etc/systemd/system/arrival-$role.service" <<UNIT
+[Unit]
+Description=arrival $role (release $version)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+EnvironmentFile=/etc/arrival/$role.env
+Environment=PYTHONPATH=$site
+Environment=PATH=$site/bin:$deps/bin:/usr/local/bin:/usr/bin
+WorkingDirectory=$root
+ExecStart=$site/bin/$command_name $*
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl daemon-reload
+systemctl enable --now "arrival-$role.service"
+
+# A server that never answers fails its stack's deploy (the instance's CreationPolicy): report
+# whether /health answered within the first ten minutes.
+if [ "$role" = server ] && [ -n "${ARRIVAL_CFN_SIGNAL_RESOURCE:-}" ]; then
+  status=1
+  for _ in $(seq 600); do
+    if curl -fsS "http://127.0.0.1:${ARRIVAL_SERVING_PORT:-8080}/health" > /dev/null; then status=0; break; fi
+    sleep 1
+  done
+  /opt/aws/bin/cfn-signal -e "$status" --stack "$ARRIVAL_STACK_NAME" --resource "$ARRIVAL_CFN_SIGNAL_RESOURCE" \
+    --region "$AWS_DEFAULT_REGION"
+fi

@@ -1,0 +1,143 @@
+"""The instances run the stack's release, and come back by themselves.
+
+On AWS each instance's user data installs the release the stack names (deploy/arrival-boot.sh) and
+runs its process under systemd; the local instance agent does the same steps
+(localcloud/instance_release.py) and supervises the process as the unit does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+
+from localcloud.processes import CLOUD_ID_VARIABLE
+from tests import datasets
+from tests.conftest import LocalCloud
+from tests.e2e.conftest import Chain
+from tests.helpers import eventually
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def _instance_processes(cloud: LocalCloud, executable: str) -> list[int]:
+    """This local cloud's processes whose command line runs ``executable``."""
+    marker = f"{CLOUD_ID_VARIABLE}={cloud.settings.cloud_id}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit():
+                continue
+            arguments = (proc / "cmdline").read_bytes().split(b"\0")
+            if not any(argument.endswith(executable.encode()) for argument in arguments[:2]):
+                continue
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _outside_the_checkout(pid: int) -> list[str]:
+    """Every way the process could be running the checkout's code or packages, if any: its
+    interpreter, its command line, its working directory, its environment, and the files it has
+    mapped (the native extensions of numpy, scikit-learn, onnxruntime...)."""
+    proc = Path("/proc") / str(pid)
+    checkout = str(CHECKOUT)
+    found = []
+    executable = str((proc / "exe").readlink())
+    if executable.startswith(checkout) or "/.venv/" in executable:
+        found.append(f"interpreter {executable}")
+    found += [
+        f"argument {argument}"
+        for argument in (proc / "cmdline").read_text().split("\0")
+        if checkout in argument
+    ]
+    working_directory = str((proc / "cwd").readlink())
+    if working_directory.startswith(checkout):
+        found.append(f"working directory {working_directory}")
+    for variable in (proc / "environ").read_text().split("\0"):
+        name, _, value = variable.partition("=")
+        if name in ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and checkout in value:
+            found.append(f"{name}={value}")
+    mapped = {line.split()[-1] for line in (proc / "maps").read_text().splitlines() if "/" in line}
+    found += [f"mapped {path}" for path in sorted(mapped) if path.startswith(checkout)]
+    return found
+
+
+def test_the_trainer_and_the_server_run_the_release_and_nothing_of_the_checkout(
+    chain: Chain, api: httpx.Client, unique: str
+) -> None:
+    # GIVEN a model in training, and the serving instance answering
+    model = f"released-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("iris", model))
+    chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(300, seed=31))
+    chain.wait_running_run(model)
+    assert api.get("/health").status_code == 200
+
+    # WHEN we look at both processes
+    trainers = _instance_processes(chain.cloud, "arrival-worker")
+    servers = _instance_processes(chain.cloud, "arrival-serve")
+
+    # THEN each runs from its installed release, and nothing of it comes from the checkout
+    assert trainers and servers
+    for pid in [*trainers, *servers]:
+        assert _outside_the_checkout(pid) == []
+        environment = dict(
+            variable.partition("=")[::2]
+            for variable in (Path(f"/proc/{pid}/environ").read_text().split("\0"))
+        )
+        assert "/releases/" in environment["PYTHONPATH"]
+        assert environment["ARRIVAL_RELEASE_VERSION"] in environment["PYTHONPATH"]
+    # and the server's environment holds no scikit-learn, pandas or MLflow at all
+    server_site = _site_packages(servers[0])
+    assert not {"sklearn", "pandas", "mlflow"} & {path.name for path in server_site.iterdir()}
+    chain.wait_versions(model, 1)
+
+
+def _site_packages(pid: int) -> Path:
+    """The site-packages of the virtualenv the process's interpreter belongs to: the release's
+    script (its first argument) names that interpreter on its first line."""
+    script = Path(Path(f"/proc/{pid}/cmdline").read_text().split("\0")[1])
+    interpreter = Path(script.read_text().splitlines()[0].removeprefix("#!"))
+    return next(interpreter.parent.parent.glob("lib/python3.*/site-packages"))
+
+
+def _serving_answers(api: httpx.Client) -> bool:
+    try:
+        return api.get("/health").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_a_killed_server_comes_back_answering(chain: Chain, api: httpx.Client) -> None:
+    # GIVEN the serving instance's process
+    killed = _instance_processes(chain.cloud, "arrival-serve")
+    assert killed
+
+    # WHEN it is killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+
+    # THEN its supervisor starts it again, and it answers
+    eventually(
+        lambda: set(_instance_processes(chain.cloud, "arrival-serve")) - set(killed), 30, what="a new server"
+    )
+    eventually(lambda: _serving_answers(api), 60, what="the server answering again")
+
+
+def test_a_stopped_and_started_serving_instance_comes_back_answering(chain: Chain, api: httpx.Client) -> None:
+    # GIVEN the serving instance, answering
+    instance_id = chain.outputs["ServingInstanceId"]
+    ec2 = chain.cloud.client("ec2")
+    assert _serving_answers(api)
+
+    # WHEN it is stopped (its process ends), then started again
+    ec2.stop_instances(InstanceIds=[instance_id])
+    eventually(lambda: not _instance_processes(chain.cloud, "arrival-serve"), 30, what="the server stopped")
+    ec2.start_instances(InstanceIds=[instance_id])
+
+    # THEN its process comes back from the release it installed at its first boot, and answers
+    eventually(lambda: _serving_answers(api), 60, what="the server answering after the start")
