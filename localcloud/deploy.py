@@ -168,6 +168,67 @@ def _parameters(template: dict[str, Any], overrides: dict[str, str]) -> list[dic
     return [{"ParameterKey": key, "ParameterValue": value} for key, value in overrides.items()]
 
 
+# The template's network parameters: given together, or all taken from the account's default VPC.
+NETWORK_PARAMETERS = ("VpcId", "TrainerSubnetId", "ServingSubnetId")
+
+
+def _previous_network(cloudformation: Any, stack_name: str) -> dict[str, str]:
+    stack = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
+    values = {item["ParameterKey"]: item.get("ParameterValue", "") for item in stack.get("Parameters", [])}
+    return {name: values[name] for name in NETWORK_PARAMETERS if values.get(name)}
+
+
+def _default_network(ec2: Any, region: str) -> dict[str, str]:
+    """The default VPC, and its default subnet in the first Availability Zone by name, for both roles."""
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise DeployError(
+            f"VpcId is required: this account has no default VPC in {region}; pass "
+            "--parameter VpcId=vpc-... --parameter TrainerSubnetId=subnet-... "
+            "--parameter ServingSubnetId=subnet-... (docs/aws.md, Networking)"
+        )
+    vpc = vpcs[0]["VpcId"]
+    subnets = ec2.describe_subnets(
+        Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "default-for-az", "Values": ["true"]}]
+    )["Subnets"]
+    if not subnets:
+        raise DeployError(
+            f"TrainerSubnetId is required: the default VPC {vpc} has no default subnet; pass "
+            "--parameter TrainerSubnetId=subnet-... --parameter ServingSubnetId=subnet-..."
+        )
+    subnet = min(subnets, key=lambda found: found["AvailabilityZone"])["SubnetId"]
+    return {"VpcId": vpc, "TrainerSubnetId": subnet, "ServingSubnetId": subnet}
+
+
+def network_parameters(
+    template: dict[str, Any],
+    overrides: dict[str, str],
+    previous: dict[str, str],
+    default_network: Callable[[], dict[str, str]],
+    say: Say,
+) -> dict[str, str]:
+    """What the deploy passes for VpcId and the subnets when they are not all given: the stack's own
+    values on an update (a forgotten setting must not move its instances), else the default VPC's,
+    said in one line. Given in part, the rest is refused rather than guessed from another VPC."""
+    expected = [name for name in NETWORK_PARAMETERS if name in template.get("Parameters", {})]
+    missing = [name for name in expected if name not in overrides]
+    if not missing:
+        return {}
+    if len(missing) < len(expected):
+        raise DeployError(
+            f"{missing[0]} is required with {', '.join(n for n in expected if n not in missing)}: "
+            f"pass --parameter {missing[0]}=... in the same VPC (docs/aws.md, Networking)"
+        )
+    if all(name in previous for name in missing):
+        return {name: previous[name] for name in missing}
+    network = default_network()
+    say(
+        f"{', '.join(missing)} not given: using the default VPC {network['VpcId']} "
+        f"and its subnet {network['TrainerSubnetId']}"
+    )
+    return {name: network[name] for name in missing}
+
+
 def _stack_failure(cloudformation: Any, stack_name: str) -> str:
     events = cloudformation.describe_stack_events(StackName=stack_name)["StackEvents"]
     reasons = [
@@ -190,12 +251,24 @@ def deploy_stack(
     cloudformation: Any = session.client("cloudformation")
 
     template = load_template(template_path)
+    # Before packaging: a network that cannot be resolved is refused at once.
+    exists = _stack_exists(cloudformation, stack_name)
+    ec2: Any = session.client("ec2")
+    overrides = {
+        **overrides,
+        **network_parameters(
+            template,
+            overrides,
+            _previous_network(cloudformation, stack_name) if exists else {},
+            lambda: _default_network(ec2, region),
+            say,
+        ),
+    }
     bucket = f"arrival-artifacts-{account}-{region}"
     _ensure_bucket(s3, bucket, region)
     package(template_path, template, bucket, s3, say)
     overrides = {**_release_parameters(template, overrides, bucket, s3, say), **overrides}
 
-    exists = _stack_exists(cloudformation, stack_name)
     change_set_name = f"arrival-{int(time.time() * 1000)}"
     say(f"{'updating' if exists else 'creating'} stack {stack_name}")
     cloudformation.create_change_set(

@@ -11,6 +11,7 @@ from arrival_lambda_executor.iam_requests import LaunchTemplateFacts, NothingKno
 
 ACCOUNT, REGION = "000000000000", "us-east-1"
 TEMPLATE_ARN = f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/lt-0abc"
+NETWORK_TEMPLATE_ARN = f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/lt-0net"
 TRAINER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/arrival-TrainerRole"
 
 
@@ -18,6 +19,14 @@ class _Cloud(NothingKnown):
     """One stack's trainer launch template, instance profile, tagged instance, secret and stack."""
 
     def launch_template(self, specification: Mapping[str, Any]) -> LaunchTemplateFacts | None:
+        if specification.get("LaunchTemplateId") == "lt-0net":
+            # As template.yaml's trainer template: its subnet and group on the primary interface.
+            return LaunchTemplateFacts(
+                NETWORK_TEMPLATE_ARN,
+                image_id="ami-1",
+                security_group_ids=("sg-trainer",),
+                subnet_id="subnet-a",
+            )
         if specification.get("LaunchTemplateId") != "lt-0abc":
             return None
         return LaunchTemplateFacts(
@@ -133,6 +142,47 @@ def test_a_launch_from_a_template_is_authorized_on_every_resource_it_touches_wit
     assert tagging.context["aws:RequestTag/arrival:role"] == ["trainer"]
     [passing] = [request for request in requests if request.action == "iam:PassRole"]
     assert passing == Request("iam:PassRole", TRAINER_ROLE, {"iam:PassedToService": ["ec2.amazonaws.com"]})
+
+
+def _network_resources(**params: object) -> set[str]:
+    """The subnets and security groups a RunInstances is authorized on."""
+    requests = _for("ec2", "RunInstances", MinCount=1, MaxCount=1, **params) or []
+    return {
+        request.resource.rsplit(":", 1)[1]
+        for request in requests
+        if request.action == "ec2:RunInstances"
+        and (":subnet/" in request.resource or ":security-group/" in request.resource)
+    }
+
+
+def test_a_launch_is_authorized_on_its_templates_subnet_and_group_not_on_any() -> None:
+    assert _network_resources(LaunchTemplate={"LaunchTemplateId": "lt-0net"}) == {
+        "subnet/subnet-a",
+        "security-group/sg-trainer",
+    }
+
+
+def test_a_launch_is_authorized_on_each_network_interface_it_names() -> None:
+    # EC2 authorizes the subnet and groups of every interface a request specifies: a request that
+    # names them there must not be checked against the template's (or against "*").
+    interfaces = [
+        {"DeviceIndex": 0, "SubnetId": "subnet-b", "Groups": ["sg-1"]},
+        {"DeviceIndex": 1, "SubnetId": "subnet-c", "Groups": ["sg-2", "sg-1"]},
+    ]
+    assert _network_resources(
+        LaunchTemplate={"LaunchTemplateId": "lt-0net"}, NetworkInterfaces=interfaces
+    ) == {
+        "subnet/subnet-b",
+        "subnet/subnet-c",
+        "security-group/sg-1",
+        "security-group/sg-2",
+    }
+
+
+def test_a_requests_own_subnet_and_groups_override_the_templates() -> None:
+    assert _network_resources(
+        LaunchTemplate={"LaunchTemplateId": "lt-0net"}, SubnetId="subnet-z", SecurityGroupIds=["sg-z"]
+    ) == {"subnet/subnet-z", "security-group/sg-z"}
 
 
 def test_terminating_an_instance_carries_its_tags_for_the_policy_to_check() -> None:

@@ -145,6 +145,11 @@ def test_instances_start_only_from_the_trainer_launch_template(role: str) -> Non
         assert TRAINER_LAUNCH_TEMPLATE in resources
         assert f"{ARN}:instance/*" in resources
         assert "*" not in resources
+        # Into the trainers' subnet and group only, not any of the account's.
+        assert [r for r in resources if ":subnet/" in r] == [f"{ARN}:subnet/${{TrainerSubnetId}}"]
+        assert [r for r in resources if ":security-group/" in r] == [
+            f"{ARN}:security-group/${{TrainerSecurityGroup.GroupId}}"
+        ]
         (operator, keys), *others = statement["Condition"].items()
         assert operator in {"ArnEquals", "ArnLike"} and not others
         assert _render(keys["ec2:LaunchTemplate"]) == TRAINER_LAUNCH_TEMPLATE

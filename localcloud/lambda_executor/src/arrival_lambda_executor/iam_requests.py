@@ -201,6 +201,23 @@ def _tag_context(prefix: str, tags: Mapping[str, str]) -> dict[str, list[str]]:
     return context
 
 
+def _launch_network(
+    params: Mapping[str, Any], template: LaunchTemplateFacts | None
+) -> tuple[list[str], list[str]]:
+    """The security groups and subnets a launch puts its instance in, each authorized on its own ARN:
+    the request's (at the top, or on each network interface it specifies), else its launch
+    template's. A request's groups or subnet override the template's."""
+    interfaces = params.get("NetworkInterfaces") or []
+    groups = list(params.get("SecurityGroupIds") or [])
+    groups += [group for interface in interfaces for group in interface.get("Groups") or []]
+    subnets = [params["SubnetId"]] if params.get("SubnetId") else []
+    subnets += [interface["SubnetId"] for interface in interfaces if interface.get("SubnetId")]
+    if template is not None:
+        groups = groups or list(template.security_group_ids)
+        subnets = subnets or ([template.subnet_id] if template.subnet_id else [])
+    return list(dict.fromkeys(groups)), list(dict.fromkeys(subnets))
+
+
 def _run_instances(params: Mapping[str, Any], account: str, region: str, state: CloudState) -> list[Request]:
     """RunInstances is authorized once per resource type it touches (EC2's IAM reference), each with
     the launch template as a condition key; tags in the request need ec2:CreateTags too, and an
@@ -212,8 +229,7 @@ def _run_instances(params: Mapping[str, Any], account: str, region: str, state: 
     if template is not None:
         context["ec2:LaunchTemplate"] = [template.arn]
     image = params.get("ImageId") or (template.image_id if template else None)
-    groups = list(params.get("SecurityGroupIds") or (template.security_group_ids if template else ()))
-    subnet = params.get("SubnetId") or (template.subnet_id if template else None)
+    groups, subnets = _launch_network(params, template)
     resources = [
         _ec2_arn(region, account, "instance/*"),
         _ec2_arn(region, account, "volume/*"),
@@ -223,7 +239,10 @@ def _run_instances(params: Mapping[str, Any], account: str, region: str, state: 
             [_ec2_arn(region, account, f"security-group/{group}") for group in groups]
             or [_ec2_arn(region, account, "security-group/*")]
         ),
-        _ec2_arn(region, account, f"subnet/{subnet}" if subnet else "subnet/*"),
+        *(
+            [_ec2_arn(region, account, f"subnet/{subnet}") for subnet in subnets]
+            or [_ec2_arn(region, account, "subnet/*")]
+        ),
         f"arn:aws:ec2:{region}::image/{image or '*'}",
     ]
     if template is not None:
