@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from cli.operations import OperationError, outputs_of
 from common.adapters.logs import LogLine, NoLogGroupError, lines_since
 
-SOURCES = ("ingest", "reconcile", "serving", "trainer")
+SOURCES = ("ingest", "reconcile", "serving", "trainer", "batch", "notify", "drift")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 FOLLOW_POLL_SECONDS = 1.0
@@ -38,6 +38,9 @@ def log_groups(source: str | None, stack_name: str) -> dict[str, list[str]]:
         # The model server on its instance, and the same API on Lambda.
         "serving": [outputs["ServingLogGroupName"], f"/aws/lambda/{outputs['ServingFunctionName']}"],
         "trainer": [outputs["TrainerLogGroupName"]],
+        "batch": [f"/aws/lambda/{outputs['BatchFunctionName']}"],
+        "notify": [f"/aws/lambda/{outputs['NotifyFunctionName']}"],
+        "drift": [f"/aws/lambda/{outputs['DriftFunctionName']}"],
     }
     return {name: groups[name] for name in ([source] if source else SOURCES)}
 

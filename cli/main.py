@@ -506,7 +506,10 @@ def batch(
 @app.command()
 def logs(
     source: Annotated[
-        str | None, typer.Argument(help="ingest, reconcile, serving or trainer; all of them if left out")
+        str | None,
+        typer.Argument(
+            help="ingest, reconcile, serving, trainer, batch, notify or drift; all of them if left out"
+        ),
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
     since: Annotated[str, typer.Option(help="how far back: 30s, 10m, 2h, 1d")] = "1h",

@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
 from common.adapters import ec2, functions, s3, sqs
 from common.layout import trainer_heartbeat_key
 from common.observability import logger
@@ -23,6 +25,11 @@ TRAINER_ROLE = "trainer"
 # EC2's DescribeInstances is eventually consistent on AWS: an instance launched a moment ago may not
 # be listed yet, so the last launch counts as live for this long.
 LAUNCH_GRACE_SECONDS = 120.0
+# The metrics the stack's alarms watch (template.yaml): a launch EC2 refused or failed (capacity, a
+# quota, a bad image), and a trainer ended for a heartbeat that stopped or never came (a crash, a hang,
+# an image that cannot start the worker), whose replacement will loop while the cause stays.
+LAUNCH_FAILED_METRIC = "TrainerLaunchFailed"
+HEARTBEAT_LOST_METRIC = "TrainerHeartbeatLost"
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,12 @@ def _recent_launch(lease: Lease) -> str | None:
     return str(launch["instance_id"]) if state is None or state in ec2.LIVE_STATES else None
 
 
+def _count(metric_name: str, settings: PipelineSettings, value: int = 1) -> None:
+    """One datapoint now, by stack: two stacks in one account alarm on their own trainers only."""
+    with single_metric(name=metric_name, unit=MetricUnit.Count, value=value) as metric:
+        metric.add_dimension(name="stack", value=settings.stack_name)
+
+
 def _heartbeat_renewed_at(settings: PipelineSettings, instance_id: str) -> float | None:
     found = s3.get_bytes(settings.processed_bucket, trainer_heartbeat_key(instance_id))
     if found is None:
@@ -143,6 +156,8 @@ def _end_stopped_trainers(settings: PipelineSettings, now: float) -> tuple[list[
             "trainer stopped renewing its heartbeat; terminating it", extra={"instance_id": instance_id}
         )
         ec2.terminate(instance_id)
+    if stopped:
+        _count(HEARTBEAT_LOST_METRIC, settings, len(stopped))
     return alive, tuple(stopped)
 
 
@@ -152,9 +167,13 @@ def _launch(lease: Lease, settings: PipelineSettings) -> str:
     for _ in range(2):
         lease.renew(needed_seconds=ec2.WORST_CASE_CALL_SECONDS)
         token = lease.launch_token()
-        instance_id = ec2.run_from_template(
-            settings.trainer_launch_template_id, TRAINER_ROLE, settings.stack_name, client_token=token
-        )
+        try:
+            instance_id = ec2.run_from_template(
+                settings.trainer_launch_template_id, TRAINER_ROLE, settings.stack_name, client_token=token
+            )
+        except Exception:
+            _count(LAUNCH_FAILED_METRIC, settings)
+            raise  # the function fails too; the next scheduled run tries again
         lease.record_launch(instance_id)
         state = ec2.instance_state(instance_id)
         if state is None or state in ec2.LIVE_STATES:
@@ -163,6 +182,7 @@ def _launch(lease: Lease, settings: PipelineSettings) -> str:
             "launch token already spent on an ended instance; using the next",
             extra={"instance_id": instance_id, "state": state, "client_token": token},
         )
+    _count(LAUNCH_FAILED_METRIC, settings)
     raise RuntimeError("EC2 answered two launch tokens with ended instances")
 
 

@@ -239,6 +239,15 @@ def _stack_failure(cloudformation: Any, stack_name: str) -> str:
     return "; ".join(reasons[:5]) or "no reason recorded"
 
 
+def _upload_template(template: dict[str, Any], bucket: str, s3: Any) -> str:
+    """The packaged template in the artifacts bucket, by its content, as `sam deploy` passes one:
+    CloudFormation takes at most 51,200 bytes in the request itself, and the template is larger."""
+    body = json.dumps(template, separators=(",", ":")).encode()
+    key = f"templates/{hashlib.sha256(body).hexdigest()}.json"
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    return f"{s3.meta.endpoint_url}/{bucket}/{key}"
+
+
 def deploy_stack(
     template_path: Path, stack_name: str, overrides: dict[str, str], say: Say = lambda _: None
 ) -> dict[str, str]:
@@ -275,7 +284,7 @@ def deploy_stack(
         StackName=stack_name,
         ChangeSetName=change_set_name,
         ChangeSetType="UPDATE" if exists else "CREATE",
-        TemplateBody=json.dumps(template),
+        TemplateURL=_upload_template(template, bucket, s3),
         Parameters=_parameters(template, overrides),
         Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
     )

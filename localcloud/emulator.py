@@ -142,6 +142,10 @@ def localstack_service(settings: LocalCloudSettings, venv_python: Path) -> Servi
         # over one batch at a time: with batches of one file, 200 uploads queued for minutes (the
         # load soak), where Lambda on AWS runs up to MaximumConcurrency batches at once.
         "LAMBDA_EVENT_SOURCE_MAPPING_POLL_INTERVAL_SEC": "0.05",
+        # SQS reports its queues' metrics to CloudWatch this often (LocalStack's default, 60 s, is
+        # AWS's resolution): every 10 s, an alarm with a 10 s period (the tests' AlarmPeriodSeconds)
+        # sees a datapoint in each period, and one with AWS's 60 s sees six.
+        "SQS_CLOUDWATCH_METRICS_REPORT_INTERVAL": "10",
         "ARRIVAL_LAMBDA_VENV_CACHE": str(settings.cache_dir / "lambda-venvs"),
         # Read by the executor package's IAM enforcement hook (iam_enforcement.py).
         "ARRIVAL_IAM_ENFORCEMENT": "1" if settings.iam_enforcement else "0",

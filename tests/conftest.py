@@ -40,6 +40,8 @@ TEST_STACK_PARAMETERS = {
     "IngestTimeoutSeconds": "30",
     "IngestVisibilityTimeoutSeconds": "35",
     "IngestMaxReceiveCount": "2",
+    # The local cloud's SQS reports every 10 s (localcloud/emulator.py): an alarm fires in seconds.
+    "AlarmPeriodSeconds": "10",
 }
 # The stack whose trainers really run: a frozen one is found out in seconds (a heartbeat every 2 s).
 # (The ingest stacks' trainers are records that never beat; they keep the template's defaults.)

@@ -355,3 +355,57 @@ def test_the_reconcile_function_reconciles_whatever_invoked_it(
     response = handle_reconcile.handler(load_event(event), lambda_context)
 
     assert response == asdict(reconcile.ReconcileOutcome("launched", stack.trainers()[0]))
+
+
+def _metrics_printed(printed: str, name: str) -> list[dict[str, Any]]:
+    """The EMF documents of one metric in what the function printed (CloudWatch reads them off its log)."""
+    documents = [json.loads(line) for line in printed.splitlines() if line.startswith('{"_aws"')]
+    return [document for document in documents if name in document]
+
+
+def test_a_launch_ec2_refuses_is_counted_for_the_stacks_alarm_and_fails_the_run(
+    stack: FakeStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN queued work, and EC2 out of capacity
+    stack.queue_job()
+
+    def out_of_capacity(*_: Any, **__: Any) -> str:
+        raise RuntimeError("InsufficientInstanceCapacity")
+
+    monkeypatch.setattr(ec2, "run_from_template", out_of_capacity)
+
+    # WHEN the reconciler runs, THEN it fails (the function's errors alarm sees it too)
+    with pytest.raises(RuntimeError, match="InsufficientInstanceCapacity"):
+        reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+
+    # AND the launch that failed is one datapoint of the metric the stack's alarm watches
+    (document,) = _metrics_printed(capsys.readouterr().out, reconcile.LAUNCH_FAILED_METRIC)
+    assert document[reconcile.LAUNCH_FAILED_METRIC] == [1.0]
+    assert document["stack"] == STACK
+    assert ["stack", "service"] in document["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+
+
+def test_trainers_ended_for_a_lost_heartbeat_are_counted_for_the_stacks_alarm(
+    stack: FakeStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.queue_job()
+    stuck, never_started = stack.start_trainer(), stack.start_trainer()
+    stack.clock.advance(stack.settings.trainer_boot_grace_seconds + 1)
+    stack.heartbeat(stuck, seconds_ago=stack.settings.trainer_heartbeat_stale_seconds + 1)
+
+    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+
+    assert sorted(outcome.terminated) == sorted([stuck, never_started])
+    (document,) = _metrics_printed(capsys.readouterr().out, reconcile.HEARTBEAT_LOST_METRIC)
+    assert document[reconcile.HEARTBEAT_LOST_METRIC] == [2.0]
+    assert document["stack"] == STACK
+
+
+def test_a_healthy_reconcile_counts_no_failure(stack: FakeStack, capsys: pytest.CaptureFixture[str]) -> None:
+    stack.queue_job()
+
+    assert reconcile.ensure_trainer(stack.settings, wait_seconds=0).action == "launched"
+
+    printed = capsys.readouterr().out
+    assert not _metrics_printed(printed, reconcile.LAUNCH_FAILED_METRIC)
+    assert not _metrics_printed(printed, reconcile.HEARTBEAT_LOST_METRIC)

@@ -112,7 +112,10 @@ BUCKETS = _of_type("AWS::S3::Bucket")
 
 
 def test_no_statement_allows_everything_or_everywhere_but_what_must() -> None:
-    for statement in _statements(RESOURCES):
+    # A key policy is the key's own: its "*" is the key, and its account statement is AWS's default,
+    # which hands the decision to IAM (test_the_notification_key_...).
+    not_keys = {name: resource for name, resource in RESOURCES.items() if resource["Type"] != "AWS::KMS::Key"}
+    for statement in _statements(not_keys):
         if statement["Effect"] != "Allow":
             continue
         actions = _listed(statement["Action"])
@@ -264,8 +267,14 @@ def test_the_notifier_may_publish_to_its_topic_and_keep_what_fails_and_nothing_e
 
     assert _allows(statements, "sns:Publish", "${NotificationTopic}")
     assert _allows(statements, "sqs:SendMessage", "${NotificationDeadLetterQueue.Arn}")
+    # SNS asks KMS for the topic's data key as the publisher (the topic is encrypted).
+    assert _allows(statements, "kms:GenerateDataKey", "${NotificationKey.Arn}")
+    assert _allows(statements, "kms:Decrypt", "${NotificationKey.Arn}")
     granted = {action for statement in statements for action in _listed(statement["Action"])}
-    assert granted == {"sns:Publish", "sqs:SendMessage"}
+    assert granted == {"sns:Publish", "sqs:SendMessage", "kms:Decrypt", "kms:GenerateDataKey*"}
+    assert [s["Resource"] for s in _granting(statements, "kms:Decrypt")] == [
+        {"Fn::GetAtt": ["NotificationKey", "Arn"]}
+    ]
     assert not RESOURCES["NotifyFunction"]["Properties"].get("ManagedPolicyArns")
 
 
@@ -276,11 +285,42 @@ def test_only_the_notifier_publishes_to_sns_and_only_to_the_notification_topic()
     assert publish["Resource"] == {"Ref": "NotificationTopic"}
 
 
-def test_every_topic_is_encrypted_at_rest() -> None:
+def test_every_topic_is_encrypted_at_rest_with_the_stacks_rotated_key() -> None:
     topics = _of_type("AWS::SNS::Topic")
     assert topics == ["NotificationTopic"]
     for topic in topics:
-        assert RESOURCES[topic]["Properties"].get("KmsMasterKeyId") == "alias/aws/sns", topic
+        # Not AWS's managed key (alias/aws/sns): CloudWatch cannot publish an alarm to a topic under it.
+        assert RESOURCES[topic]["Properties"].get("KmsMasterKeyId") == {"Ref": "NotificationKey"}, topic
+    assert RESOURCES["NotificationKey"]["Properties"]["EnableKeyRotation"] is True
+
+
+STACK_ALARMS = "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${AWS::StackName}-*"
+FROM_STACK_ALARMS = {
+    "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}},
+    "ArnLike": {"aws:SourceArn": {"Fn::Sub": STACK_ALARMS}},
+}
+
+
+def test_the_notification_key_leaves_use_to_iam_and_lets_cloudwatch_encrypt_the_stacks_alarms() -> None:
+    account, cloudwatch = _statements(RESOURCES["NotificationKey"]["Properties"]["KeyPolicy"])
+    assert account["Principal"] == {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+    assert cloudwatch["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert sorted(cloudwatch["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    assert cloudwatch["Condition"] == FROM_STACK_ALARMS
+
+
+def test_the_topic_lets_cloudwatch_publish_the_stacks_alarms_and_no_other_service() -> None:
+    (statement,) = _statements(RESOURCES["NotificationTopicPolicy"]["Properties"]["PolicyDocument"])
+    assert statement["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert statement["Action"] == "sns:Publish"
+    assert statement["Resource"] == {"Ref": "NotificationTopic"}
+    assert statement["Condition"] == FROM_STACK_ALARMS
+
+
+def test_every_alarm_is_named_for_the_stack_so_its_policies_let_it_publish() -> None:
+    for alarm in _of_type("AWS::CloudWatch::Alarm"):
+        name = RESOURCES[alarm]["Properties"]["AlarmName"]["Fn::Sub"]
+        assert fnmatch.fnmatchcase(name, STACK_ALARMS.split(":alarm:", 1)[1]), alarm
 
 
 def test_only_the_notification_rule_may_fill_the_notification_dead_letter_queue() -> None:
