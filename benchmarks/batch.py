@@ -128,7 +128,7 @@ def run(repeats: int, rows: int) -> list[str]:
     print(f"wrote {rows:,} rows ({source.stat().st_size / 1e6:.0f} MB) in {time.monotonic() - started:.0f} s")  # noqa: T201
     control.up(settings)
     try:
-        outputs = deploy_stack(ROOT / "template.yaml", STACK, {})
+        outputs = deploy_stack(ROOT / "template.yaml", STACK, {}, vendor_dependencies=False)
         s3, logs = boto3.client("s3"), boto3.client("logs")
         bucket = outputs["InferenceBucketName"]
         group = f"/aws/lambda/{outputs['BatchFunctionName']}"

@@ -130,6 +130,7 @@ def chain_cloud(enforced: bool) -> Iterator[tuple[LocalCloudSettings, Run]]:
             ROOT / "template.yaml",
             training.STACK,
             {"IngestTimeoutSeconds": "900", "IngestVisibilityTimeoutSeconds": "960"},
+            vendor_dependencies=False,
         )
         bench = training.Bench(outputs, settings.mlflow_url, settings.cloud_id)
         bench.one_run(ROWS, seed=999)  # warm-up, not measured: brings a trainer up
@@ -173,7 +174,7 @@ def ingest_cloud(enforced: bool) -> Iterator[tuple[LocalCloudSettings, Run]]:
     _point_sdks_at(settings)
     control.up(settings)
     try:
-        outputs = deploy_stack(ROOT / "template.yaml", ingest.STACK, {})
+        outputs = deploy_stack(ROOT / "template.yaml", ingest.STACK, {}, vendor_dependencies=False)
         s3, logs = boto3.client("s3"), boto3.client("logs")
         s3.put_object(
             Bucket=outputs["ConfigBucketName"],

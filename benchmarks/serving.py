@@ -1564,6 +1564,7 @@ def main() -> None:
             ROOT / "template.yaml",
             STACK,
             {"ReconcileSchedule": "rate(1 hour)", **log_in_to_mlflow(settings, STACK)},
+            vendor_dependencies=False,
         )
         # Every request to the stack's API carries its key, as a client's would (wrk reads it too).
         secret = boto3.client("secretsmanager").get_secret_value(SecretId=outputs["ServingApiKeySecretArn"])

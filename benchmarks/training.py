@@ -218,6 +218,7 @@ def main() -> None:
                 "IngestVisibilityTimeoutSeconds": "960",
                 **log_in_to_mlflow(settings),
             },
+            vendor_dependencies=False,
         )
         bench = Bench(outputs, settings.mlflow_url, settings.cloud_id)
         cases = [("5,000 rows", 5_000, arguments.runs)]

@@ -168,14 +168,8 @@ def deploy(
     stack_name: Annotated[str, typer.Option(help="CloudFormation stack name")] = "arrival",
     parameter: Annotated[list[str] | None, typer.Option(help="Key=Value template parameter")] = None,
 ) -> None:
-    """Package the template's functions and create or update its stack on the local cloud."""
-    if str(ctx.obj) == "aws":
-        # The local executor builds each function's environment itself, so these packages carry no
-        # dependencies: on AWS they would fail on their first import. sam build vendors them.
-        errors.print(
-            "[red]error:[/red] to deploy to AWS, use `sam build && sam deploy --guided` (docs/aws.md)"
-        )
-        raise typer.Exit(1)
+    """Package the template's functions and create or update its stack, on the target cloud."""
+    from cli.target import CliSettings, Target, tracking_access
     from localcloud import deploy as deployment  # boto3 and zip work only when deploying
 
     overrides = dict(item.split("=", 1) for item in parameter or [])
@@ -183,15 +177,17 @@ def deploy(
     if tracking_uri := os.environ.get("MLFLOW_TRACKING_URI"):
         overrides.setdefault("MlflowTrackingUri", tracking_uri)
     # ...and as the deployer does: their login goes into the stack's secret, never into user data.
-    from cli.target import Target, tracking_access
-
-    login = tracking_access(Target.local, get_local_cloud_settings(), dict(os.environ)).login
-    if login is not None and "MlflowLoginSecretArn" not in overrides:
-        secret = deployment.login_secret_name(stack_name)
-        overrides["MlflowLoginSecretArn"] = deployment.put_login_secret(
-            secret, login.username, login.password
+    if "MlflowLoginSecretArn" not in overrides:
+        access = tracking_access(
+            Target(str(ctx.obj)), get_local_cloud_settings(), dict(os.environ), stack_name=stack_name
         )
-    outputs = deployment.deploy_stack(template, stack_name, overrides, say=_say)
+        if access.login is not None:
+            secret = deployment.login_secret_name(stack_name)
+            overrides["MlflowLoginSecretArn"] = deployment.put_login_secret(
+                secret, access.login.username, access.login.password
+            )
+    vendor = CliSettings().vendor_lambda_deps
+    outputs = deployment.deploy_stack(template, stack_name, overrides, say=_say, vendor_dependencies=vendor)
     for key, value in sorted(outputs.items()):
         console.print(f"  {key}: {value}")
 

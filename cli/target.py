@@ -24,6 +24,9 @@ from localcloud.tracking_login import read_login
 
 # What LocalStack accepts: any credentials, as long as there are some.
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+# The local cloud's Lambda executor installs each function's requirements.txt itself, so its deploys
+# skip vendoring them (CliSettings.vendor_lambda_deps): the zips stay small and the deploy fast.
+LOCAL_PACKAGING = {"ARRIVAL_VENDOR_LAMBDA_DEPS": "0"}
 
 
 class Target(StrEnum):
@@ -41,6 +44,12 @@ class CliSettings(BaseSettings):
         default=None,
         description="the serving API's key the commands send (x-api-key); unset: read from the stack's "
         "secret (its ServingApiKeySecretArn output)",
+    )
+    vendor_lambda_deps: bool = Field(
+        default=True,
+        description="`arrival deploy` packs each function's dependencies into its zip, built for the "
+        "Lambda runtime, as AWS needs; the local cloud's deploys turn this off (0), since its Lambda "
+        "executor installs requirements.txt itself. The Makefile's build targets read the same variable.",
     )
 
 
@@ -115,6 +124,7 @@ def environment_for(
     credentials sent to the local cloud)."""
     if target is Target.aws:
         return _tracking_only(tracking_access(target, cloud, environ, stack_login=stack_login), environ)
+    packaging = {name: value for name, value in LOCAL_PACKAGING.items() if name not in environ}
     if environ.get("AWS_ENDPOINT_URL"):
         # Pointed somewhere on purpose (another local cloud, the tests' own): respected as it is.
         if not environ.get("MLFLOW_TRACKING_URI"):
@@ -122,7 +132,10 @@ def environment_for(
                 f"AWS_ENDPOINT_URL is {environ['AWS_ENDPOINT_URL']} but MLFLOW_TRACKING_URI is not set: "
                 "set it to that cloud's tracking server"
             )
-        return _tracking_only(tracking_access(target, cloud, environ, stack_login=stack_login), environ)
+        return {
+            **packaging,
+            **_tracking_only(tracking_access(target, cloud, environ, stack_login=stack_login), environ),
+        }
     if not cloud_running:
         raise TargetError(
             "no local cloud is running: start it with `arrival up` (or `make demo`); "
@@ -132,6 +145,7 @@ def environment_for(
         "AWS_ENDPOINT_URL": cloud.aws_endpoint_url,
         **LOCAL_CREDENTIALS,
         "AWS_DEFAULT_REGION": cloud.region,
+        **packaging,
         **tracking_access(target, cloud, environ, stack_login=stack_login).environment(),
     }
 

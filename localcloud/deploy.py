@@ -82,7 +82,9 @@ def _zip_directory(source: Path, destination: Path) -> None:
             archive.writestr(info, path.read_bytes())
 
 
-def _build(logical_id: str, resource: dict[str, Any], code_dir: Path, artifacts: Path) -> None:
+def _build(
+    logical_id: str, resource: dict[str, Any], code_dir: Path, artifacts: Path, *, vendor_dependencies: bool
+) -> None:
     """`sam build`'s makefile build method, or a plain copy of the code directory."""
     build_method = resource.get("Metadata", {}).get("BuildMethod")
     if build_method == "makefile":
@@ -90,9 +92,7 @@ def _build(logical_id: str, resource: dict[str, Any], code_dir: Path, artifacts:
             ["make", "--no-print-directory", f"build-{logical_id}", f"ARTIFACTS_DIR={artifacts}"],
             cwd=code_dir,
             check=True,
-            # The local Lambda executor installs requirements.txt into a cached virtualenv itself;
-            # vendoring the packages into every zip would only make uploads slow.
-            env={**os.environ, "ARRIVAL_VENDOR_LAMBDA_DEPS": "0"},
+            env={**os.environ, "ARRIVAL_VENDOR_LAMBDA_DEPS": "1" if vendor_dependencies else "0"},
         )
     else:
         shutil.copytree(code_dir, artifacts, dirs_exist_ok=True)
@@ -108,8 +108,21 @@ def _ensure_bucket(s3: Any, bucket: str, region: str) -> None:
         s3.create_bucket(Bucket=bucket, **options)
 
 
-def package(template_path: Path, template: dict[str, Any], bucket: str, s3: Any, say: Say) -> None:
-    """Replace every local code directory in the template with the S3 address of its zip."""
+def package(
+    template_path: Path,
+    template: dict[str, Any],
+    bucket: str,
+    s3: Any,
+    say: Say,
+    *,
+    vendor_dependencies: bool = True,
+) -> None:
+    """Replace every local code directory in the template with the S3 address of its zip.
+
+    With ``vendor_dependencies``, each zip carries its function's packages, built for the Lambda
+    runtime, as `sam build` makes it: what AWS needs. Without, it carries requirements.txt alone,
+    which only the local cloud's Lambda executor installs (into a cached virtualenv), and the
+    upload is much smaller."""
     root = template_path.parent
     globals_code = template.get("Globals", {}).get("Function", {}).get("CodeUri")
     for logical_id, resource in template.get("Resources", {}).items():
@@ -123,7 +136,13 @@ def package(template_path: Path, template: dict[str, Any], bucket: str, s3: Any,
         with tempfile.TemporaryDirectory(prefix=f"arrival-{logical_id}-") as scratch:
             artifacts = Path(scratch) / "artifacts"
             artifacts.mkdir()
-            _build(logical_id, resource, (root / location).resolve(), artifacts)
+            _build(
+                logical_id,
+                resource,
+                (root / location).resolve(),
+                artifacts,
+                vendor_dependencies=vendor_dependencies,
+            )
             archive = Path(scratch) / "code.zip"
             _zip_directory(artifacts, archive)
             digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:20]
@@ -249,9 +268,16 @@ def _upload_template(template: dict[str, Any], bucket: str, s3: Any) -> str:
 
 
 def deploy_stack(
-    template_path: Path, stack_name: str, overrides: dict[str, str], say: Say = lambda _: None
+    template_path: Path,
+    stack_name: str,
+    overrides: dict[str, str],
+    say: Say = lambda _: None,
+    *,
+    vendor_dependencies: bool = True,
 ) -> dict[str, str]:
-    """Create or update the stack and return its outputs."""
+    """Create or update the stack and return its outputs. The same on AWS and on the local cloud:
+    which one is boto3's configuration (AWS_ENDPOINT_URL); only the local cloud may go without
+    ``vendor_dependencies`` (see `package`)."""
     session = boto3.session.Session()
     region = session.region_name or "us-east-1"
     account = session.client("sts").get_caller_identity()["Account"]
@@ -275,7 +301,7 @@ def deploy_stack(
     }
     bucket = f"arrival-artifacts-{account}-{region}"
     _ensure_bucket(s3, bucket, region)
-    package(template_path, template, bucket, s3, say)
+    package(template_path, template, bucket, s3, say, vendor_dependencies=vendor_dependencies)
     overrides = {**_release_parameters(template, overrides, bucket, s3, say), **overrides}
 
     change_set_name = f"arrival-{int(time.time() * 1000)}"

@@ -69,13 +69,16 @@ class LocalCloud:
         return login
 
     def deploy(self, template: Path, stack_name: str, parameters: dict[str, str]) -> dict[str, str]:
-        """As `arrival deploy` does: the tracking server's login goes into the stack's secret (for a
-        template that takes one)."""
+        """As `arrival deploy` does on the local cloud: the tracking server's login goes into the
+        stack's secret (for a template that takes one), and the functions' packages leave their
+        dependencies to the local Lambda executor."""
         if "MlflowLoginSecretArn" not in load_template(template).get("Parameters", {}):
-            return deploy_stack(template, stack_name, parameters)
+            return deploy_stack(template, stack_name, parameters, vendor_dependencies=False)
         login = self.tracking_login
         secret = put_login_secret(login_secret_name(stack_name), login.username, login.password)
-        return deploy_stack(template, stack_name, {"MlflowLoginSecretArn": secret, **parameters})
+        return deploy_stack(
+            template, stack_name, {"MlflowLoginSecretArn": secret, **parameters}, vendor_dependencies=False
+        )
 
 
 def _run_dir(config: pytest.Config) -> Path:

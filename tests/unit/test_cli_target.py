@@ -3,6 +3,7 @@ never a tracking store of MLflow's own making."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ def test_a_running_local_cloud_is_the_default_target() -> None:
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",  # pragma: allowlist secret
         "AWS_DEFAULT_REGION": "us-east-1",
+        "ARRIVAL_VENDOR_LAMBDA_DEPS": "0",
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
     }
 
@@ -67,7 +69,9 @@ def test_aws_is_chosen_explicitly_and_needs_its_tracking_server() -> None:
 
 def test_an_endpoint_set_on_purpose_is_kept() -> None:
     pointed = {"AWS_ENDPOINT_URL": "http://127.0.0.1:5566", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5050"}
-    assert environment_for(Target.local, CLOUD, cloud_running=False, environ=pointed) == {}
+    assert environment_for(Target.local, CLOUD, cloud_running=False, environ=pointed) == {
+        "ARRIVAL_VENDOR_LAMBDA_DEPS": "0"  # a local cloud all the same: its executor installs packages
+    }
     with pytest.raises(TargetError, match="MLFLOW_TRACKING_URI is not set"):
         environment_for(Target.local, CLOUD, cloud_running=False, environ={"AWS_ENDPOINT_URL": "http://x"})
 
@@ -129,12 +133,101 @@ def test_no_tracking_store_is_created_by_accident(tmp_path: Path, monkeypatch: p
     assert list(tmp_path.iterdir()) == []
 
 
-def test_deploying_to_aws_goes_through_sam(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example")
+@dataclass
+class Deploys:
+    """What `arrival deploy` asked of localcloud.deploy, which the tests stand in for."""
+
+    calls: list[dict[str, object]]
+    secrets: dict[str, tuple[str, str]]
+
+
+@pytest.fixture
+def deploys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Deploys]:
+    from localcloud import deploy as deployment
+    from localcloud.settings import get_local_cloud_settings
+
+    recorded = Deploys([], {})
+
+    def deploy_stack(
+        template: Path, stack_name: str, overrides: dict[str, str], say: object, *, vendor_dependencies: bool
+    ) -> dict[str, str]:
+        recorded.calls.append(
+            {"stack": stack_name, "overrides": overrides, "vendor_dependencies": vendor_dependencies}
+        )
+        return {}
+
+    def put_login_secret(name: str, username: str, password: str) -> str:
+        recorded.secrets[name] = (username, password)
+        return f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}-AbCdEf"
+
+    monkeypatch.setattr(deployment, "deploy_stack", deploy_stack)
+    monkeypatch.setattr(deployment, "put_login_secret", put_login_secret)
     monkeypatch.setattr(target, "login_from_stack", no_stack_login)
+    for name in ("AWS_ENDPOINT_URL", "ARRIVAL_TARGET", "ARRIVAL_VENDOR_LAMBDA_DEPS"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    # A local cloud's state directory with its own MLflow login, which AWS must never be given.
+    ensure_login(tmp_path)
+    monkeypatch.setenv("ARRIVAL_STATE_DIR", str(tmp_path))
+    get_local_cloud_settings.cache_clear()
+    before = dict(os.environ)
+    yield recorded
+    # The CLI points its own process at the target (os.environ): none of that outlives the test.
+    os.environ.clear()
+    os.environ.update(before)
+    get_local_cloud_settings.cache_clear()
+
+
+def test_deploying_to_aws_vendors_the_functions_dependencies_by_default(
+    deploys: Deploys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN AWS as the target and its tracking server, with nothing said about packaging
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example")
+
+    # WHEN the stack is deployed, with the secret holding the tracking server's login named
+    secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:arrival/mlflow-login-AbCdEf"
+    result = CliRunner().invoke(
+        app, ["--aws", "deploy", "--stack-name", "prod", "--parameter", f"MlflowLoginSecretArn={secret}"]
+    )
+
+    # THEN it is the same deploy as the local cloud's, with packages AWS can run
+    assert result.exit_code == 0, result.output
+    assert deploys.calls == [
+        {
+            "stack": "prod",
+            "overrides": {"MlflowLoginSecretArn": secret, "MlflowTrackingUri": "https://mlflow.example"},
+            "vendor_dependencies": True,
+        }
+    ]
+    assert "AWS_ENDPOINT_URL" not in os.environ
+
+
+def test_deploying_to_aws_never_sends_the_local_clouds_login(
+    deploys: Deploys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example")
+
     result = CliRunner().invoke(app, ["--aws", "deploy"])
-    assert result.exit_code == 1
-    assert "sam build && sam deploy" in result.output
+
+    assert result.exit_code == 0, result.output
+    assert deploys.secrets == {}
+    assert "MlflowLoginSecretArn" not in deploys.calls[0]["overrides"]  # type: ignore[operator]
+
+
+def test_the_local_clouds_deploy_skips_vendoring_unless_told_otherwise(
+    deploys: Deploys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+
+    skipped = CliRunner().invoke(app, ["deploy", "--stack-name", "local"])
+    monkeypatch.setenv("ARRIVAL_VENDOR_LAMBDA_DEPS", "1")
+    vendored = CliRunner().invoke(app, ["deploy", "--stack-name", "local"])
+
+    assert skipped.exit_code == vendored.exit_code == 0, skipped.output + vendored.output
+    assert [call["vendor_dependencies"] for call in deploys.calls] == [False, True]
+    assert set(deploys.secrets) == {"local/mlflow-login"}  # the local cloud's own login, as before
 
 
 def test_checking_a_file_against_a_local_contract_needs_no_cloud(

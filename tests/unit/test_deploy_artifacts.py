@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from localcloud import emulator, tracking_server
+from localcloud.deploy import load_template
 from localcloud.settings import LocalCloudSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -450,8 +451,10 @@ def test_workflows_match_the_github_workflow_schema(workflow: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-# The WebAssembly build predates these GitHub-hosted runner labels; every other finding counts.
+# The WebAssembly build predates these GitHub-hosted runner labels, and the `vars` context (a
+# repository's or environment's configuration variables, GitHub 2023); every other finding counts.
 NEWER_RUNNER_LABELS = {"ubuntu-24.04"}
+NEWER_CONTEXTS = {"vars"}
 
 
 def _actionlint(*workflows: Path) -> list[dict[str, Any]]:
@@ -479,6 +482,12 @@ def test_actionlint_finds_nothing_in_the_workflows() -> None:
         if not (
             finding["kind"] == "runner-label"
             and any(f'"{label}"' in finding["message"] for label in NEWER_RUNNER_LABELS)
+        )
+        and not (
+            finding["kind"] == "expression"
+            and any(
+                finding["message"].startswith(f'undefined variable "{context}"') for context in NEWER_CONTEXTS
+            )
         )
     ]
     assert real == [], "\n".join(f"{f['file']}:{f['line']}: {f['message']}" for f in real)
@@ -520,3 +529,110 @@ def test_ci_offers_localstack_and_the_functions_their_pythons(stages: dict[str, 
 
     for target in ("localstack", "serving"):  # LocalStack's own, and the functions' runtime
         assert ".".join(_base_image(stages, target).split(":")[1].split(".")[:2]) in offered, target
+
+
+# The deploy workflow and the role it assumes (deploy/github-oidc.yaml)
+
+DEPLOY_WORKFLOW = ROOT / ".github" / "workflows" / "deploy.yml"
+OIDC_TEMPLATE = ROOT / "deploy" / "github-oidc.yaml"
+PINNED_ACTION = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{40}$")
+
+
+@pytest.fixture(scope="module")
+def deploy_workflow() -> dict[Any, Any]:
+    workflow: dict[Any, Any] = yaml.safe_load(DEPLOY_WORKFLOW.read_text())
+    return workflow
+
+
+def _run_lines(job: dict[str, Any]) -> list[str]:
+    return [line.strip() for step in job["steps"] for line in step.get("run", "").splitlines()]
+
+
+def test_deploys_follow_a_successful_ci_run_of_a_push_to_main(deploy_workflow: dict[Any, Any]) -> None:
+    # PyYAML reads the key `on` as True (YAML 1.1).
+    trigger = deploy_workflow[True]
+    ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+
+    assert set(trigger) == {"workflow_run"}
+    assert trigger["workflow_run"]["workflows"] == [ci["name"]]
+    assert trigger["workflow_run"]["types"] == ["completed"]
+    assert trigger["workflow_run"]["branches"] == ["main"]
+    (job,) = deploy_workflow["jobs"].values()
+    condition = " ".join(job["if"].split())
+    for required in (
+        "github.event.workflow_run.conclusion == 'success'",
+        "github.event.workflow_run.event == 'push'",
+        "github.event.workflow_run.head_repository.full_name == github.repository",
+    ):
+        assert required in condition
+    checkout = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/checkout@"))
+    assert checkout["with"]["ref"] == "${{ github.event.workflow_run.head_sha }}", "the commit CI tested"
+
+
+def test_deploys_never_overlap_and_run_in_a_protected_environment(deploy_workflow: dict[Any, Any]) -> None:
+    (job,) = deploy_workflow["jobs"].values()
+
+    assert deploy_workflow["concurrency"]["cancel-in-progress"] is False
+    assert deploy_workflow["permissions"] == {}
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}
+    environment = load_template(OIDC_TEMPLATE)["Parameters"]["GitHubEnvironment"]["Default"]
+    assert job["environment"] == environment, "the role trusts the workflow's environment"
+
+
+def test_deploys_assume_a_role_by_oidc_with_no_stored_keys(deploy_workflow: dict[Any, Any]) -> None:
+    (job,) = deploy_workflow["jobs"].values()
+    credentials = next(
+        step
+        for step in job["steps"]
+        if step.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
+    )
+
+    assert credentials["with"]["role-to-assume"] == "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
+    assert not {"aws-access-key-id", "aws-secret-access-key"} & set(credentials["with"])
+    assert "secrets." not in DEPLOY_WORKFLOW.read_text()
+    for step in job["steps"]:
+        if "uses" in step:
+            assert PINNED_ACTION.match(step["uses"]), f"{step['uses']} is not pinned to a commit"
+
+
+def test_the_deploy_step_is_the_command_that_deploys_the_local_cloud(deploy_workflow: dict[Any, Any]) -> None:
+    (job,) = deploy_workflow["jobs"].values()
+    demo = (ROOT / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+
+    deploys = [line for line in _run_lines(job) if "arrival deploy" in line]
+    assert len(deploys) == 1 and deploys[0].startswith("uv run arrival deploy ")
+    assert "uv run arrival deploy" in demo
+    assert job["env"]["ARRIVAL_TARGET"] == "aws"
+    # Vendoring is left to its default, the one AWS needs.
+    assert "ARRIVAL_VENDOR_LAMBDA_DEPS" not in job["env"]
+    assert not [line for line in _run_lines(job) if "ARRIVAL_VENDOR_LAMBDA_DEPS" in line]
+
+
+def test_the_images_pushed_are_dockerfile_targets_into_the_oidc_stacks_repositories(
+    deploy_workflow: dict[Any, Any], stages: dict[str, Stage]
+) -> None:
+    (job,) = deploy_workflow["jobs"].values()
+    loop = next(line for line in _run_lines(job) if line.startswith("for target in "))
+    targets = loop.removeprefix("for target in ").removesuffix("; do").split()
+    repositories = {
+        resource["Properties"]["RepositoryName"]["Fn::Sub"]
+        for resource in load_template(OIDC_TEMPLATE)["Resources"].values()
+        if resource["Type"] == "AWS::ECR::Repository"
+    }
+
+    assert set(targets) <= set(stages)
+    assert 'repository="$ARRIVAL_STACK_NAME/$target"' in _run_lines(job)
+    assert repositories == {f"${{ArrivalStackName}}/{target}" for target in targets}
+
+
+def test_the_deploy_role_trusts_only_the_repositorys_environment() -> None:
+    template = load_template(OIDC_TEMPLATE)
+    (statement,) = template["Resources"]["DeployRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    condition = statement["Condition"]["StringEquals"]
+
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert condition["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+    assert condition["token.actions.githubusercontent.com:sub"] == {
+        "Fn::Sub": "repo:${GitHubRepository}:environment:${GitHubEnvironment}"
+    }
+    assert "StringLike" not in statement["Condition"], "no wildcard subject"

@@ -1,6 +1,7 @@
 """docs/aws.md names only what template.yaml has: a parameter, resource, output or rule the page
 gives in backticks, as a `<placeholder>` or as a `Key=value` override exists in the template, and the
-page's parameter table leaves none of the template's parameters out."""
+page's parameter table leaves none of the template's parameters out. Its section "Deploying from CI"
+is about deploy/github-oidc.yaml as well, and is checked against both."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from localcloud.deploy import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "aws.md"
+OIDC_TEMPLATE = ROOT / "deploy" / "github-oidc.yaml"
+CI_SECTION = re.compile(r"^## Deploying from CI\n.*?(?=^## )", re.MULTILINE | re.DOTALL)
 
 CAMEL_CASE = r"[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+"
 FENCED_BLOCK = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
@@ -62,23 +65,36 @@ def _template() -> dict[str, Any]:
     return load_template(ROOT / "template.yaml")
 
 
-def _template_names() -> set[str]:
-    template = _template()
+def _template_names(template: dict[str, Any] | None = None) -> set[str]:
+    template = template or _template()
     defined = {
-        name for section in ("Parameters", "Resources", "Outputs", "Rules") for name in template[section]
+        name
+        for section in ("Parameters", "Resources", "Outputs", "Rules", "Conditions")
+        for name in template.get(section, {})
     }
     return defined | {name for name in _referenced(template) if "::" not in name}
 
 
-def _backticked_names() -> set[str]:
+def _stack_pages() -> str:
+    """The page without its section on the deploy workflow's own template."""
+    return CI_SECTION.sub("", DOC.read_text())
+
+
+def _ci_section() -> str:
+    found = CI_SECTION.search(DOC.read_text())
+    assert found, "docs/aws.md has a section 'Deploying from CI'"
+    return found.group()
+
+
+def _backticked_names(text: str | None = None) -> set[str]:
     """Inline code spans (outside fenced blocks) that are a CamelCase name and nothing else."""
-    prose = FENCED_BLOCK.sub("", DOC.read_text())
+    prose = FENCED_BLOCK.sub("", DOC.read_text() if text is None else text)
     return {span for span in INLINE_CODE.findall(prose) if re.fullmatch(CAMEL_CASE, span)}
 
 
 def test_every_template_name_the_page_gives_is_in_the_template() -> None:
-    text = DOC.read_text()
-    named = _backticked_names() | set(PLACEHOLDER.findall(text))
+    text = _stack_pages()
+    named = _backticked_names(text) | set(PLACEHOLDER.findall(text))
 
     unknown = named - _template_names() - NOT_TEMPLATE_NAMES
 
@@ -86,7 +102,7 @@ def test_every_template_name_the_page_gives_is_in_the_template() -> None:
 
 
 def test_every_parameter_override_on_the_page_is_a_template_parameter() -> None:
-    overridden = set(OVERRIDE.findall(DOC.read_text()))
+    overridden = set(OVERRIDE.findall(_stack_pages()))
 
     assert overridden, "the page shows how to pass parameters"
     assert sorted(overridden - set(_template()["Parameters"])) == []
@@ -98,3 +114,18 @@ def test_the_page_names_every_template_parameter() -> None:
 
 def test_no_template_name_is_excused_as_something_else() -> None:
     assert sorted(NOT_TEMPLATE_NAMES & _template_names()) == []
+
+
+def test_the_ci_section_names_only_what_the_two_templates_have() -> None:
+    section = _ci_section()
+    oidc = load_template(OIDC_TEMPLATE)
+    named = _backticked_names(section) | set(PLACEHOLDER.findall(section))
+
+    unknown = named - _template_names() - _template_names(oidc) - NOT_TEMPLATE_NAMES
+
+    assert sorted(unknown) == []
+    # Its command deploys the OIDC template, with each of that template's parameters shown; its
+    # variables pass the stack's.
+    overridden = set(OVERRIDE.findall(section))
+    assert sorted(overridden - set(oidc["Parameters"]) - set(_template()["Parameters"])) == []
+    assert sorted(set(oidc["Parameters"]) - overridden - {"ImageRetentionCount"}) == []

@@ -194,12 +194,18 @@ def test_the_commands_environment_carries_the_login_as_mlflows_own_variables(
     }
 
 
-def test_a_target_chosen_with_its_own_endpoint_gains_only_the_login(cloud: LocalCloudSettings) -> None:
+def test_a_target_chosen_with_its_own_endpoint_gains_only_the_login_and_local_packaging(
+    cloud: LocalCloudSettings,
+) -> None:
     pointed = {"AWS_ENDPOINT_URL": "http://127.0.0.1:5566", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5050"}
 
     environment = environment_for(Target.local, cloud, cloud_running=False, environ=pointed)
 
-    assert set(environment) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    assert set(environment) == {
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "ARRIVAL_VENDOR_LAMBDA_DEPS",
+    }
 
 
 @pytest.fixture

@@ -12,7 +12,11 @@ from cfnlint.api import lint_all
 from localcloud.deploy import _zip_directory, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = [ROOT / "template.yaml", ROOT / "tests/integration/failure_functions/template.yaml"]
+TEMPLATES = [
+    ROOT / "template.yaml",
+    ROOT / "tests/integration/failure_functions/template.yaml",
+    ROOT / "deploy/github-oidc.yaml",  # the deploy workflow's role, deployed once per account
+]
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda path: path.parent.name)
