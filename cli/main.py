@@ -27,7 +27,7 @@ def _say(message: str) -> None:
 # (`contract` decides per subcommand: `check` against a local contract file needs no cloud.)
 NEEDS_A_CLOUD = {
     *("approve", "batch", "deploy", "demo", "drift", "env", "logs", "reject"),
-    *("reproduce", "rollback", "redrive", "upload"),
+    *("release", "reproduce", "rollback", "redrive", "upload"),
 }
 
 
@@ -159,6 +159,17 @@ def _show(report: dict[str, Any], as_json: bool) -> None:
     print_cloud(console, report)
     if "stack" in report:
         print_stack(console, report["stack"])
+
+
+@app.command()
+def release() -> None:
+    """Build the checkout's release (the wheel and its locks) and publish it for `sam deploy`.
+
+    `arrival deploy` does this itself; with SAM, pass the line it prints to --parameter-overrides."""
+    from localcloud import deploy as deployment  # boto3 and uv work only when publishing
+
+    parameters = deployment.publish_release_for_sam(say=_say)
+    typer.echo(" ".join(f"{key}={value}" for key, value in parameters.items()))
 
 
 @app.command()

@@ -163,11 +163,32 @@ def _release_parameters(
     parameters = template.get("Parameters", {})
     if "ReleaseVersion" not in parameters or "ReleaseVersion" in overrides:
         return {}
+    return publish_project_release(s3, bucket, say)
+
+
+def publish_project_release(s3: Any, bucket: str, say: Say) -> dict[str, str]:
+    """Build the checkout's release and publish it to ``bucket``: the template parameters naming it."""
     with tempfile.TemporaryDirectory(prefix="arrival-release-") as scratch:
         built = release.build_release(Path(scratch) / "release")
         uri = release.publish_release(s3, bucket, built)
     say(f"release {built.version}: {uri}")
     return {"ReleaseBucket": bucket, "ReleaseVersion": built.version}
+
+
+def publish_release_for_sam(say: Say = lambda _: None) -> dict[str, str]:
+    """What `sam deploy` cannot do: publish the release to the bucket `arrival deploy` uses."""
+    session = boto3.session.Session()
+    region = session.region_name or "us-east-1"
+    account = session.client("sts").get_caller_identity()["Account"]
+    s3: Any = session.client("s3")
+    bucket = artifacts_bucket(account, region)
+    _ensure_bucket(s3, bucket, region)
+    return publish_project_release(s3, bucket, say)
+
+
+def artifacts_bucket(account: str, region: str) -> str:
+    """The deploy's own bucket (function zips, templates, releases): one per account and region."""
+    return f"arrival-artifacts-{account}-{region}"
 
 
 def _stack_exists(cloudformation: Any, stack_name: str) -> bool:
@@ -299,7 +320,7 @@ def deploy_stack(
             say,
         ),
     }
-    bucket = f"arrival-artifacts-{account}-{region}"
+    bucket = artifacts_bucket(account, region)
     _ensure_bucket(s3, bucket, region)
     package(template_path, template, bucket, s3, say, vendor_dependencies=vendor_dependencies)
     overrides = {**_release_parameters(template, overrides, bucket, s3, say), **overrides}

@@ -31,6 +31,8 @@ NOT_TEMPLATE_NAMES = {
     "AmazonSSMManagedInstanceCore",
     "GetSecretValue",
     "CodeUri",
+    "CreationPolicy",
+    "RebootInstances",
     "DatasetQuarantined",
     "DescribeStacks",
     "GetQueueAttributes",
