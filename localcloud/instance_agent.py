@@ -409,7 +409,7 @@ class InstanceAgent:
                 self._role_client("s3", credentials),
                 release_uri,
                 identity.role,
-                self.settings.cache_dir / "instances",
+                self.settings.instance_installs,
             )
         except (ReleaseInstallError, ReleaseError) as error:
             # As on EC2: the user data fails, the instance runs on with nothing started, and the

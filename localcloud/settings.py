@@ -29,6 +29,10 @@ class LocalCloudSettings(BaseSettings):
         default_factory=lambda: _xdg_dir("XDG_CACHE_HOME", ".cache"),
         description="virtualenvs shared by every local cloud on this machine",
     )
+    instances_dir: Path | None = Field(
+        default=None,
+        description="where the instance agent installs releases; <cache_dir>/instances if unset",
+    )
     aws_port: int = Field(default=4566, description="LocalStack's gateway port")
     mlflow_port: int = Field(default=5000, description="the MLflow tracking server's port")
     api_port: int = Field(default=8080, description="the model API's port, where the agent runs the server")
@@ -56,6 +60,10 @@ class LocalCloudSettings(BaseSettings):
     )
     startup_timeout_seconds: float = 180.0
     shutdown_timeout_seconds: float = 60.0
+
+    @property
+    def instance_installs(self) -> Path:
+        return self.instances_dir or self.cache_dir / "instances"
 
     @property
     def aws_endpoint_url(self) -> str:
