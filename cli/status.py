@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from cli.operations import OperationError, contract_models, outputs_of
 from common.adapters import s3, sqs
+from common.adapters.stack import stack_parameter
 from common.contracts import parse_contract
 from common.layout import accepted_list_key, contract_key
 
@@ -51,7 +52,9 @@ def stack_status(stack_name: str, api_url: str | None) -> dict[str, Any]:
             "ingest": _queue_counts(outputs["IngestQueueUrl"], outputs["IngestDeadLetterQueueUrl"]),
             "training": _queue_counts(outputs["TrainingQueueUrl"], outputs["TrainingDeadLetterQueueUrl"]),
         },
+        "release": stack_parameter(stack_name, "ReleaseVersion"),
         "trainers": _trainers(stack_name),
+        "server": _server(outputs.get("ServingInstanceId")),
         "api": api_url,
     }
     # Outside any one model's block: a notification names its model only in its event, and a batch
@@ -154,9 +157,19 @@ def _trainers(stack_name: str) -> list[dict[str, Any]]:
 
     now = time.time()
     return [
-        {"instance_id": instance.instance_id, "running_seconds": round(now - instance.launched_at)}
+        {
+            "instance_id": instance.instance_id,
+            "running_seconds": round(now - instance.launched_at),
+            "release": ec2.instance_release(instance.instance_id),
+        }
         for instance in ec2.live_instances_launched(TRAINER_ROLE, stack_name)
     ]
+
+
+def _server(instance_id: str | None) -> dict[str, Any] | None:
+    from common.adapters import ec2
+
+    return {"instance_id": instance_id, "release": ec2.instance_release(instance_id)} if instance_id else None
 
 
 def _registered_models() -> tuple[str | None, list[str]]:

@@ -22,6 +22,14 @@ def print_cloud(console: Console, report: dict[str, Any]) -> None:
             console.print(f"  {name}: {url}", highlight=False)
 
 
+def _release_of(instance: dict[str, Any], stack_release: str | None) -> str:
+    """The instance's release, and whether the stack has moved on from it."""
+    own = instance.get("release")
+    if own is None:
+        return "release unknown"
+    return f"release {own}" + (" (older than the stack's)" if stack_release and own != stack_release else "")
+
+
 def print_stack(console: Console, stack: dict[str, Any]) -> None:
     if "error" in stack:
         console.print(f"stack {stack['stack']}: {escape(stack['error'])}", soft_wrap=True)
@@ -36,8 +44,16 @@ def print_stack(console: Console, stack: dict[str, Any]) -> None:
         ),
         soft_wrap=True,
     )
-    trainers = ", ".join(f"{t['instance_id']} ({_age(t['running_seconds'])})" for t in stack["trainers"])
+    release = stack.get("release")
+    if release:
+        console.print(f"  release: {release}")
+    trainers = ", ".join(
+        f"{t['instance_id']} ({_age(t['running_seconds'])}, {_release_of(t, release)})"
+        for t in stack["trainers"]
+    )
     console.print(f"  trainers: {trainers or 'none running'}")
+    if stack.get("server"):
+        console.print(f"  server: {stack['server']['instance_id']} ({_release_of(stack['server'], release)})")
     for problem in stack.get("problems", []):
         console.print(f"  [red]![/red] {escape(problem)}", soft_wrap=True)
     if stack.get("registry_error"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
 ROLE_TAG = "arrival:role"
 STACK_TAG = "arrival:stack"
 LIVE_STATES = ["pending", "running"]
+# The release an instance's user data installs (template.yaml, deploy/arrival-boot.sh).
+_RELEASE_IN_USER_DATA = re.compile(r"ARRIVAL_RELEASE_URI=s3://[^/\s]+/releases/([^/\s]+)")
 
 # A call must end well inside the reconciler's lease (30 s by default), so a holder never acts on
 # a lease it lost while a call hung. botocore's defaults (60 s to connect, 60 s per read, retried)
@@ -97,3 +101,17 @@ def instance_state(instance_id: str) -> str | None:
         raise
     instances = [instance for reservation in reservations for instance in reservation["Instances"]]
     return instances[0]["State"]["Name"] if instances else None
+
+
+def instance_release(instance_id: str) -> str | None:
+    """The release the instance's user data installs; None if it names none (or is gone). Read from
+    the user data, which is what the instance ran, not from the stack, which may have moved on."""
+    try:
+        attribute = ec2_client().describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    except ec2_client().exceptions.ClientError:
+        return None
+    encoded = attribute.get("UserData", {}).get("Value", "")
+    found = (
+        _RELEASE_IN_USER_DATA.search(base64.b64decode(encoded).decode(errors="replace")) if encoded else None
+    )
+    return found.group(1) if found else None

@@ -7,16 +7,18 @@ runs its process under systemd; the local instance agent does the same steps
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
 
 import httpx
+import pytest
 
 from localcloud.processes import CLOUD_ID_VARIABLE
 from tests import datasets
-from tests.conftest import LocalCloud
-from tests.e2e.conftest import Chain
+from tests.conftest import TRAINING_STACK, LocalCloud
+from tests.e2e.conftest import Chain, arrival
 from tests.helpers import eventually
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -68,7 +70,7 @@ def _outside_the_checkout(pid: int) -> list[str]:
 
 
 def test_the_trainer_and_the_server_run_the_release_and_nothing_of_the_checkout(
-    chain: Chain, api: httpx.Client, unique: str
+    chain: Chain, api: httpx.Client, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a model in training, and the serving instance answering
     model = f"released-{unique}"
@@ -91,6 +93,14 @@ def test_the_trainer_and_the_server_run_the_release_and_nothing_of_the_checkout(
         )
         assert "/releases/" in environment["PYTHONPATH"]
         assert environment["ARRIVAL_RELEASE_VERSION"] in environment["PYTHONPATH"]
+    # and `arrival status` says which release each instance runs: the stack's
+    report = json.loads(
+        arrival(chain.cloud, monkeypatch, "status", "--stack-name", TRAINING_STACK, "--json").output
+    )
+    release = report["stack"]["release"]
+    assert release and environment["ARRIVAL_RELEASE_VERSION"] == release
+    assert report["stack"]["server"]["release"] == release
+    assert {trainer["release"] for trainer in report["stack"]["trainers"]} == {release}
     # and the server's environment holds no scikit-learn, pandas or MLflow at all
     server_site = _site_packages(servers[0])
     assert not {"sklearn", "pandas", "mlflow"} & {path.name for path in server_site.iterdir()}
