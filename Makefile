@@ -47,9 +47,9 @@ lint: install
 test-unit: install actionlint
 	uv run pytest tests/unit
 
-# Three xdist workers on two cores: the training lane waits on trainers most of its time, the other
+# Four xdist workers on two cores: the two training lanes wait on trainers most of their time, the
 # local-cloud lane on Lambda, and the unit tests fill the gaps (tests/conftest.py).
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 
 test: install lint actionlint
 	uv run pytest -n $(PYTEST_WORKERS)

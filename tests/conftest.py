@@ -4,10 +4,12 @@ the workers share that one cloud and one deploy of each stack (`once_per_run`)."
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,10 @@ from localcloud.tracking_login import TrackingLogin, read_login
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INGEST_STACK = "arrival-ingest"
 TRAINING_STACK = "arrival-train"
+# A second stack whose trainers the agent boots, for the tests that need trainers and the registry
+# but not the API: a lane of their own beside the training lane. Its server never boots (the API port
+# is the first stack's), which none of its tests needs.
+SECOND_TRAINING_STACK = "arrival-train-2"
 # Short enough that a test sees a quiet period end, a lease lapse and an idle trainer go away.
 WORKER_SETTINGS = {
     "ARRIVAL_WORKER_QUIET_SECONDS": "1",
@@ -111,7 +117,7 @@ def _start_cloud(state_dir: Path) -> dict[str, Any]:
         aws_port=free_port(),
         mlflow_port=free_port(),
         api_port=free_port(),
-        agent_stacks=[TRAINING_STACK],
+        agent_stacks=[TRAINING_STACK, SECOND_TRAINING_STACK],
         # The proof that what passes here is allowed on AWS: each role gets only its policies.
         iam_enforcement=True,
     )
@@ -205,6 +211,37 @@ def training_stack(request: pytest.FixtureRequest, local_cloud: LocalCloud) -> d
     )
 
 
+@pytest.fixture(scope="session")
+def second_training_stack(request: pytest.FixtureRequest, local_cloud: LocalCloud) -> dict[str, str]:
+    """The production template a third time: trainers booted, its server waiting for the API port."""
+    return once_per_run(
+        request.config,
+        SECOND_TRAINING_STACK,
+        lambda: local_cloud.deploy(
+            PROJECT_ROOT / "template.yaml", SECOND_TRAINING_STACK, TRAINING_STACK_PARAMETERS
+        ),
+    )
+
+
+@contextmanager
+def tracking_server_lock(config: pytest.Config, mode: int) -> Iterator[None]:
+    """The run's tracking server, shared (fcntl.LOCK_SH) by a test whose trainings need it, or taken
+    alone (LOCK_EX) by one that stops it: the two training lanes use the same server."""
+    with (_run_dir(config) / "tracking-server.lock").open("a") as handle:
+        fcntl.flock(handle, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def tracking_server_to_myself(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For a test that kills or freezes the tracking server: no training of the other lane runs."""
+    with tracking_server_lock(request.config, fcntl.LOCK_EX):
+        yield
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique name for what one test creates, instead of tearing the cloud down."""
@@ -212,19 +249,23 @@ def unique() -> str:
 
 
 # Tests that share the training stack's one trainer and act on the whole cloud (kill its workers,
-# its tracking server) run one after another in one xdist worker: the training lane. The other
-# local-cloud tests (ingest, the executor) run in a second, the cloud lane, and the modules that need
-# no cloud are spread over whichever worker is free. The ingest stack's stand-in trainer
-# (tests/e2e/conftest.py's `pipeline`) drains its queue in the process that made it, so the tests
-# that read it must all be in one lane.
+# its tracking server) run one after another in one xdist worker: the training lane. The tests on
+# the second training stack run in a lane of their own (they hold the tracking server shared, so a
+# test that stops it waits for them); the other local-cloud tests (ingest, the executor) run in the
+# cloud lane, and the modules that need no cloud are spread over whichever worker is free. The
+# ingest stack's stand-in trainer (tests/e2e/conftest.py's `pipeline`) drains its queue in the
+# process that made it, so the tests that read it must all be in one lane.
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
+        stacks = fixtures & {"training_stack", "second_training_stack", "pipeline"}
+        if len(stacks) > 1:
+            raise pytest.UsageError(f"{item.nodeid} uses {sorted(stacks)}: the lanes keep them apart")
         if "training_stack" in fixtures:
-            if "pipeline" in fixtures:
-                raise pytest.UsageError(f"{item.nodeid} uses both stacks: the lanes keep them apart")
             item.add_marker(pytest.mark.xdist_group("training"))
+        elif "second_training_stack" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("training-2"))
         elif "local_cloud" in fixtures:
             item.add_marker(pytest.mark.xdist_group("cloud"))
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,13 @@ from typer.testing import CliRunner, Result
 
 from cli.main import app
 from localcloud.settings import get_local_cloud_settings
-from tests.conftest import INGEST_STACK, TRAINING_STACK, LocalCloud
+from tests.conftest import (
+    INGEST_STACK,
+    SECOND_TRAINING_STACK,
+    TRAINING_STACK,
+    LocalCloud,
+    tracking_server_lock,
+)
 from tests.helpers import QueueDrain, eventually
 
 
@@ -109,8 +116,8 @@ def pipeline(local_cloud: LocalCloud, ingest_stack: dict[str, str]) -> Iterator[
 
 
 class Chain:
-    def __init__(self, cloud: LocalCloud, outputs: dict[str, str]) -> None:
-        self.cloud, self.outputs = cloud, outputs
+    def __init__(self, cloud: LocalCloud, outputs: dict[str, str], stack: str = TRAINING_STACK) -> None:
+        self.cloud, self.outputs, self.stack = cloud, outputs, stack
         self.s3, self.ec2 = cloud.client("s3"), cloud.client("ec2")
         self.mlflow = MlflowClient(cloud.settings.mlflow_url)
         # Every pipeline event, kept by (detail-type, model).
@@ -208,7 +215,7 @@ class Chain:
         reservations = self.ec2.describe_instances(
             Filters=[
                 {"Name": "tag:arrival:role", "Values": ["trainer"]},
-                {"Name": "tag:arrival:stack", "Values": [TRAINING_STACK]},
+                {"Name": "tag:arrival:stack", "Values": [self.stack]},
                 {"Name": "instance-state-name", "Values": list(states)},
             ]
         )["Reservations"]
@@ -220,6 +227,26 @@ def chain(local_cloud: LocalCloud, training_stack: dict[str, str]) -> Iterator[C
     chain = Chain(local_cloud, training_stack)
     yield chain
     chain.events.stop()
+
+
+@pytest.fixture(scope="session")
+def second_chain(local_cloud: LocalCloud, second_training_stack: dict[str, str]) -> Iterator[Chain]:
+    """The second training stack's chain: trainers and the registry, no API (tests/conftest.py)."""
+    chain = Chain(local_cloud, second_training_stack, SECOND_TRAINING_STACK)
+    yield chain
+    chain.events.stop()
+
+
+@pytest.fixture(autouse=True)
+def _tracking_server_shared(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test of either training lane holds the tracking server shared while its trainings use it;
+    one that stops or freezes it takes it alone (`tracking_server_to_myself`) and waits for them."""
+    fixtures = set(request.fixturenames)
+    if not fixtures & {"training_stack", "second_training_stack"} or "tracking_server_to_myself" in fixtures:
+        yield
+        return
+    with tracking_server_lock(request.config, fcntl.LOCK_SH):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,9 @@ def _alarm_message(pipeline: Pipeline, queue_url: str, alarm_name: str, state: s
             QueueUrl=queue_url, WaitTimeSeconds=2, MaxNumberOfMessages=10
         ).get("Messages", []):
             envelope: dict[str, Any] = json.loads(message["Body"])
+            # The topic also carries the pipeline's own notifications (plain text): not this one's.
+            if not envelope["Message"].startswith("{"):
+                continue
             alarm = json.loads(envelope["Message"])
             if alarm.get("AlarmName") == alarm_name and alarm.get("NewStateValue") == state:
                 return {**envelope, "Message": alarm}

@@ -10,7 +10,7 @@ import pytest
 
 from common.drift import DriftReport
 from tests import datasets
-from tests.conftest import TRAINING_STACK, LocalCloud
+from tests.conftest import LocalCloud
 from tests.e2e.conftest import Chain, arrival
 from tests.helpers import eventually
 
@@ -32,6 +32,12 @@ def _object(chain: Chain, uri: str) -> bytes:
     bucket, key = uri.removeprefix("s3://").split("/", 1)
     body: bytes = chain.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     return body
+
+
+@pytest.fixture(scope="module")
+def chain(second_chain: Chain) -> Chain:
+    """On the second training stack, in its lane (tests/conftest.py): no API needed."""
+    return second_chain
 
 
 def test_a_shifted_dataset_is_flagged_and_an_unshifted_one_is_not(
@@ -86,7 +92,7 @@ def test_a_shifted_dataset_is_flagged_and_an_unshifted_one_is_not(
     )
 
     # AND `arrival drift` prints each version's summary and where its report is
-    result = arrival(local_cloud, monkeypatch, "drift", "--model", model, "--stack-name", TRAINING_STACK)
+    result = arrival(local_cloud, monkeypatch, "drift", "--model", model, "--stack-name", chain.stack)
     assert result.exit_code == 0, result.output
     assert f"version {shifted.version}: drift in sepal_length, sepal_width (2 of 5)" in result.output
     assert f"version {unshifted.version}: no drift in the 5 columns checked" in result.output
@@ -95,7 +101,7 @@ def test_a_shifted_dataset_is_flagged_and_an_unshifted_one_is_not(
     assert "live traffic" in result.output
 
     # AND `arrival status` shows each version's data drift beside the gate's decision
-    shown = arrival(local_cloud, monkeypatch, "status", "--json", "--stack-name", TRAINING_STACK)
+    shown = arrival(local_cloud, monkeypatch, "status", "--json", "--stack-name", chain.stack)
     assert shown.exit_code == 0, shown.output
     (status,) = [entry for entry in json.loads(shown.output)["stack"]["models"] if entry["name"] == model]
     by_version = {entry["version"]: entry for entry in status["versions"]}

@@ -38,7 +38,10 @@ def _promoted_events(chain: Chain, model: str) -> list[dict[str, Any]]:
     return [event["body"]["detail"] for event in chain.events.of(("ModelPromoted", model))]
 
 
-def test_a_promotion_whose_event_was_lost_is_announced_by_the_next_trainer(chain: Chain, unique: str) -> None:
+def test_a_promotion_whose_event_was_lost_is_announced_by_the_next_trainer(
+    second_chain: Chain, unique: str
+) -> None:
+    chain = second_chain  # no API needed: the second training lane (tests/conftest.py)
     # GIVEN a promoted version whose trainer died after the alias and the decision, before the event
     model = f"unannounced-{unique}"
     chain.put_contract(model, datasets.contract_yaml("iris", model))
@@ -64,8 +67,9 @@ def test_a_promotion_whose_event_was_lost_is_announced_by_the_next_trainer(chain
 
 
 def test_a_trainer_that_died_while_registering_leaves_no_version_and_the_next_trains_once(
-    chain: Chain, unique: str
+    second_chain: Chain, unique: str
 ) -> None:
+    chain = second_chain  # no API needed: the second training lane (tests/conftest.py)
     # GIVEN a run that logged everything but whose trainer died before the version was created:
     # its run still RUNNING, no version, no alias, no bundle
     model = f"unregistered-{unique}"
@@ -108,8 +112,9 @@ def _kill_tracking_server(chain: Chain) -> int:
 
 
 def test_the_tracking_server_killed_mid_training_comes_back_and_the_training_completes_once(
-    chain: Chain, unique: str
+    second_chain: Chain, unique: str, tracking_server_to_myself: None
 ) -> None:
+    chain = second_chain  # no API needed: the second training lane (tests/conftest.py)
     model = f"mlflow-down-{unique}"
     chain.put_contract(model, datasets.contract_yaml("iris", model))
     chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(300, seed=23))
@@ -265,14 +270,17 @@ def test_a_file_the_ingest_function_cannot_handle_is_dead_lettered_with_its_reas
     assert dead_lettered() is None
 
 
-def test_a_frozen_trainer_stops_beating_and_the_reconciler_replaces_it(chain: Chain, unique: str) -> None:
+def test_a_frozen_trainer_stops_beating_and_the_reconciler_replaces_it(
+    second_chain: Chain, unique: str
+) -> None:
+    chain = second_chain  # no API needed: the second training lane (tests/conftest.py)
     # GIVEN a trainer that hangs mid-training (on AWS: an instance that stays "running" for ever)
     model = f"frozen-{unique}"
     chain.put_contract(model, datasets.contract_yaml("iris", model))
     chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(300, seed=26))
     chain.wait_running_run(model)
     frozen_instances = {instance["InstanceId"] for instance in chain.trainers()}
-    frozen = [pid for worker in _worker_pids(chain.cloud) for pid in process_tree(worker)]
+    frozen = [pid for worker in _worker_pids(chain.cloud, chain.stack) for pid in process_tree(worker)]
     assert frozen_instances and frozen
 
     # It was beating (so its id came from instance metadata): the reconciler must find the beat

@@ -107,7 +107,12 @@ def _status(cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
 
 
 def test_serving_follows_each_promotion_and_rollback_without_a_failed_request(
-    chain: Chain, api: httpx.Client, local_cloud: LocalCloud, unique: str, monkeypatch: pytest.MonkeyPatch
+    chain: Chain,
+    api: httpx.Client,
+    local_cloud: LocalCloud,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tracking_server_to_myself: None,  # it freezes the tracking server the other training lane uses
 ) -> None:
     # GIVEN a model whose first dataset made a champion
     model = f"serve-{unique}"

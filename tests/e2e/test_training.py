@@ -17,11 +17,18 @@ from typer.testing import CliRunner
 from cli.main import app
 from localcloud.processes import CLOUD_ID_VARIABLE
 from tests import datasets
-from tests.conftest import TRAINING_STACK, LocalCloud
+from tests.conftest import LocalCloud
 from tests.e2e.conftest import Chain
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def chain(second_chain: Chain) -> Chain:
+    """This module runs on the second training stack, in a lane of its own (tests/conftest.py): it
+    needs trainers and the registry, not the API."""
+    return second_chain
 
 
 def test_an_upload_trains_registers_and_promotes_a_first_champion(chain: Chain, unique: str) -> None:
@@ -157,14 +164,18 @@ def _runs(chain: Chain, model: str, status: str) -> list[Any]:
     return [run for run in runs if run.info.status == status]
 
 
-def _worker_pids(cloud: LocalCloud) -> list[int]:
-    marker = f"{CLOUD_ID_VARIABLE}={cloud.settings.cloud_id}".encode()
+def _worker_pids(cloud: LocalCloud, stack: str) -> list[int]:
+    """The workers of this cloud's trainers of one stack (the other training lane's are left alone)."""
+    markers = {
+        f"{CLOUD_ID_VARIABLE}={cloud.settings.cloud_id}".encode(),
+        f"ARRIVAL_STACK_NAME={stack}".encode(),
+    }
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             if not proc.name.isdigit() or b"arrival-worker" not in (proc / "cmdline").read_bytes():
                 continue
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
+            if markers <= set((proc / "environ").read_bytes().split(b"\0")):
                 pids.append(int(proc.name))
         except OSError:
             continue
@@ -181,7 +192,7 @@ def test_a_worker_killed_mid_training_is_restarted_on_its_instance_and_the_job_c
 
     # WHEN the worker is killed while its MLflow run is RUNNING
     running = eventually(lambda: _runs(chain, model, "RUNNING"), 180, interval=0.1, what="a RUNNING run")[0]
-    killed = _worker_pids(chain.cloud)
+    killed = _worker_pids(chain.cloud, chain.stack)
     assert killed
     instances = {instance["InstanceId"] for instance in chain.trainers()}
     for pid in killed:
@@ -190,7 +201,9 @@ def test_a_worker_killed_mid_training_is_restarted_on_its_instance_and_the_job_c
     # THEN its supervisor (systemd's Restart=always on EC2, deploy/arrival-boot.sh; the agent here)
     # starts it again on the same instance, which takes the job back once its lease lapses and
     # finishes it once
-    eventually(lambda: set(_worker_pids(chain.cloud)) - set(killed), 30, what="the worker restarted")
+    eventually(
+        lambda: set(_worker_pids(chain.cloud, chain.stack)) - set(killed), 30, what="the worker restarted"
+    )
     assert {instance["InstanceId"] for instance in chain.trainers()} == instances
     versions = chain.wait_versions(model, 1, timeout=300)
     assert len(versions) == 1
@@ -268,9 +281,7 @@ def test_reproduce_rebuilds_the_champion_with_matching_metrics(chain: Chain, uni
     chain.upload(f"{model}/houses.csv", datasets.to_csv(datasets.house_frame(400, seed=9)))
     chain.wait_versions(model, 1)
 
-    result = CliRunner().invoke(
-        app, ["reproduce", "champion", "--model", model, "--stack-name", TRAINING_STACK]
-    )
+    result = CliRunner().invoke(app, ["reproduce", "champion", "--model", model, "--stack-name", chain.stack])
 
     assert result.exit_code == 0, result.output
     assert "every metric matches" in result.output
@@ -291,7 +302,7 @@ def test_an_idle_trainer_terminates_its_own_instance(chain: Chain) -> None:
     logs = chain.cloud.client("logs")
 
     def said_it_terminates() -> bool:
-        events = logs.get_log_events(logGroupName=f"/arrival/{TRAINING_STACK}/trainer", logStreamName=newest)
+        events = logs.get_log_events(logGroupName=f"/arrival/{chain.stack}/trainer", logStreamName=newest)
         return any(f"terminating instance {newest}" in event["message"] for event in events["events"])
 
     eventually(said_it_terminates, 30, what=f"{newest}'s own 'terminating instance' line")
