@@ -9,7 +9,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,10 +236,11 @@ def tracking_server_lock(config: pytest.Config, mode: int) -> Iterator[None]:
 
 
 @pytest.fixture
-def tracking_server_to_myself(request: pytest.FixtureRequest) -> Iterator[None]:
-    """For a test that kills or freezes the tracking server: no training of the other lane runs."""
-    with tracking_server_lock(request.config, fcntl.LOCK_EX):
-        yield
+def tracking_server_alone(request: pytest.FixtureRequest) -> Callable[[], AbstractContextManager[None]]:
+    """For a test that kills or freezes the tracking server: `with tracking_server_alone():` around
+    the outage, and no test of the other training lane runs meanwhile (such a test holds no shared
+    lock of its own: tests/e2e/conftest.py)."""
+    return lambda: tracking_server_lock(request.config, fcntl.LOCK_EX)
 
 
 @pytest.fixture

@@ -240,9 +240,9 @@ def second_chain(local_cloud: LocalCloud, second_training_stack: dict[str, str])
 @pytest.fixture(autouse=True)
 def _tracking_server_shared(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test of either training lane holds the tracking server shared while its trainings use it;
-    one that stops or freezes it takes it alone (`tracking_server_to_myself`) and waits for them."""
+    one that stops or freezes it takes it alone for the outage (`tracking_server_alone`)."""
     fixtures = set(request.fixturenames)
-    if not fixtures & {"training_stack", "second_training_stack"} or "tracking_server_to_myself" in fixtures:
+    if not fixtures & {"training_stack", "second_training_stack"} or "tracking_server_alone" in fixtures:
         yield
         return
     with tracking_server_lock(request.config, fcntl.LOCK_SH):

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +114,7 @@ def _kill_tracking_server(chain: Chain) -> int:
 
 
 def test_the_tracking_server_killed_mid_training_comes_back_and_the_training_completes_once(
-    second_chain: Chain, unique: str, tracking_server_to_myself: None
+    second_chain: Chain, unique: str, tracking_server_alone: Callable[[], AbstractContextManager[None]]
 ) -> None:
     chain = second_chain  # no API needed: the second training lane (tests/conftest.py)
     model = f"mlflow-down-{unique}"
@@ -121,17 +123,18 @@ def test_the_tracking_server_killed_mid_training_comes_back_and_the_training_com
     chain.wait_running_run(model)
 
     # WHEN the tracking server dies mid-training (the local cloud starts it again, as systemd would)
-    killed = _kill_tracking_server(chain)
+    with tracking_server_alone():
+        killed = _kill_tracking_server(chain)
 
-    # THEN it comes back, and the training finishes with exactly one version, promoted
-    eventually(
-        lambda: (
-            (status := control.status(chain.cloud.settings)["services"]["mlflow"])["pid"] != killed
-            and status["alive"]
-        ),
-        60,
-        what="the tracking server restarted",
-    )
+        # THEN it comes back, and the training finishes with exactly one version, promoted
+        eventually(
+            lambda: (
+                (status := control.status(chain.cloud.settings)["services"]["mlflow"])["pid"] != killed
+                and status["alive"]
+            ),
+            60,
+            what="the tracking server restarted",
+        )
     versions = chain.wait_versions(model, 1, timeout=300)
     assert len(versions) == 1
     assert chain.champion(model) == versions[0].version

@@ -10,8 +10,8 @@ import os
 import signal
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import httpx
@@ -112,7 +112,7 @@ def test_serving_follows_each_promotion_and_rollback_without_a_failed_request(
     local_cloud: LocalCloud,
     unique: str,
     monkeypatch: pytest.MonkeyPatch,
-    tracking_server_to_myself: None,  # it freezes the tracking server the other training lane uses
+    tracking_server_alone: Callable[[], AbstractContextManager[None]],
 ) -> None:
     # GIVEN a model whose first dataset made a champion
     model = f"serve-{unique}"
@@ -157,7 +157,8 @@ def test_serving_follows_each_promotion_and_rollback_without_a_failed_request(
     # champions from their bundles (a pointer moved straight in S3, as the trainer does)
     bucket = chain.outputs["ModelsBucketName"]
     pointer = json.loads(chain.s3.get_object(Bucket=bucket, Key=f"pointers/{model}.json")["Body"].read())
-    with mlflow_frozen(local_cloud):
+    # the other training lane's trainings need the tracking server: none runs while it is frozen
+    with tracking_server_alone(), mlflow_frozen(local_cloud):
         assert api.post(f"/models/{model}/predict", json=_iris_record()).status_code == 200
         moved = {
             **pointer,
