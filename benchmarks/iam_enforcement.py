@@ -66,18 +66,6 @@ def _settings(prefix: str, enforced: bool, **extra: Any) -> LocalCloudSettings:
     )
 
 
-def _point_sdks_at(settings: LocalCloudSettings, **extra: str) -> None:
-    os.environ.pop("AWS_PROFILE", None)
-    os.environ.update(
-        AWS_ENDPOINT_URL=settings.aws_endpoint_url,
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",  # noqa: S106  # LocalStack accepts any credentials
-        AWS_DEFAULT_REGION=settings.region,
-        MLFLOW_TRACKING_URI=settings.mlflow_url,
-        **extra,
-    )
-
-
 def _enforcing(settings: LocalCloudSettings) -> bool:
     """Whether this cloud refuses a role what its policies do not allow: a role with no policy at all,
     assumed, asks for ListBuckets (the proof that this side talks to the cloud it thinks it does)."""
@@ -123,7 +111,7 @@ def chain_cloud(enforced: bool) -> Iterator[tuple[LocalCloudSettings, Run]]:
     """benchmarks/training.py's cloud and stack, a trainer already up (the warm-up brought it)."""
     settings = _settings("arrival-iam-chain-", enforced)
     # As benchmarks/training.py's main(); warm runs find the trainer still up.
-    _point_sdks_at(settings, ARRIVAL_WORKER_IDLE_SECONDS="3600")
+    training.point_sdks_at(settings, ARRIVAL_WORKER_IDLE_SECONDS="3600")
     control.up(settings)
     try:
         outputs = deploy_stack(
@@ -171,7 +159,7 @@ def _ingest_once(s3: Any, logs: Any, outputs: dict[str, str], seed: int, seen: s
 def ingest_cloud(enforced: bool) -> Iterator[tuple[LocalCloudSettings, Run]]:
     """benchmarks/ingest.py's cloud and stack: trainer instances recorded but not booted."""
     settings = _settings("arrival-iam-ingest-", enforced, agent_roles=[])
-    _point_sdks_at(settings)
+    training.point_sdks_at(settings)
     control.up(settings)
     try:
         outputs = deploy_stack(ROOT / "template.yaml", ingest.STACK, {}, vendor_dependencies=False)

@@ -28,30 +28,17 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.training import log_in_to_mlflow  # noqa: E402
+from benchmarks.training import log_in_to_mlflow, point_sdks_at  # noqa: E402
 from localcloud import control  # noqa: E402
 from localcloud.deploy import deploy_stack  # noqa: E402
-from localcloud.processes import CLOUD_ID_VARIABLE, free_port  # noqa: E402
+from localcloud.processes import cloud_processes, free_port  # noqa: E402
 from localcloud.settings import LocalCloudSettings  # noqa: E402
 
 STACK = "arrival-instances-bench"
 
 
 def server_pids(cloud_id: str) -> list[int]:
-    marker = f"{CLOUD_ID_VARIABLE}={cloud_id}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit():
-                continue
-            arguments = (proc / "cmdline").read_bytes().split(b"\0")
-            if not any(argument.endswith(b"arrival-serve") for argument in arguments[:2]):
-                continue
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
+    return cloud_processes(cloud_id, "arrival-serve")
 
 
 def answers(url: str) -> bool:
@@ -86,12 +73,8 @@ def main() -> None:
         mlflow_port=free_port(),
         api_port=free_port(),
     )
-    os.environ.update(
-        AWS_ENDPOINT_URL=settings.aws_endpoint_url,
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",  # noqa: S106  # LocalStack accepts any credentials
-        AWS_DEFAULT_REGION=settings.region,
-        MLFLOW_TRACKING_URI=settings.mlflow_url,
+    point_sdks_at(
+        settings,
         ARRIVAL_API_PORT=str(settings.api_port),
         ARRIVAL_INSTANCES_DIR=str(settings.instance_installs),
     )

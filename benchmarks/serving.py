@@ -54,7 +54,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.training import log_in_to_mlflow  # noqa: E402
+from benchmarks.training import log_in_to_mlflow, point_sdks_at  # noqa: E402
 from common.adapters import events  # noqa: E402
 from common.bundles import Lineage  # noqa: E402
 from common.contracts import DataContract, parse_contract  # noqa: E402
@@ -1549,14 +1549,7 @@ def main() -> None:
     settings = LocalCloudSettings(
         state_dir=state, aws_port=free_port(), mlflow_port=free_port(), api_port=free_port()
     )
-    os.environ.update(
-        AWS_ENDPOINT_URL=settings.aws_endpoint_url,
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",  # noqa: S106  # LocalStack accepts any credentials
-        AWS_DEFAULT_REGION=settings.region,
-        MLFLOW_TRACKING_URI=settings.mlflow_url,
-    )
-    os.environ.pop("AWS_PROFILE", None)
+    point_sdks_at(settings)
     control.up(settings)
     try:
         # No training is queued here: the reconciler's Lambda would only take CPU from the measurements.

@@ -179,6 +179,19 @@ def _row(label: str, runs: list[dict[str, float]]) -> str:
     )
 
 
+def point_sdks_at(settings: LocalCloudSettings, **extra: str) -> None:
+    """The AWS SDK and MLflow of this process, and of every service it starts, at the local cloud."""
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.update(
+        AWS_ENDPOINT_URL=settings.aws_endpoint_url,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",  # noqa: S106  # LocalStack accepts any credentials
+        AWS_DEFAULT_REGION=settings.region,
+        MLFLOW_TRACKING_URI=settings.mlflow_url,
+        **extra,
+    )
+
+
 def log_in_to_mlflow(settings: LocalCloudSettings, stack: str = STACK) -> dict[str, str]:
     """The cloud's MLflow login for this process's clients, and in the stack's secret for its
     trainers, as `arrival deploy` does (docs/local-cloud.md); the stack parameter naming it. (The
@@ -199,14 +212,7 @@ def main() -> None:
 
     state = Path(tempfile.mkdtemp(prefix="arrival-chain-bench-"))
     settings = LocalCloudSettings(state_dir=state, aws_port=free_port(), mlflow_port=free_port())
-    os.environ.update(
-        AWS_ENDPOINT_URL=settings.aws_endpoint_url,
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",  # noqa: S106  # LocalStack accepts any credentials
-        AWS_DEFAULT_REGION=settings.region,
-        MLFLOW_TRACKING_URI=settings.mlflow_url,
-        ARRIVAL_WORKER_IDLE_SECONDS="3600",  # warm runs find the trainer still up
-    )
+    point_sdks_at(settings, ARRIVAL_WORKER_IDLE_SECONDS="3600")  # warm runs find the trainer still up
     control.up(settings)
     rows: list[str] = []
     try:

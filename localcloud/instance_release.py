@@ -106,6 +106,20 @@ def _uv(*arguments: str) -> None:
         raise ReleaseInstallError(f"uv {' '.join(arguments[:2])} failed: {result.stderr.strip()[-2000:]}")
 
 
+def _pip(python: str, arguments: list[str]) -> list[str]:
+    return ["pip", "install", "--quiet", "--python", python, *arguments]
+
+
+def _once(directory: Path, steps: list[list[str]]) -> None:
+    """Make ``directory`` with these uv commands unless a finished install is there already."""
+    if (directory / _COMPLETE).exists():
+        return
+    shutil.rmtree(directory, ignore_errors=True)
+    for step in steps:
+        _uv(*step)
+    (directory / _COMPLETE).touch()
+
+
 def install_release(s3: Any, uri: str, role: str, cache: Path) -> InstalledRelease:
     """Install the release at ``uri`` for ``role`` under ``cache``, reading it with ``s3`` (a client
     with the instance's credentials); what is installed already is reused."""
@@ -125,35 +139,12 @@ def install_release(s3: Any, uri: str, role: str, cache: Path) -> InstalledRelea
     lock_digest = hashlib.sha256((downloads / requirements).read_bytes()).hexdigest()[:16]
     dependencies = cache / "deps" / f"{role}-{lock_digest}"
     site = cache / "releases" / version / role / "site"
+    python = str(dependencies / "bin" / "python")
+    locked = ["--require-hashes", "-r", str(downloads / requirements)]
     with _exclusive(cache / ".install.lock"):
-        if not (dependencies / _COMPLETE).exists():
-            shutil.rmtree(dependencies, ignore_errors=True)
-            _uv("venv", "--quiet", "--python", INSTANCE_PYTHON, str(dependencies))
-            python = str(dependencies / "bin" / "python")
-            _uv(
-                "pip",
-                "install",
-                "--quiet",
-                "--python",
-                python,
-                "--require-hashes",
-                "-r",
-                str(downloads / requirements),
-            )
-            (dependencies / _COMPLETE).touch()
-        if not (site / _COMPLETE).exists():
-            shutil.rmtree(site, ignore_errors=True)
-            python = str(dependencies / "bin" / "python")
-            _uv(
-                "pip",
-                "install",
-                "--quiet",
-                "--python",
-                python,
-                "--no-deps",
-                "--target",
-                str(site),
-                str(downloads / wheel),
-            )
-            (site / _COMPLETE).touch()
+        _once(
+            dependencies,
+            [["venv", "--quiet", "--python", INSTANCE_PYTHON, str(dependencies)], _pip(python, locked)],
+        )
+        _once(site, [_pip(python, ["--no-deps", "--target", str(site), str(downloads / wheel)])])
     return InstalledRelease(version, site, dependencies)

@@ -58,6 +58,25 @@ def marked_processes(cloud_id: str) -> list[int]:
     return found
 
 
+def cloud_processes(cloud_id: str, executable: str, environment: tuple[str, ...] = ()) -> list[int]:
+    """This local cloud's processes (Linux /proc) whose command line runs ``executable`` (as its
+    program or its script), and whose environment holds every ``NAME=value`` of ``environment``."""
+    markers = {f"{CLOUD_ID_VARIABLE}={cloud_id}".encode(), *(variable.encode() for variable in environment)}
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit():
+                continue
+            arguments = (proc / "cmdline").read_bytes().split(b"\0")
+            if not any(argument.endswith(executable.encode()) for argument in arguments[:2]):
+                continue
+            if markers <= set((proc / "environ").read_bytes().split(b"\0")):
+                found.append(int(proc.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return found
+
+
 def process_tree(root: int) -> list[int]:
     """The process and all its descendants, from /proc (Linux): ppid is the field after the
     parenthesised command name, which may itself hold spaces and parentheses."""

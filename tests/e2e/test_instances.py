@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localcloud.processes import CLOUD_ID_VARIABLE
+from localcloud.processes import cloud_processes
 from tests import datasets
 from tests.conftest import TRAINING_STACK, LocalCloud
 from tests.e2e.conftest import Chain, arrival
@@ -26,20 +26,7 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 
 def _instance_processes(cloud: LocalCloud, executable: str) -> list[int]:
     """This local cloud's processes whose command line runs ``executable``."""
-    marker = f"{CLOUD_ID_VARIABLE}={cloud.settings.cloud_id}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit():
-                continue
-            arguments = (proc / "cmdline").read_bytes().split(b"\0")
-            if not any(argument.endswith(executable.encode()) for argument in arguments[:2]):
-                continue
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
+    return cloud_processes(cloud.settings.cloud_id, executable)
 
 
 def _outside_the_checkout(pid: int) -> list[str]:

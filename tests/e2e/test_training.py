@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli.main import app
-from localcloud.processes import CLOUD_ID_VARIABLE
+from localcloud.processes import cloud_processes
 from tests import datasets
 from tests.conftest import LocalCloud
 from tests.e2e.conftest import Chain
@@ -166,20 +165,7 @@ def _runs(chain: Chain, model: str, status: str) -> list[Any]:
 
 def _worker_pids(cloud: LocalCloud, stack: str) -> list[int]:
     """The workers of this cloud's trainers of one stack (the other training lane's are left alone)."""
-    markers = {
-        f"{CLOUD_ID_VARIABLE}={cloud.settings.cloud_id}".encode(),
-        f"ARRIVAL_STACK_NAME={stack}".encode(),
-    }
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit() or b"arrival-worker" not in (proc / "cmdline").read_bytes():
-                continue
-            if markers <= set((proc / "environ").read_bytes().split(b"\0")):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
+    return cloud_processes(cloud.settings.cloud_id, "arrival-worker", (f"ARRIVAL_STACK_NAME={stack}",))
 
 
 def test_a_worker_killed_mid_training_is_restarted_on_its_instance_and_the_job_completes_once(
