@@ -353,7 +353,13 @@ class InstanceAgent:
         return RoleCredentials(self.sts, roles[0]["Arn"], instance["InstanceId"]) if roles else None
 
     def _running_server(self) -> str | None:
-        return next((booted.instance_id for booted in self.booted.values() if booted.role == "server"), None)
+        """The server that holds the API port: one booted, or one installed whose process is between
+        a restart or a stop and its next start (it takes the port back then); until it is terminated."""
+        booted = (instance_id for instance_id, found in self.booted.items() if found.role == "server")
+        installed = (
+            instance_id for instance_id, found in self.installed.items() if found.identity.role == "server"
+        )
+        return next(booted, None) or next(installed, None)
 
     def command_for(self, instance_id: str, identity: Identity) -> list[str] | None:
         """The command to boot the instance with; None to leave it as a record (it is then

@@ -15,6 +15,7 @@ from localcloud.instance_agent import (
     RESTART_SECONDS,
     BootedInstance,
     Identity,
+    Installation,
     InstanceAgent,
     command_from_user_data,
     environment_from_user_data,
@@ -203,6 +204,21 @@ def test_a_second_server_waits_for_the_api_port_instead_of_failing_on_it(tmp_pat
     assert "i-b" not in agent.finished  # it boots at a later poll, once i-a has ended
 
     del agent.booted["i-a"]
+    assert agent.command_for("i-b", second) == ["arrival-serve"]
+
+
+def test_a_restarting_or_stopped_server_keeps_the_api_port_from_a_second_server(tmp_path: Path) -> None:
+    # Its process has exited (a restart a second away) or its instance is stopped: it still holds
+    # the port, or the second server would take it and the first could not start again.
+    agent = InstanceAgent(LocalCloudSettings(state_dir=tmp_path, agent_stacks=["a", "b"]))
+    first = Identity("server", "a", _serving_user_data(**SERVING_VALUES))
+    agent.installed["i-a"] = Installation(first, ["arrival-serve"], cast(Any, None), None)
+    second = Identity("server", "b", _serving_user_data(**SERVING_VALUES))
+
+    assert agent.command_for("i-b", second) is None
+    assert "i-b" not in agent.finished
+
+    del agent.installed["i-a"]  # terminated
     assert agent.command_for("i-b", second) == ["arrival-serve"]
 
 
