@@ -54,7 +54,7 @@ def stack_status(stack_name: str, api_url: str | None) -> dict[str, Any]:
         },
         "release": stack_parameter(stack_name, "ReleaseVersion"),
         "trainers": _trainers(stack_name),
-        "server": _server(outputs.get("ServingInstanceId")),
+        "server": _server(outputs.get("ServingInstanceId"), api_url),
         "api": api_url,
     }
     # Outside any one model's block: a notification names its model only in its event, and a batch
@@ -166,10 +166,24 @@ def _trainers(stack_name: str) -> list[dict[str, Any]]:
     ]
 
 
-def _server(instance_id: str | None) -> dict[str, Any] | None:
-    from common.adapters import ec2
+def _server(instance_id: str | None, api_url: str | None) -> dict[str, Any] | None:
+    """The serving instance and the release it runs: its user data reads the stack's release at its
+    first boot, so only the server itself can say which (its /health)."""
+    if not instance_id:
+        return None
+    return {"instance_id": instance_id, "release": _health(api_url).get("release")}
 
-    return {"instance_id": instance_id, "release": ec2.instance_release(instance_id)} if instance_id else None
+
+def _health(api_url: str | None) -> dict[str, Any]:
+    """The API's /health (it needs no key), or nothing if there is no API or it does not answer."""
+    if not api_url:
+        return {}
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=3) as response:  # noqa: S310
+            answer = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def _registered_models() -> tuple[str | None, list[str]]:

@@ -48,7 +48,7 @@ from localcloud.instance_credentials import RoleCredentials
 from localcloud.instance_release import InstalledRelease, ReleaseInstallError, install_release
 from localcloud.log_shipper import LogShipper
 from localcloud.processes import die_with_parent
-from localcloud.release import ReleaseError
+from localcloud.release import ReleaseError, release_uri
 from localcloud.settings import LocalCloudSettings, get_local_cloud_settings
 
 LOG = logging.getLogger("arrival.instance_agent")
@@ -104,13 +104,14 @@ def role_from_user_data(user_data: str) -> str | None:
 
 def environment_from_user_data(user_data: str) -> dict[str, str]:
     """The allow-listed variables user data exports; an empty value (an unset template parameter)
-    leaves the agent's own value in place."""
+    leaves the agent's own value in place, and one the shell would expand (`$version`) is not a
+    value the agent can know: it is skipped."""
     exported: dict[str, str] = {}
     for line in user_data.splitlines():
         words = shlex.split(line, comments=True) if line.strip().startswith("export ") else []
         for assignment in words[1:]:
             name, _, value = assignment.partition("=")
-            if ALLOWED_VARIABLES.match(name) and value:
+            if ALLOWED_VARIABLES.match(name) and value and "$" not in value:
                 exported[name] = value
     return exported
 
@@ -407,13 +408,12 @@ class InstanceAgent:
             LOG.warning(
                 "instance %s has no instance profile: its process gets no AWS credentials", instance_id
             )
-        release_uri = environment_from_user_data(identity.user_data).get("ARRIVAL_RELEASE_URI", "")
         try:
             if credentials is None:
                 raise ReleaseInstallError("no instance profile: nothing may read the release")
             release = install_release(
                 self._role_client("s3", credentials),
-                release_uri,
+                self._release_uri(identity, credentials),
                 identity.role,
                 self.settings.instance_installs,
             )
@@ -427,6 +427,23 @@ class InstanceAgent:
             return
         self.installed[instance_id] = Installation(identity, command, release, credentials)
         self.start(instance_id)
+
+    def _release_uri(self, identity: Identity, credentials: RoleCredentials) -> str:
+        """The release the user data names: its ARRIVAL_RELEASE_URI, or, for the server, the stack's
+        ReleaseVersion in ARRIVAL_RELEASE_BUCKET, read with the instance's role as its user data does."""
+        exported = environment_from_user_data(identity.user_data)
+        bucket = exported.get("ARRIVAL_RELEASE_BUCKET")
+        if bucket is None:
+            return exported.get("ARRIVAL_RELEASE_URI", "")
+        try:
+            stack = self._role_client("cloudformation", credentials).describe_stacks(StackName=identity.stack)
+        except ClientError as error:
+            raise ReleaseInstallError(f"cannot read the stack's ReleaseVersion: {error}") from error
+        parameters = {
+            found["ParameterKey"]: found.get("ParameterValue", "")
+            for found in stack["Stacks"][0].get("Parameters", [])
+        }
+        return release_uri(bucket, parameters.get("ReleaseVersion", ""))
 
     def _log_path(self, instance_id: str) -> Path:
         return self.settings.state_dir / "logs" / f"instance-{instance_id}.log"

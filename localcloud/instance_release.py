@@ -61,6 +61,7 @@ class InstalledRelease:
         # The release's code, and only it: the dependencies come from the interpreter's virtualenv.
         environment["PYTHONPATH"] = str(self.site)
         environment["ARRIVAL_RELEASE_VERSION"] = self.version
+        environment.pop("ARRIVAL_RELEASE_URI", None)  # the user data's, maybe unexpanded: the version says it
         return environment
 
 

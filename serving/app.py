@@ -302,9 +302,10 @@ operations_router = APIRouter(tags=["operations"])
 
 
 @operations_router.get("/health")
-async def health() -> dict[str, str]:
-    """Liveness: 200 while the process runs."""
-    return {"status": "ok"}
+async def health(request: Request) -> dict[str, str]:
+    """Liveness: 200 while the process runs, with the release it runs (an instance's boot sets it)."""
+    settings: ServingSettings = request.app.state.settings
+    return {"status": "ok", "release": settings.release_version or "unknown"}
 
 
 @operations_router.get("/ready", responses={503: {"description": "Some champion is not loaded yet"}})

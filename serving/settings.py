@@ -15,6 +15,13 @@ class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARRIVAL_SERVING_", extra="ignore")
 
     models_bucket: str = Field(description="the bucket holding pointers/ and bundles/")
+    # Set by the instance's boot (deploy/arrival-boot.sh), not by ARRIVAL_SERVING_*: the release is
+    # the instance's.
+    release_version: str | None = Field(
+        default=None,
+        validation_alias="ARRIVAL_RELEASE_VERSION",
+        description="the release this server runs, reported by /health",
+    )
     reload_queue_url: str | None = Field(
         default=None, description="an SQS queue whose messages say 'a pointer moved: refresh now'"
     )

@@ -145,7 +145,10 @@ def test_the_template_user_data_starts_the_server_with_its_bucket_and_queue() ->
         "ARRIVAL_SERVING_CAPTURE_BUCKET": "prod-capture-1-eu-west-1",
         # Where the key is, not the key: the server reads it with its role.
         "ARRIVAL_SERVING_API_KEY_SECRET": "arn:aws:secretsmanager:eu-west-1:1:secret:prod-api-key-AbCdEf",
-        "ARRIVAL_RELEASE_URI": "s3://artifacts/releases/0.1.0-0123456789ab",
+        # The bucket, not the version: the server reads the stack's ReleaseVersion at its first boot
+        # (a version here would restart the instance on every release); the URI it builds from the
+        # two is left to the shell.
+        "ARRIVAL_RELEASE_BUCKET": "artifacts",
         "ARRIVAL_CFN_SIGNAL_RESOURCE": "ServingInstance",
     }
 
