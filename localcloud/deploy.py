@@ -161,8 +161,10 @@ def _release_parameters(
     """Build and publish the release the template's instances install, unless the template takes no
     release or the deployer names one (a rollback to an earlier release)."""
     parameters = template.get("Parameters", {})
-    if "ReleaseVersion" not in parameters or "ReleaseVersion" in overrides:
+    if "ReleaseVersion" not in parameters:
         return {}
+    if "ReleaseVersion" in overrides:  # an earlier release, published to this same bucket
+        return {"ReleaseBucket": bucket}
     return publish_project_release(s3, bucket, say)
 
 

