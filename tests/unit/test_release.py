@@ -132,7 +132,7 @@ def test_the_boot_script_passes_shellcheck() -> None:
 
 def test_a_deploy_naming_an_earlier_release_publishes_nothing_and_names_its_bucket() -> None:
     # A rollback: `arrival deploy --parameter ReleaseVersion=<earlier>` (docs/aws.md, step 2)
-    template = {"Parameters": {"ReleaseBucket": {}, "ReleaseVersion": {}}}
+    template: dict[str, Any] = {"Parameters": {"ReleaseBucket": {}, "ReleaseVersion": {}}}
     s3: Any = None  # nothing may be uploaded
 
     parameters = _release_parameters(
