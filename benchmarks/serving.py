@@ -188,8 +188,8 @@ class Fitted:
 
 def fit_and_register(name: str, family: str, scratch: Path, seed: int) -> Fitted:
     """Fitted, exported and checked as the trainer's stages do; logged and registered with its calls."""
+    from common.adapters import tracking
     from worker import training
-    from worker.adapters import tracking
     from worker.onnx_export import parity, serving_check, to_onnx_bytes
 
     contract_path = scratch / f"{name}.yaml"

@@ -16,7 +16,7 @@ from cli.operations import OperationError, outputs_of
 from common.adapters.stack import StackResources
 
 if TYPE_CHECKING:
-    from worker.adapters.tracking import ModelVersion
+    from common.adapters.tracking import ModelVersion
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def _resources(stack_name: str) -> StackResources:
 
 
 def _version_of(model: str, version: str) -> ModelVersion:
-    from worker.adapters import tracking
+    from common.adapters import tracking
 
     if not version.isdigit():
         raise OperationError(f"version {version!r} is not a version number (e.g. --version 3)")
@@ -74,8 +74,8 @@ def _version_of(model: str, version: str) -> ModelVersion:
 def _settle_repeat(resources: StackResources, found: ModelVersion, tag: str) -> None:
     """A repeated decision: whatever a crash left undone of it (the waiting tag's removal, the
     event) is done now."""
+    from common.adapters import tracking
     from worker import decision
-    from worker.adapters import tracking
 
     if decision.AWAITING_TAG in found.tags:
         tracking.untag_version(found.name, found.version, decision.AWAITING_TAG)
@@ -123,8 +123,8 @@ def approve(model: str, version: str, by: str, stack_name: str) -> Decided:
     `promotion` tag ("approved by <by>"), then `ModelPromoted`. Only the newest waiting version can
     be, and only while no newer version is the champion: the gate judged it against the champion of
     its time."""
+    from common.adapters import tracking
     from worker import decision, serving_bundle
-    from worker.adapters import tracking
 
     found = _version_of(model, version)
     resources = _resources(stack_name)
@@ -182,8 +182,8 @@ def reject(model: str, version: str, reason: str, by: str, stack_name: str) -> D
 def waiting(model: str) -> list[dict[str, Any]]:
     """The model's versions awaiting approval, newest (the one that can be approved) first: the
     gate's reason, the champion it was judged against, its run and metrics."""
+    from common.adapters import tracking
     from worker import decision
-    from worker.adapters import tracking
 
     return [
         {

@@ -97,7 +97,7 @@ MONTHS = (("2026-10", "iris-2026-10.csv"), ("2026-11", "iris.csv"))
 
 def run_demo(stack_name: str, console: Console, api_url: str | None, model: str = "iris") -> None:
     from cli.target import api_key_for_stack
-    from worker.adapters import tracking
+    from common.adapters import tracking
 
     follow = Follower(stack_name, timed_printer(console))
     api_key = api_key_for_stack(stack_name) if api_url is not None else ""

@@ -14,7 +14,7 @@ from common import drift
 from common.adapters import s3
 
 if TYPE_CHECKING:
-    from worker.adapters.tracking import ModelVersion
+    from common.adapters.tracking import ModelVersion
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class DriftOverview:
 
 
 def overview(model: str, stack_name: str, limit: int = 5) -> DriftOverview:
-    from worker.adapters import tracking
+    from common.adapters import tracking
 
     models_bucket = outputs_of(stack_name)["ModelsBucketName"]
     versions = tracking.versions_of(model)

@@ -71,7 +71,7 @@ def put_contract(path: Path, stack_name: str) -> str:
 
 
 def reproduce(model: str, version: str, stack_name: str) -> Reproduction:
-    from worker.adapters import tracking
+    from common.adapters import tracking
     from worker.reproduce import reproduce as reproduce_version
 
     remote = outputs_of(stack_name)["DvcRemoteUrl"]
@@ -99,7 +99,7 @@ class Rollback:
 def rollback(model: str, to_version: str | None, stack_name: str) -> Rollback:
     """Move the champion alias, then the serving pointer, back to an earlier version (by default the
     champion before the current one), and publish `ModelRolledBack` so serving reloads at once."""
-    from worker.adapters import tracking
+    from common.adapters import tracking
     from worker.serving_bundle import bundle_exists, move_pointer
 
     outputs = outputs_of(stack_name)
@@ -495,7 +495,7 @@ class TrainingFailedError(Exception):
 
 
 def _follow_training(follow: Follower, uploaded: Uploaded, deadline: float) -> FollowResult:
-    from worker.adapters import tracking
+    from common.adapters import tracking
 
     model = uploaded.model
     uploaded_ms = int(time.time() * 1000) - 1000  # the follower's clock against SQS's: a second's slack

@@ -189,7 +189,7 @@ def _health(api_url: str | None) -> dict[str, Any]:
 def _registered_models() -> tuple[str | None, list[str]]:
     from mlflow.exceptions import MlflowException
 
-    from worker.adapters import tracking
+    from common.adapters import tracking
 
     try:
         return None, tracking.registered_models()
@@ -276,7 +276,7 @@ def _quarantined_by_rule(bucket: str, model: str) -> dict[str, int]:
 
 
 def _versions(name: str, metric: str | None) -> list[dict[str, Any]]:
-    from worker.adapters import tracking
+    from common.adapters import tracking
 
     shown = []
     for version in tracking.version_summaries(name, VERSIONS_SHOWN):

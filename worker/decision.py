@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.adapters import events
+from common.adapters import events, tracking
 from common.adapters.stack import StackResources
 from common.bundles import Lineage
 from common.contracts import parse_contract
 from worker import serving_bundle
-from worker.adapters import tracking
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,9 @@ from typing import Any
 import pandas as pd
 
 from common import drift
-from common.adapters import events, s3
+from common.adapters import events, s3, tracking
 from common.adapters.stack import StackResources
 from common.contracts import DataContract
-from worker.adapters import tracking
 from worker.decision import source_uris
 
 LOG = logging.getLogger("arrival.worker.drift")

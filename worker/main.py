@@ -302,7 +302,7 @@ class Trainer:
     def failed(self, model: str, messages: list[dict[str, Any]], error: Exception) -> None:
         """Hand each job back for a later retry, or dead-letter it with its reason after the last try.
         Nothing here may kill the worker: a job whose handling fails comes back when its lease lapses."""
-        from worker.adapters.tracking import refused_login
+        from common.adapters.tracking import refused_login
 
         reason = f"{type(error).__name__}: {error}"
         if refused_login(error):

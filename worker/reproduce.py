@@ -7,7 +7,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.adapters import dvc_workspace, tracking
+from common.adapters import tracking
+from worker.adapters import dvc_workspace
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ import joblib
 import pandas as pd
 import yaml
 
-from common.adapters import s3
+from common.adapters import s3, tracking
 from common.adapters.stack import StackResources
 from common.contracts import DataContract, parse_contract
 from common.layout import accepted_list_hash, accepted_list_key, contract_key
 from common.settings import get_worker_settings
 from worker import drift_report, serving_bundle, training
-from worker.adapters import dvc_workspace, tracking
+from worker.adapters import dvc_workspace
 from worker.decision import (
     APPROVAL_MODE_TAG,
     TrainingOutcome,

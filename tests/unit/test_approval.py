@@ -14,12 +14,11 @@ from typer.testing import CliRunner
 from cli import approval
 from cli.main import app
 from cli.operations import OperationError
-from common.adapters import events
+from common.adapters import events, tracking
 from common.adapters.stack import StackResources
 from common.contracts import parse_contract
 from tests import datasets
 from worker import decision, serving_bundle
-from worker.adapters import tracking
 
 OUTPUTS = {
     "ProcessedBucketName": "unit-processed",

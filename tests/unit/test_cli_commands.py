@@ -17,12 +17,11 @@ from typer.testing import CliRunner, Result
 
 from cli import operations
 from cli.main import app
-from common.adapters import s3
+from common.adapters import s3, tracking
 from handlers import handle_ingest
 from tests import datasets
 from tests.unit.conftest import FakeLambdaContext
 from tests.unit.test_handle_ingest import RAW, FakeStack, stack  # noqa: F401  # the moto stack fixture
-from worker.adapters import tracking
 
 STACK = "unit"
 REAL_API_CALL = BaseClient._make_api_call  # type: ignore[attr-defined]  # private: botocore-stubs omit it

@@ -22,9 +22,9 @@ import common.ingest  # noqa: F401
 from cli import target
 from cli.main import app
 from cli.target import Target, TargetError, api_key_for_stack, environment_for, shell_environment
+from common.adapters import tracking
 from localcloud.settings import LocalCloudSettings
 from localcloud.tracking_login import ensure_login
-from worker.adapters import tracking
 
 # A state directory with no login in it: the person's own local cloud must not leak into these.
 CLOUD = LocalCloudSettings(aws_port=4566, mlflow_port=5000, state_dir=Path("/nonexistent/arrival-unit"))

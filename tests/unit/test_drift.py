@@ -16,12 +16,11 @@ from pydantic import ValidationError
 
 from cli import drift as cli_drift
 from cli.operations import OperationError
-from common.adapters import events, s3
+from common.adapters import events, s3, tracking
 from common.adapters.stack import StackResources
 from common.contracts import DataContract, DriftMethod, Monitoring, parse_contract
 from common.drift import DEFAULT_THRESHOLDS, DriftReport, compare
 from worker import drift_report
-from worker.adapters import tracking
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
 

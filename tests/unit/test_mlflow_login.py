@@ -18,6 +18,7 @@ from moto import mock_aws
 
 from cli.target import Target, TargetError, environment_for, tracking_access
 from common.adapters import secrets
+from common.adapters.tracking import refused_login
 from common.settings import WorkerSettings
 from common.tracking_login import MlflowLogin, TrackingLoginError
 from localcloud import control
@@ -26,7 +27,6 @@ from localcloud.settings import LocalCloudSettings
 from localcloud.tracking_login import login_path, read_login
 from localcloud.tracking_server import mlflow_service
 from tests.unit.test_worker import OUTPUTS
-from worker.adapters.tracking import refused_login
 from worker.main import Trainer, use_tracking_login
 
 # The tracking server's own environment variables: MLflow reads them before the configuration file.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 
-from worker.adapters import tracking
+from common.adapters import tracking
 
 
 def test_version_summaries_are_newest_first_with_their_aliases(tmp_path: Path) -> None:

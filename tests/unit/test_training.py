@@ -261,8 +261,8 @@ def _evaluate(workspace: Path, contract: DataContract, train: pd.DataFrame, hold
 def test_an_empty_holdout_gives_a_version_rejected_for_it_not_a_crash(
     iris: DataContract, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from common.adapters import tracking
     from worker import train_model
-    from worker.adapters import tracking
 
     # GIVEN data of a single distinct row: it is all training data, and the holdout is empty
     frame = datasets.iris_frame(1)

@@ -12,13 +12,12 @@ import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
-from common.adapters import ec2, events, instance, s3, sqs
+from common.adapters import ec2, events, instance, s3, sqs, tracking
 from common.contracts import parse_contract
 from common.settings import WorkerSettings
 from tests.unit.test_worker import OUTPUTS, FakeClock
 from tests.unit.test_worker import aws as aws  # the fixture: moto with the stack's queues
 from worker import decision, main, serving_bundle, train_model
-from worker.adapters import tracking
 from worker.main import Trainer, TrainerHeartbeat, VisibilityHeartbeat
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
