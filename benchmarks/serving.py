@@ -55,8 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.training import log_in_to_mlflow, point_sdks_at  # noqa: E402
-from common.adapters import events  # noqa: E402
-from common.bundles import Lineage  # noqa: E402
+from common.adapters import events, s3  # noqa: E402
+from common.bundles import Lineage, ServingPointer, bundle_manifest_key, pointer_key  # noqa: E402
 from common.contracts import DataContract, parse_contract  # noqa: E402
 from localcloud import control  # noqa: E402
 from localcloud.deploy import deploy_stack  # noqa: E402
@@ -506,7 +506,15 @@ class Bench:
         """The trainer's promotion once the alias has moved: the pointer, then ModelPromoted on the bus.
         Returns the perf_counter moment just before the pointer moved."""
         started = time.perf_counter()
-        serving_bundle.move_pointer(self.bucket, name, version, "benchmark promotion")
+        # The pointer as the champion's lifecycle writes it (common/champion.py), without a registry.
+        pointer = ServingPointer(
+            model=name,
+            version=version,
+            manifest_key=bundle_manifest_key(name, version),
+            promoted_at="2026-12-07T00:00:00Z",
+            reason="benchmark promotion",
+        )
+        s3.put_bytes(self.bucket, pointer_key(name), pointer.model_dump_json().encode())
         if event:
             fitted = self.models[name]
             detail = {

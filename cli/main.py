@@ -423,16 +423,16 @@ def rollback(
     ] = None,
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
-    """Move the champion alias and the serving pointer back; serving follows within its reload time."""
-    from cli import operations
+    """Serve an earlier version: the serving pointer, then the champion alias, then ModelRolledBack;
+    serving follows within its reload time. Run again, it changes nothing; a run cut short, it
+    finishes. Without --to: the newest earlier version promoted and never rolled back away from."""
+    from cli import approval, operations
 
     try:
-        done = operations.rollback(model, to, stack_name)
+        done = operations.rollback(model, to, approval.current_user(), stack_name)
     except operations.OperationError as error:
         raise _fail(error) from error
-    console.print(
-        f"{done.model}: champion and serving moved from version {done.from_version} to {done.to_version}"
-    )
+    console.print(escape(done.message), highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -20,12 +20,13 @@ import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from common.adapters import events, s3
-from common.adapters.stack import stack_outputs
+from common.adapters import s3
+from common.adapters.stack import StackResources, stack_outputs
 from common.contracts import DataContract, data_format_of, parse_contract
 from common.layout import CONTRACT_PREFIX, accepted_list_key, contract_key
 
 if TYPE_CHECKING:
+    from common.champion import RolledBack
     from worker.reproduce import Reproduction
 
 T = TypeVar("T")
@@ -89,51 +90,15 @@ def reproduce(model: str, version: str, stack_name: str) -> Reproduction:
     return reproduce_version(model, version, remote)
 
 
-@dataclass(frozen=True)
-class Rollback:
-    model: str
-    from_version: str
-    to_version: str
+def rollback(model: str, to_version: str | None, by: str, stack_name: str) -> RolledBack:
+    """Serve an earlier version (common/champion.py decides which, and carries it out)."""
+    from common.champion import Champions, LifecycleError
 
-
-def rollback(model: str, to_version: str | None, stack_name: str) -> Rollback:
-    """Move the champion alias, then the serving pointer, back to an earlier version (by default the
-    champion before the current one), and publish `ModelRolledBack` so serving reloads at once."""
-    from common.adapters import tracking
-    from worker.serving_bundle import bundle_exists, move_pointer
-
-    outputs = outputs_of(stack_name)
-    current = tracking.champion(model)
-    if current is None:
-        raise OperationError(f"model {model!r} has no champion to roll back from")
-    if to_version is None:
-        earlier = [
-            v.version for v in tracking.promoted_versions(model) if int(v.version) < int(current.version)
-        ]
-        if not earlier:
-            raise OperationError(
-                f"model {model!r} has no champion before version {current.version}; name one with --to"
-            )
-        to_version = earlier[-1]
-    if not tracking.version_exists(model, to_version):
-        raise OperationError(f"model {model!r} has no version {to_version!r}")
-    if to_version == current.version:
-        raise OperationError(f"version {to_version} of {model!r} is already the champion")
-    if not bundle_exists(outputs["ModelsBucketName"], model, to_version):
-        raise OperationError(
-            f"version {to_version} of {model!r} has no serving bundle (it was never promoted, or "
-            "predates serving bundles); pick a version that served before"
-        )
-    reason = f"rolled back from version {current.version}"
-    tracking.move_champion(model, to_version)
-    move_pointer(outputs["ModelsBucketName"], model, to_version, reason)
-    tracking.tag_version(model, to_version, "rollback", reason)
-    events.publish(
-        outputs["EventBusName"],
-        "ModelRolledBack",
-        {"name": model, "version": to_version, "from_version": current.version, "reason": reason},
-    )
-    return Rollback(model, current.version, to_version)
+    resources = StackResources.from_outputs(outputs_of(stack_name))
+    try:
+        return Champions.of_stack(resources).rollback(model, to_version, by)
+    except LifecycleError as error:
+        raise OperationError(str(error)) from error
 
 
 def read_records(text: str, is_csv: bool) -> list[dict[str, Any]]:

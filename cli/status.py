@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from cli.operations import OperationError, contract_models, outputs_of
 from common.adapters import s3, sqs
 from common.adapters.stack import stack_parameter
+from common.champion import ROLLED_BACK
 from common.contracts import parse_contract
 from common.layout import accepted_list_key, contract_key
 
@@ -209,7 +210,6 @@ def _model_status(
     registry_up: bool,
 ) -> dict[str, Any]:
     from common.drift import live_summary_key  # pandas and numpy: only once there is a model to show
-    from worker.serving_bundle import read_pointer
 
     contract = s3.get_bytes(outputs["ConfigBucketName"], contract_key(name))
     metric, contract_error = None, None
@@ -222,9 +222,10 @@ def _model_status(
     accepted = s3.get_bytes(outputs["ProcessedBucketName"], accepted_list_key(name))
     datasets = json.loads(accepted[0])["datasets"] if accepted else []
     versions = _versions(name, metric) if registry_up else []
-    champion = next((v["version"] for v in versions if "champion" in v["aliases"]), None)
-    pointer = read_pointer(outputs["ModelsBucketName"], name)
-    served = _served_version(api_url, api_key, name) if pointer else None
+    # From the alias itself: the champion may be older than every version shown.
+    champion = _champion(name) if registry_up else None
+    pointer, pointer_error = _pointer(outputs["ModelsBucketName"], name)
+    served = _served_version(api_url, api_key, name) if pointer or pointer_error else None
     live = s3.get_bytes(outputs["ModelsBucketName"], live_summary_key(name))
     status = {
         "name": name,
@@ -245,11 +246,34 @@ def _model_status(
         "versions": versions,
         "awaiting_approval": [v["version"] for v in versions if v["decision"] == "awaiting approval"],
         "champion": champion,
-        "serving": {"pointer": pointer.version if pointer else None, "api": served},
+        "serving": {"pointer": pointer, "pointer_error": pointer_error, "api": served},
         "live_drift": _live_drift(json.loads(live[0])) if live else None,
     }
     status["problems"] = _problems(status, registry_up)
     return status
+
+
+def _champion(name: str) -> str | None:
+    from common.adapters import tracking
+
+    found = tracking.champion(name)
+    return found.version if found else None
+
+
+def _pointer(bucket: str, name: str) -> tuple[str | None, str | None]:
+    """The version the serving pointer names, or why it cannot be read."""
+    from common.bundles import ServingPointer, pointer_key
+
+    found = s3.get_bytes(bucket, pointer_key(name))
+    if found is None:
+        return None, None
+    try:
+        return ServingPointer.model_validate_json(found[0]).version, None
+    except ValidationError as error:
+        return (
+            None,
+            f"s3://{bucket}/{pointer_key(name)} is not a serving pointer ({str(error).splitlines()[0]})",
+        )
 
 
 def _live_drift(latest: dict[str, Any]) -> dict[str, Any]:
@@ -284,6 +308,8 @@ def _versions(name: str, metric: str | None) -> list[dict[str, Any]]:
             ((state, version.tags[tag]) for tag, state in DECISION_TAGS if tag in version.tags),
             ("training" if "gate.decision" not in version.tags else "deciding", ""),
         )
+        if ROLLED_BACK in version.tags:  # pulled from serving: say so, and where to
+            decision, reason = f"{decision}, rolled back", version.tags[ROLLED_BACK]
         metrics = tracking.run_metrics(version.run_id)
         shown.append(
             {
@@ -345,10 +371,19 @@ def _problems(status: dict[str, Any], registry_up: bool) -> list[str]:
             f"the contract is not valid ({status['contract_error']}): uploads fail until it is; "
             f"fix it, then `arrival contract put {name}.yaml`"
         )
-    if registry_up and pointer != status["champion"]:
+    if status["serving"]["pointer_error"]:
+        problems.append(
+            f"{status['serving']['pointer_error']}: serving keeps its last good version; "
+            f"`arrival rollback --model {name} --to <version>` writes a good one"
+        )
+    elif registry_up and pointer != status["champion"]:
         problems.append(
             f"serving pointer (version {pointer}) and champion alias (version {status['champion']}) "
-            f"disagree; `arrival rollback --model {name} --to <version>` sets both"
+            f"disagree: a change was cut short; `arrival rollback --model {name} --to {pointer}` "
+            "finishes it"
+            if pointer
+            else f"serving pointer (none) and champion alias (version {status['champion']}) disagree; "
+            f"`arrival rollback --model {name} --to {status['champion']}` sets both"
         )
     if pointer and served and served != pointer:
         problems.append(

@@ -5,16 +5,14 @@ In the stack's models bucket:
 - ``bundles/<model>/<version>/model.onnx``: the ONNX export of the fitted pipeline;
 - ``bundles/<model>/<version>/bundle.json``: a ``BundleManifest`` (the contract, metrics, lineage,
   and check records with scikit-learn's own predictions, which a loader must reproduce);
-- ``pointers/<model>.json``: a ``ServingPointer`` naming the bundle serving must answer with. The
-  trainer moves it right after the registry's ``champion`` alias; ``arrival rollback`` moves both.
-
-The registry alias is the source of truth; the pointer is serving's copy of it, and ``arrival status``
-reports any model whose two disagree.
+- ``pointers/<model>.json``: a ``ServingPointer`` naming the bundle serving must answer with. It is
+  the champion's commit point: common/champion.py writes it conditionally, then moves the registry's
+  ``champion`` alias after it, and ``arrival status`` reports any model whose two disagree.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -96,9 +94,25 @@ class BundleManifest(_Document):
     parity: dict[str, float] = Field(default_factory=dict)
 
 
+ChangeKind = Literal["promotion", "approval", "rollback", "repair"]
+
+
+class ChampionChange(_Document):
+    """What made the pointer's version the champion, so whoever finds the change cut short can
+    finish it from the pointer alone (common/champion.py)."""
+
+    kind: ChangeKind
+    # The version served before (None for a model's first champion).
+    from_version: str | None = None
+    reason: str = ""
+
+
 class ServingPointer(_Document):
     model: str
     version: str
     manifest_key: str
     promoted_at: str
     reason: str = ""
+    # Counts the pointer's changes; a pointer written before changes were recorded has 0 and no change.
+    generation: int = 0
+    change: ChampionChange | None = None

@@ -1,4 +1,4 @@
-"""Publishing a version's serving bundle and moving the model's serving pointer (formats in
+"""Publishing a version's serving bundle (formats in
 common/bundles.py). The bundle is built from files a training leaves in its workspace, or that its
 MLflow run logged, so a trainer that died before publishing can be finished by the next one."""
 
@@ -16,10 +16,8 @@ from common.bundles import (
     CheckRecords,
     Lineage,
     OnnxModel,
-    ServingPointer,
     bundle_manifest_key,
     bundle_onnx_key,
-    pointer_key,
 )
 from common.contracts import DataContract
 
@@ -80,26 +78,3 @@ def publish_from_directory(
     check = json.loads((directory / "serving_check.json").read_text())
     manifest = build_manifest(contract, version, onnx_bytes, check, metrics, lineage)
     return publish_bundle(bucket, manifest, onnx_bytes)
-
-
-def bundle_exists(bucket: str, model: str, version: str) -> bool:
-    return s3.get_bytes(bucket, bundle_manifest_key(model, version)) is not None
-
-
-def move_pointer(bucket: str, model: str, version: str, reason: str) -> ServingPointer:
-    """Serving answers with this version from its next refresh. Called only after the registry's
-    alias has moved: the alias is the truth, the pointer follows it."""
-    pointer = ServingPointer(
-        model=model,
-        version=version,
-        manifest_key=bundle_manifest_key(model, version),
-        promoted_at=_now(),
-        reason=reason,
-    )
-    s3.put_bytes(bucket, pointer_key(model), pointer.model_dump_json().encode(), "application/json")
-    return pointer
-
-
-def read_pointer(bucket: str, model: str) -> ServingPointer | None:
-    found = s3.get_bytes(bucket, pointer_key(model))
-    return ServingPointer.model_validate_json(found[0]) if found else None

@@ -23,19 +23,13 @@ import yaml
 
 from common.adapters import s3, tracking
 from common.adapters.stack import StackResources
+from common.champion import APPROVAL_MODE, Champions
 from common.contracts import DataContract, parse_contract
 from common.layout import accepted_list_hash, accepted_list_key, contract_key
 from common.settings import get_worker_settings
 from worker import drift_report, serving_bundle, training
 from worker.adapters import dvc_workspace
-from worker.decision import (
-    APPROVAL_MODE_TAG,
-    TrainingOutcome,
-    carry_out,
-    finish_interrupted,
-    lineage_of,
-    source_uris,
-)
+from worker.decision import TrainingOutcome, finish_interrupted, lineage_of, source_uris
 from worker.onnx_export import parity_problem
 from worker.workspace import StageFailedError, logged_files, stage_failure, write_workspace
 
@@ -249,7 +243,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
     gate_tags = {
         "gate.decision": "promote" if decision.promote else "reject",
         "gate.reason": decision.reason,
-        APPROVAL_MODE_TAG: run.contract.training.approval,
+        APPROVAL_MODE: run.contract.training.approval,
     }
     tracking.log_run(
         run.run_id,
@@ -312,8 +306,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
         "lineage": json.loads(run.tags["lineage.sources"]),
         "lineage_files": len(run.accepted["datasets"]),
     }
-    promoted = carry_out(
-        run.resources,
+    promoted = Champions.of_stack(run.resources).decide(
         run.model,
         version,
         decision.promote,

@@ -160,8 +160,13 @@ def put_json_if(bucket: str, key: str, document: Any, *, etag: str | None) -> st
     """Write only if the object is still at `etag` (or still absent when etag is None): S3's
     conditional writes are arrival's compare-and-swap, since DynamoDB is not available offline.
     Returns the new ETag."""
+    return put_bytes_if(bucket, key, json.dumps(document, sort_keys=True).encode(), etag=etag)
+
+
+def put_bytes_if(bucket: str, key: str, body: bytes, *, etag: str | None) -> str:
+    """`put_json_if` for a body already serialised. Raises PreconditionFailedError when the object
+    moved on."""
     require_conditional_writes()
-    body = json.dumps(document, sort_keys=True).encode()
     try:
         if etag is None:
             response = s3_client().put_object(
@@ -175,7 +180,7 @@ def put_json_if(bucket: str, key: str, document: Any, *, etag: str | None) -> st
         if _error_code(error) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
             raise PreconditionFailedError(f"s3://{bucket}/{key}") from error
         raise
-    return response["ETag"]
+    return str(response["ETag"])
 
 
 def update_json(bucket: str, key: str, change: Callable[[Any | None], Any], attempts: int = 20) -> Any:

@@ -4,7 +4,6 @@ or rejects it, and a crash at any step is finished by the next try (worker/decis
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pytest
@@ -14,11 +13,13 @@ from typer.testing import CliRunner
 from cli import approval
 from cli.main import app
 from cli.operations import OperationError
-from common.adapters import events, tracking
+from common import champion
+from common.adapters import tracking
 from common.adapters.stack import StackResources
 from common.contracts import parse_contract
 from tests import datasets
-from worker import decision, serving_bundle
+from tests.fake_lifecycle import Registry
+from worker import decision
 
 OUTPUTS = {
     "ProcessedBucketName": "unit-processed",
@@ -40,83 +41,6 @@ DECISION_KEYS = {
 }
 
 
-class Registry:
-    """The tracking adapter's registry, the serving pointer and the event bus, in memory, with a
-    way to make one call fail once (a crash, or EventBridge down)."""
-
-    def __init__(self) -> None:
-        self.versions: dict[str, tracking.ModelVersion] = {}
-        self.alias: str | None = None
-        self.pointer: str | None = None
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-        self.failing: set[str] = set()
-
-    def add(self, version: str, **tags: str) -> tracking.ModelVersion:
-        self.versions[version] = tracking.ModelVersion(
-            "iris", version, f"run-{version}", {"accepted_list_hash": f"list-{version}", **tags}
-        )
-        return self.versions[version]
-
-    def tags(self, version: str) -> dict[str, str]:
-        return self.versions[version].tags
-
-    def _maybe_fail(self, step: str) -> None:
-        if step in self.failing:
-            self.failing.discard(step)
-            raise ConnectionError(f"{step} failed")
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        def copy(version: tracking.ModelVersion) -> tracking.ModelVersion:
-            # What the real registry answers: a snapshot, not the live tags.
-            return tracking.ModelVersion(version.name, version.version, version.run_id, dict(version.tags))
-
-        def tag(name: str, version: str, key: str, value: str) -> None:
-            self._maybe_fail(f"tag {key}")
-            self.versions[version].tags[key] = value
-
-        def untag(name: str, version: str, key: str) -> None:
-            self._maybe_fail(f"untag {key}")
-            self.versions[version].tags.pop(key, None)
-
-        def move_champion(name: str, version: str) -> None:
-            self.alias = version
-
-        def move_pointer(bucket: str, model: str, version: str, reason: str) -> None:
-            self._maybe_fail("pointer")
-            self.pointer = version
-
-        def publish(bus: str, detail_type: str, detail: dict[str, Any]) -> None:
-            self._maybe_fail(f"publish {detail_type}")
-            self.sent.append((detail_type, detail))
-
-        monkeypatch.setattr(
-            tracking,
-            "versions_with_tag",
-            lambda name, key, value: [copy(v) for v in self.versions.values() if v.tags.get(key) == value],
-        )
-        monkeypatch.setattr(
-            tracking, "versions_of", lambda name: [copy(v) for _, v in sorted(self.versions.items())]
-        )
-        monkeypatch.setattr(
-            tracking, "champion", lambda name: copy(self.versions[self.alias]) if self.alias else None
-        )
-        monkeypatch.setattr(tracking, "move_champion", move_champion)
-        monkeypatch.setattr(tracking, "tag_version", tag)
-        monkeypatch.setattr(tracking, "untag_version", untag)
-        monkeypatch.setattr(
-            tracking, "run_tags", lambda run_id: {"lineage.sources": '["s3://raw/iris/a.csv"]'}
-        )
-        monkeypatch.setattr(tracking, "run_metrics", lambda run_id: {"f1_macro": 0.9})
-        monkeypatch.setattr(tracking, "finish_run_if_running", lambda run_id: None)
-        monkeypatch.setattr(serving_bundle, "bundle_exists", lambda *args: True)
-        monkeypatch.setattr(serving_bundle, "move_pointer", move_pointer)
-        monkeypatch.setattr(events, "publish", publish)
-        monkeypatch.setattr(approval, "outputs_of", lambda stack_name: OUTPUTS)
-
-    def sent_types(self) -> list[str]:
-        return [detail_type for detail_type, _ in self.sent]
-
-
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
     registry = Registry()
@@ -131,12 +55,14 @@ def _gate_passed(registry: Registry, version: str, mode: str = "manual") -> None
         **{
             "gate.decision": "promote",
             "gate.reason": f"f1_macro beats champion (version {version})",
-            decision.APPROVAL_MODE_TAG: mode,
+            champion.APPROVAL_MODE: mode,
             "gate.champion_version": registry.alias or "",
         },
     )
-    detail = decision.event_detail("iris", registry.versions[version], registry.tags(version)["gate.reason"])
-    decision.carry_out(RESOURCES, "iris", version, True, registry.tags(version)["gate.reason"], detail, mode)
+    detail = registry.champions.event_detail(
+        "iris", registry.versions[version], registry.tags(version)["gate.reason"]
+    )
+    registry.champions.decide("iris", version, True, registry.tags(version)["gate.reason"], detail, mode)
 
 
 # --- The contract --------------------------------------------------------------------------------------
@@ -162,37 +88,37 @@ def test_a_version_that_passes_the_gate_waits_instead_of_being_promoted(registry
 
     # THEN it waits: nothing moved, the request went out with the agreed fields, then its mark
     assert (registry.alias, registry.pointer) == ("1", "1")
-    assert registry.tags("2")[decision.AWAITING_TAG] == "f1_macro beats champion (version 2)"
+    assert registry.tags("2")[champion.AWAITING] == "f1_macro beats champion (version 2)"
     assert "promotion" not in registry.tags("2")
     assert registry.sent_types() == ["ApprovalRequested"]
     request = registry.sent[0][1]
-    assert set(request) == set(decision.APPROVAL_REQUEST_KEYS)
+    assert set(request) == set(champion.APPROVAL_REQUEST_KEYS)
     assert (request["version"], request["champion_version"]) == ("2", "1")
-    assert registry.tags("2")[decision.PUBLISHED_TAG] == "ApprovalRequested"
+    assert registry.tags("2")[champion.PUBLISHED] == "ApprovalRequested"
 
 
 def test_a_version_that_fails_the_gate_is_rejected_as_under_auto(registry: Registry) -> None:
     _gate_passed(registry, "1")
-    registry.add("2", **{"gate.decision": "reject", decision.APPROVAL_MODE_TAG: "manual"})
-    promoted = decision.carry_out(RESOURCES, "iris", "2", False, "worse", {"version": "2"}, "manual")
+    registry.add("2", **{"gate.decision": "reject", champion.APPROVAL_MODE: "manual"})
+    promoted = registry.champions.decide("iris", "2", False, "worse", {"version": "2"}, "manual")
 
     assert promoted is False
     assert registry.tags("2")["rejected"] == "worse"
     assert registry.sent_types() == ["ApprovalRequested", "ModelRejected"]
     # a failing version supersedes nothing
-    assert registry.tags("1")[decision.AWAITING_TAG]
-    assert [v.version for v in decision.waiting_versions("iris")] == ["1"]
+    assert registry.tags("1")[champion.AWAITING]
+    assert [v.version for v in registry.champions.waiting_versions("iris")] == ["1"]
 
 
 def test_a_newer_passing_version_supersedes_the_one_still_waiting(registry: Registry) -> None:
     _gate_passed(registry, "1")
     _gate_passed(registry, "2")
 
-    assert registry.tags("1")[decision.SUPERSEDED_TAG] == (
+    assert registry.tags("1")[champion.SUPERSEDED] == (
         "superseded by version 2, which passed the gate after it"
     )
-    assert decision.AWAITING_TAG not in registry.tags("1")
-    assert [v.version for v in decision.waiting_versions("iris")] == ["2"]
+    assert champion.AWAITING not in registry.tags("1")
+    assert [v.version for v in registry.champions.waiting_versions("iris")] == ["2"]
     assert registry.alias is None
 
 
@@ -200,8 +126,8 @@ def test_an_approval_request_whose_event_failed_is_sent_once_by_the_next_try(reg
     registry.failing.add("publish ApprovalRequested")
     with pytest.raises(ConnectionError):
         _gate_passed(registry, "1")
-    assert registry.tags("1")[decision.AWAITING_TAG]  # decided, not announced
-    assert decision.PUBLISHED_TAG not in registry.tags("1")
+    assert registry.tags("1")[champion.AWAITING]  # decided, not announced
+    assert champion.PUBLISHED not in registry.tags("1")
 
     outcome = decision.finish_interrupted("iris", "list-1", RESOURCES)
     decision.finish_interrupted("iris", "list-1", RESOURCES)
@@ -217,21 +143,21 @@ def test_a_dead_trainers_passing_version_is_finished_as_a_request_not_a_promotio
     # GIVEN a version registered with the gate's "promote" under manual approval, then the trainer
     # died before publishing the bundle or tagging anything
     rebuilt: list[str] = []
-    monkeypatch.setattr(serving_bundle, "bundle_exists", lambda *args: False)
+    registry.bundles = False
     monkeypatch.setattr(
-        decision, "_publish_from_run", lambda resources, version: rebuilt.append(version.version)
+        decision, "publish_from_run", lambda resources, version: rebuilt.append(version.version)
     )
     registry.add("1", **{"gate.decision": "promote", "gate.reason": "first model"})
     registry.add(
         "2",
-        **{"gate.decision": "promote", "gate.reason": "better", decision.APPROVAL_MODE_TAG: "manual"},
+        **{"gate.decision": "promote", "gate.reason": "better", champion.APPROVAL_MODE: "manual"},
     )
 
     decision.finish_interrupted("iris", "list-2", RESOURCES)
 
     # THEN the bundle is rebuilt (approval points serving at it), and the version waits
     assert rebuilt == ["2"]
-    assert registry.tags("2")[decision.AWAITING_TAG] == "better"
+    assert registry.tags("2")[champion.AWAITING] == "better"
     assert registry.alias is None and registry.sent_types() == ["ApprovalRequested"]
     # AND a version without the mode tag (from before approvals existed) is promoted as before
     decision.finish_interrupted("iris", "list-1", RESOURCES)
@@ -240,27 +166,27 @@ def test_a_dead_trainers_passing_version_is_finished_as_a_request_not_a_promotio
 
 def test_a_dead_trainers_version_is_rejected_if_a_newer_one_waits_meanwhile(registry: Registry) -> None:
     registry.add(
-        "1", **{"gate.decision": "promote", "gate.reason": "first", decision.APPROVAL_MODE_TAG: "manual"}
+        "1", **{"gate.decision": "promote", "gate.reason": "first", champion.APPROVAL_MODE: "manual"}
     )
     _gate_passed(registry, "2")
 
     decision.finish_interrupted("iris", "list-1", RESOURCES)
 
     assert registry.tags("1")["rejected"] == "version 2 passed the gate meanwhile and awaits approval"
-    assert [v.version for v in decision.waiting_versions("iris")] == ["2"]
+    assert [v.version for v in registry.champions.waiting_versions("iris")] == ["2"]
 
 
 def test_a_crash_between_superseding_and_waiting_is_finished_by_the_next_try(registry: Registry) -> None:
     _gate_passed(registry, "1")
-    registry.failing.add(f"tag {decision.AWAITING_TAG}")
+    registry.failing.add(f"tag {champion.AWAITING}")
     with pytest.raises(ConnectionError):
         _gate_passed(registry, "2")
-    assert decision.SUPERSEDED_TAG in registry.tags("1")
-    assert decision.AWAITING_TAG not in registry.tags("2")  # undecided: the next try decides it
+    assert champion.SUPERSEDED in registry.tags("1")
+    assert champion.AWAITING not in registry.tags("2")  # undecided: the next try decides it
 
     decision.finish_interrupted("iris", "list-2", RESOURCES)
 
-    assert [v.version for v in decision.waiting_versions("iris")] == ["2"]
+    assert [v.version for v in registry.champions.waiting_versions("iris")] == ["2"]
     assert registry.sent_types() == ["ApprovalRequested", "ApprovalRequested"]  # version 1's, then 2's
     # the superseded one, if its own job comes back, stays as it is and announces nothing
     outcome = decision.finish_interrupted("iris", "list-1", RESOURCES)
@@ -282,7 +208,7 @@ def test_approve_promotes_the_waiting_version_and_a_second_approve_changes_nothi
 
     assert (registry.alias, registry.pointer) == ("2", "2")
     assert registry.tags("2")["promotion"] == "approved by alice"
-    assert decision.AWAITING_TAG not in registry.tags("2")
+    assert champion.AWAITING not in registry.tags("2")
     detail_type, detail = registry.sent[-1]
     assert detail_type == "ModelPromoted"
     assert set(detail) == DECISION_KEYS
@@ -291,7 +217,7 @@ def test_approve_promotes_the_waiting_version_and_a_second_approve_changes_nothi
         "1",
         "approved by alice",
     )
-    assert registry.tags("2")[decision.PUBLISHED_TAG] == "ModelPromoted"
+    assert registry.tags("2")[champion.PUBLISHED] == "ModelPromoted"
     assert done.done_now and "from version 1 to version 2" in done.message
 
     again = approval.approve("iris", "2", "bob", "arrival")
@@ -304,13 +230,13 @@ def test_an_approval_cut_short_is_finished_by_approving_again(registry: Registry
     registry.failing.add("publish ModelPromoted")
     with pytest.raises(ConnectionError):
         approval.approve("iris", "1", "alice", "arrival")
-    assert registry.alias == "1" and registry.tags("1")[decision.PUBLISHED_TAG] == "ApprovalRequested"
+    assert registry.alias == "1" and registry.tags("1")[champion.PUBLISHED] == "ApprovalRequested"
 
     again = approval.approve("iris", "1", "alice", "arrival")
 
     assert not again.done_now
     assert registry.sent_types() == ["ApprovalRequested", "ModelPromoted"]
-    assert registry.tags("1")[decision.PUBLISHED_TAG] == "ModelPromoted"
+    assert registry.tags("1")[champion.PUBLISHED] == "ModelPromoted"
     # and a redelivered training job would have found nothing left to do
     decision.finish_interrupted("iris", "list-1", RESOURCES)
     assert registry.sent_types() == ["ApprovalRequested", "ModelPromoted"]
@@ -318,7 +244,7 @@ def test_an_approval_cut_short_is_finished_by_approving_again(registry: Registry
 
 def test_an_approval_whose_trainer_retry_comes_first_is_announced_by_it(registry: Registry) -> None:
     _gate_passed(registry, "1")
-    registry.failing.add(f"untag {decision.AWAITING_TAG}")
+    registry.failing.add(f"untag {champion.AWAITING}")
     with pytest.raises(ConnectionError):
         approval.approve("iris", "1", "alice", "arrival")
 
@@ -361,10 +287,10 @@ def test_approve_refuses_a_version_that_does_not_wait_with_the_reason(
     if setup == "rejected":
         approval.reject("iris", "1", "too slow", "bob", "arrival")
     if setup == "both_waiting":  # as a crash between the two steps of superseding leaves them
-        registry.add("2", **{decision.AWAITING_TAG: "better"})
+        registry.add("2", **{champion.AWAITING: "better"})
     if setup == "champion_moved":
         registry.add("2", promotion="rolled in by another way")
-        registry.alias = "2"
+        registry.alias = registry.pointer = "2"
     before = (registry.alias, len(registry.sent))
 
     with pytest.raises(OperationError, match=reason.replace("(", r"\(").replace(")", r"\)")):
@@ -385,7 +311,7 @@ def test_reject_tags_the_waiting_version_and_a_second_reject_changes_nothing(reg
     done = approval.reject("iris", "2", "  drifted inputs ", "bob", "arrival")
 
     assert registry.tags("2")["rejected"] == "rejected by bob: drifted inputs"
-    assert decision.AWAITING_TAG not in registry.tags("2")
+    assert champion.AWAITING not in registry.tags("2")
     assert (registry.alias, registry.pointer) == ("1", "1")
     detail_type, detail = registry.sent[-1]
     assert detail_type == "ModelRejected" and set(detail) == DECISION_KEYS
@@ -410,17 +336,17 @@ def test_reject_refuses_an_approved_version_and_an_empty_reason(registry: Regist
 def test_waiting_lists_the_versions_still_waiting_newest_first(registry: Registry) -> None:
     _gate_passed(registry, "1")
     _gate_passed(registry, "2")
-    registry.add("3", **{decision.AWAITING_TAG: "best"})  # as a crash mid-superseding leaves it
-    registry.add("4", **{decision.AWAITING_TAG: "stale", decision.SUPERSEDED_TAG: "superseded by version 5"})
+    registry.add("3", **{champion.AWAITING: "best"})  # as a crash mid-superseding leaves it
+    registry.add("4", **{champion.AWAITING: "stale", champion.SUPERSEDED: "superseded by version 5"})
 
-    listed = approval.waiting("iris")
+    listed = approval.waiting("iris", "arrival")
 
     assert [entry["version"] for entry in listed] == ["3", "2"]
     assert listed[1]["reason"] == "f1_macro beats champion (version 2)"
     assert listed[1]["metrics"] == {"f1_macro": 0.9}
     approval.reject("iris", "3", "no", "bob", "arrival")
     approval.reject("iris", "2", "no", "bob", "arrival")  # any waiting version, not only the newest
-    assert approval.waiting("iris") == []
+    assert approval.waiting("iris", "arrival") == []
 
 
 # --- The commands ----------------------------------------------------------------------------------------
@@ -466,13 +392,13 @@ def test_untag_version_is_idempotent_and_versions_of_lists_every_version(tmp_pat
         client = tracking.client()
         client.create_registered_model("iris")
         for _ in range(2):
-            client.create_model_version("iris", str(tmp_path), tags={decision.AWAITING_TAG: "better"})
-        tracking.untag_version("iris", "1", decision.AWAITING_TAG)
-        tracking.untag_version("iris", "1", decision.AWAITING_TAG)  # already gone: a no-op
+            client.create_model_version("iris", str(tmp_path), tags={champion.AWAITING: "better"})
+        tracking.untag_version("iris", "1", champion.AWAITING)
+        tracking.untag_version("iris", "1", champion.AWAITING)  # already gone: a no-op
 
         found = tracking.versions_of("iris")
     finally:
         tracking.client.cache_clear()
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
     assert [version.version for version in found] == ["1", "2"]
-    assert decision.AWAITING_TAG not in found[0].tags and decision.AWAITING_TAG in found[1].tags
+    assert champion.AWAITING not in found[0].tags and champion.AWAITING in found[1].tags

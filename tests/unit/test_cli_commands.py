@@ -549,6 +549,8 @@ def registry(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copy}")
     monkeypatch.setitem(OUTPUTS, "DvcRemoteUrl", "s3://unit-processed/_arrival/dvc")
     monkeypatch.setitem(OUTPUTS, "ModelsBucketName", "unit-models")
+    monkeypatch.setitem(OUTPUTS, "EventBusName", "unit-bus")
+    s3.s3_client().create_bucket(Bucket="unit-models")
     tracking.client.cache_clear()
     yield
     tracking.client.cache_clear()
@@ -558,7 +560,10 @@ def registry(
     ("args", "phrases"),
     [
         (["rollback", "--model", "roses"], ["model 'roses' has no champion to roll back from"]),
-        (["rollback", "--model", "iris", "--to", "9"], ["model 'iris' has no version '9'"]),
+        (
+            ["rollback", "--model", "iris", "--to", "9"],
+            ["model 'iris' has no version 9 (its versions: 1, 2)"],
+        ),
         (
             ["reproduce", "7", "--model", "iris"],
             ["model 'iris' has no version or alias '7'", "versions 1 to 2"],

@@ -79,7 +79,7 @@ def test_decision_samples_carry_what_the_trainer_sends() -> None:
 
 
 def test_the_approval_request_sample_carries_the_agreed_fields() -> None:
-    from worker.decision import APPROVAL_REQUEST_KEYS
+    from common.champion import APPROVAL_REQUEST_KEYS
 
     assert set(_samples()["ApprovalRequested"]["detail"]) == set(APPROVAL_REQUEST_KEYS)
 

@@ -15,9 +15,10 @@ from mlflow.exceptions import MlflowException
 from common.adapters import ec2, events, instance, s3, sqs, tracking
 from common.contracts import parse_contract
 from common.settings import WorkerSettings
+from tests.fake_lifecycle import Registry
 from tests.unit.test_worker import OUTPUTS, FakeClock
 from tests.unit.test_worker import aws as aws  # the fixture: moto with the stack's queues
-from worker import decision, main, serving_bundle, train_model
+from worker import decision, main, train_model
 from worker.main import Trainer, TrainerHeartbeat, VisibilityHeartbeat
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
@@ -173,47 +174,22 @@ def test_retries_back_off_for_minutes() -> None:
     assert sum(delays) >= 5 * 60, delays
 
 
-class FakeRegistry:
-    """The tracking adapter's registry calls, in memory."""
-
-    def __init__(self, version_tags: dict[str, str]) -> None:
-        self.version = tracking.ModelVersion("iris", "3", "run-3", dict(version_tags))
-        self.alias: str | None = None
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(tracking, "versions_with_tag", lambda *args: [self.version])
-        monkeypatch.setattr(tracking, "champion", lambda name: None)
-        monkeypatch.setattr(tracking, "move_champion", lambda name, version: setattr(self, "alias", version))
-        monkeypatch.setattr(tracking, "tag_version", self.tag)
-        monkeypatch.setattr(tracking, "run_tags", lambda run_id: {"lineage.sources": "[]"})
-        monkeypatch.setattr(tracking, "run_metrics", lambda run_id: {"f1_macro": 0.9})
-        monkeypatch.setattr(tracking, "finish_run_if_running", lambda run_id: None)
-        monkeypatch.setattr(serving_bundle, "bundle_exists", lambda *args: True)
-        monkeypatch.setattr(serving_bundle, "move_pointer", lambda *args: None)
-
-    def tag(self, name: str, version: str, key: str, value: str) -> None:
-        self.version.tags[key] = value
-
-
 def test_a_promotion_whose_event_failed_is_announced_by_the_next_try(monkeypatch: pytest.MonkeyPatch) -> None:
-    registry = FakeRegistry({"gate.decision": "promote", "gate.reason": "first model"})
+    registry = Registry()
     registry.install(monkeypatch)
+    registry.add("3", **{"gate.decision": "promote", "gate.reason": "first model"})
     resources = Trainer(WorkerSettings(), OUTPUTS).resources
-    sent: list[str] = []
 
-    def publish_fails(bus: str, detail_type: str, detail: dict[str, Any]) -> None:
-        raise ConnectionError("EventBridge unreachable")
-
-    monkeypatch.setattr(events, "publish", publish_fails)
+    registry.failing.add("publish ModelPromoted")
     with pytest.raises(ConnectionError):
-        decision.finish_interrupted("iris", "list-hash", resources)
-    assert registry.alias == "3" and "promotion" in registry.version.tags  # decided, not announced
+        decision.finish_interrupted("iris", "list-3", resources)
+    assert (registry.alias, registry.pointer) == ("3", "3")  # decided, not announced
+    assert "promotion" in registry.tags("3")
 
-    monkeypatch.setattr(events, "publish", lambda bus, detail_type, detail: sent.append(detail_type))
-    decision.finish_interrupted("iris", "list-hash", resources)
-    assert sent == ["ModelPromoted"]
-    decision.finish_interrupted("iris", "list-hash", resources)  # announced once it went out
-    assert sent == ["ModelPromoted"]
+    decision.finish_interrupted("iris", "list-3", resources)
+    assert registry.sent_types() == ["ModelPromoted"]
+    decision.finish_interrupted("iris", "list-3", resources)  # announced once it went out
+    assert registry.sent_types() == ["ModelPromoted"]
 
 
 # Hole 9: an unreachable registry is an error, not "no version yet"; the real cause is reported.
