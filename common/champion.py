@@ -601,8 +601,9 @@ class Champions:
         ("rejected by <by>: <reason>"), then `ModelRejected`. The champion stays."""
         if not reason.strip():
             raise LifecycleError("--reason is empty: say why the version is rejected (it is recorded)")
+        self._version_of(model, version)
+        self.finish(model)  # first: an approval cut short before its tags is finished, and then seen
         found = self._version_of(model, version)
-        self.finish(model)
         decided = decided_event(found)
         if decided is not None and decided[0] == REJECTED:
             self._settle_person_decision(found, REJECTED)

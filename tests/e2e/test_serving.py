@@ -153,6 +153,25 @@ def test_serving_follows_each_promotion_and_rollback_without_a_failed_request(
     assert chain.champion(model) == first.version
     eventually(lambda: _served_version(api, model) == first.version, 30, what="the rollback served")
 
+    # WHEN a third version is promoted, and the operator rolls back again without naming a version
+    chain.upload(f"{model}/more-clean.csv", datasets.noisy_iris_csv(300, seed=4, noise=0.2))
+    third = chain.wait_versions(model, 3)[-1]
+    assert "promotion" in third.tags, third.tags
+    eventually(lambda: _served_version(api, model) == third.version, 30, what="the third champion served")
+    again = CliRunner().invoke(app, ["rollback", "--model", model, "--stack-name", TRAINING_STACK])
+
+    # THEN the first version serves again, not the second that was rolled back away from
+    assert again.exit_code == 0, again.output
+    assert chain.champion(model) == first.version
+    eventually(lambda: _served_version(api, model) == first.version, 30, what="the second rollback served")
+    # AND status marks the versions pulled from serving
+    shown = next(
+        entry for entry in _status(local_cloud, monkeypatch)["stack"]["models"] if entry["name"] == model
+    )
+    decisions = {version["version"]: version["decision"] for version in shown["versions"]}
+    assert decisions[second.version] == decisions[third.version] == "promoted, rolled back", decisions
+    assert decisions[first.version] == "promoted", decisions
+
     # AND while the MLflow server answers nobody, serving keeps answering, and keeps loading new
     # champions from their bundles (a pointer moved straight in S3, as the trainer does)
     bucket = chain.outputs["ModelsBucketName"]

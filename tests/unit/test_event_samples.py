@@ -30,6 +30,11 @@ def _published_types() -> set[str]:
     """Every detail-type the code hands to events.publish, and the gate's two decisions."""
     text = "\n".join(path.read_text() for path in SOURCES)
     direct = re.findall(r'events\.publish\(\s*[^,]+,\s*"([A-Za-z]+)"', text)
+    # The champion's lifecycle (common/champion.py) publishes through its port, and names the
+    # event of each decision beside its tag.
+    direct += re.findall(r'self\.publish\(\s*"([A-Za-z]+)"', text)
+    direct += re.findall(r'_announce_decision\([^)]*?"([A-Za-z]+)"', text)
+    direct += re.findall(r'\(\s*(?:PROMOTION|REJECTED|AWAITING),\s*"([A-Za-z]+)"\s*\)', text)
     decided = re.findall(r'"([A-Za-z]+)" if promote else "([A-Za-z]+)"', text)
     return set(direct) | {name for pair in decided for name in pair}
 
@@ -71,7 +76,7 @@ def test_decision_samples_carry_what_the_trainer_sends() -> None:
     keys = {"name", "version", "metrics", "champion_version", "reason", "run_id", "lineage", "lineage_files"}
     for detail_type in ("ModelPromoted", "ModelRejected"):
         assert set(_samples()[detail_type]["detail"]) == keys
-    decision = (ROOT / "worker" / "decision.py").read_text() + (
+    decision = (ROOT / "common" / "champion.py").read_text() + (
         ROOT / "worker" / "train_model.py"
     ).read_text()
     for key in keys:
