@@ -22,8 +22,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 
+from common.bundle_loader import Predictions
 from serving.auth import API_KEY_HEADER, FORBIDDEN, ApiKeyCheck, ApiKeyRequired
-from serving.bundle import LoadedModel, Predictions
+from serving.bundle import LoadedModel
 from serving.capture import CaptureWriter
 from serving.mlflow_format import invocation_records
 from serving.openapi import ModelPaths

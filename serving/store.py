@@ -26,14 +26,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from common.adapters import s3, sqs
-from common.bundles import (
-    POINTERS_PREFIX,
-    BundleManifest,
-    ServingPointer,
-    model_of_pointer_key,
-    pointer_key,
-)
-from serving.bundle import BundleRejectedError, LoadedModel, load_bundle
+from common.bundle_loader import BundleMissingError, BundleRejectedError, fetch_bundle
+from common.bundles import POINTERS_PREFIX, ServingPointer, model_of_pointer_key, pointer_key
+from serving.bundle import LoadedModel
 
 LOG = logging.getLogger("arrival.serving")
 MAX_BACKOFF_SECONDS = 30.0
@@ -167,7 +162,7 @@ class ModelStore:
                 # The same bundle promoted again: only the pointer's own fields are new.
                 return _LoadOutcome(replace(current, pointer=pointer), etag, "")
             model = self._load_bundle(pointer)
-        except (BundleRejectedError, ValidationError) as error:
+        except (BundleRejectedError, BundleMissingError, ValidationError) as error:
             self._count_failure(name, pointer, error, refused=True)
             return _LoadOutcome(None, etag, f"version {pointer.version if pointer else '?'} refused: {error}")
         except Exception as error:  # S3 or the network: the next refresh tries again
@@ -184,14 +179,7 @@ class ModelStore:
         return _LoadOutcome(model, etag, "")
 
     def _load_bundle(self, pointer: ServingPointer) -> LoadedModel:
-        manifest_bytes = s3.get_bytes(self.bucket, pointer.manifest_key)
-        if manifest_bytes is None:
-            raise BundleRejectedError(f"no manifest at {pointer.manifest_key}")
-        manifest = BundleManifest.model_validate_json(manifest_bytes[0])
-        onnx_bytes = s3.get_bytes(self.bucket, manifest.onnx.key)
-        if onnx_bytes is None:
-            raise BundleRejectedError(f"no ONNX model at {manifest.onnx.key}")
-        return load_bundle(pointer, manifest, onnx_bytes[0], max_batch=self.max_batch)
+        return LoadedModel.of(fetch_bundle(self.bucket, pointer), max_batch=self.max_batch)
 
     def _count_failure(
         self, name: str, pointer: ServingPointer | None, error: Exception, *, refused: bool

@@ -23,11 +23,11 @@ from cli.batch import _csv_parts
 from cli.operations import OperationError
 from common import batch
 from common.adapters import events, s3, sqs
+from common.bundle_loader import LoadedBundle, load_bundle
 from common.contracts import DataFormat, parse_contract
 from common.settings import BatchSettings, get_batch_settings
 from common.validation import DatasetRejectedError, validate
 from handlers import handle_batch
-from serving.bundle import LoadedModel, load_bundle
 from tests import datasets, serving_bundles
 from tests.unit.conftest import FakeLambdaContext, load_event
 
@@ -123,10 +123,10 @@ def test_a_clean_chunk_has_no_rejects() -> None:
 # --- the same ONNX answers as serving --------------------------------------------------------------
 
 
-def _loaded(base: str, family: str | None = None) -> tuple[LoadedModel, serving_bundles.Trained]:
+def _loaded(base: str, family: str | None = None) -> tuple[LoadedBundle, serving_bundles.Trained]:
     trained = serving_bundles.trained(base, f"batch-{base}", family)
     manifest = serving_bundles.manifest_of(trained, "1")
-    return load_bundle(serving_bundles.pointer_to(manifest), manifest, trained.onnx, max_batch=10), trained
+    return load_bundle(serving_bundles.pointer_to(manifest), manifest, trained.onnx), trained
 
 
 @pytest.mark.parametrize("base", ["iris", "house-prices"])

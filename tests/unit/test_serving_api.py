@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from common.bundle_loader import InputBuilder
 from serving.app import create_app
-from serving.bundle import InputBuilder
 from serving.settings import ServingSettings
 from serving.store import ModelStore
 from tests import serving_bundles
