@@ -425,7 +425,7 @@ def test_a_missing_bundle_is_looked_for_less_and_less_often(bucket: Any, calls: 
 
     looked_at: list[float] = []
     start = clock.now
-    while clock.now < start + 40:
+    while clock.now < start + 190:
         calls.clear()
         store.refresh()
         if "get bundles/iris/9/bundle.json" in calls:
@@ -433,8 +433,8 @@ def test_a_missing_bundle_is_looked_for_less_and_less_often(bucket: Any, calls: 
         clock.now += 0.5
     pending = store.pending("iris")
 
-    assert looked_at == [0, 1, 3, 7, 15, 31]  # 1, 2, 4, 8, 16 s apart
-    assert pending is not None and pending.failures == 6 and pending.cause == "missing"
+    assert looked_at == [0, 1, 3, 7, 15, 31, 63, 123, 183]  # 1, 2, 4 ... 32 s apart, then every minute
+    assert pending is not None and pending.failures == 9 and pending.cause == "missing"
     assert _version(store) == "1"
 
 
@@ -493,3 +493,41 @@ def test_a_models_pending_version_and_its_reason_are_in_its_description(bucket: 
     assert ready.status_code == 200
     assert ready.json()["stale"] == {"iris": stale.json()["pending"]["reason"]}
     assert list(ready.json()["missing"]) == ["house-prices"]
+
+
+def test_a_malformed_manifest_is_refused_until_the_pointer_changes(bucket: Any, calls: list[str]) -> None:
+    store = _store()
+    store.refresh()
+    manifest = publish(bucket, serving_bundles.trained("iris", "iris"), "2")
+    bucket.put_object(Bucket=MODELS_BUCKET, Key=bundle_manifest_key("iris", "2"), Body=b'{"model": "iris"}')
+
+    store.refresh()
+    calls.clear()
+    store.refresh()
+    pending = store.pending("iris")
+
+    assert pending is not None and (pending.version, pending.cause) == ("2", "refused")
+    assert calls == ["list pointers/"] and _version(store) == "1" and manifest.version == "2"
+
+
+def test_a_lazy_store_keeps_up_to_date_only_the_models_it_was_asked_for(
+    bucket: Any, calls: list[str]
+) -> None:
+    publish(bucket, serving_bundles.trained("house-prices", "house-prices"), "7")
+    store = ModelStore(MODELS_BUCKET, max_batch=100, lazy=True)
+    store.refresh()
+    store.load_when_asked(["iris", "no-such-model"])
+    publish(bucket, serving_bundles.trained("iris", "iris"), "2")
+    publish(bucket, serving_bundles.trained("house-prices", "house-prices"), "8")
+    calls.clear()
+
+    store.refresh()
+
+    assert calls == [
+        "list pointers/",
+        "get pointers/iris.json",
+        "get bundles/iris/2/bundle.json",
+        "get bundles/iris/2/model.onnx",
+    ]
+    assert sorted(store.models) == ["iris"] and _version(store) == "2"
+    assert store.readiness().unloaded == ["house-prices"] and store.readiness().ready
