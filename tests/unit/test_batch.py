@@ -322,6 +322,22 @@ def test_a_model_without_a_champion_fails_clearly(
     assert "pointers/batch-iris.json" in reason
 
 
+def test_a_champion_whose_bundle_is_missing_fails_the_file_as_refused(
+    stack: FakeStack, lambda_context: FakeLambdaContext
+) -> None:
+    stack.s3.delete_object(
+        Bucket=serving_bundles.MODELS_BUCKET, Key="bundles/batch-house-prices/4/model.onnx"
+    )
+    frame = datasets.house_frame(10).drop(columns=["price"])
+
+    handle_batch.handler(
+        stack.upload("batch-house-prices/input/x.csv", datasets.to_csv(frame)), lambda_context
+    )
+
+    reason = _assert_failed(stack, "batch-house-prices/input/x.csv", "bundle_refused")
+    assert "no ONNX model at" in reason
+
+
 def test_a_file_with_wrong_columns_fails_as_a_whole(
     stack: FakeStack, lambda_context: FakeLambdaContext
 ) -> None:
