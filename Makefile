@@ -121,17 +121,18 @@ INGEST_SOURCES := $(TRAINER_CONTROL_SOURCES) handlers/handle_ingest.py common/co
 # pydantic-settings) is all it needs, so the two share one set of pinned packages.
 NOTIFY_SOURCES := handlers/__init__.py handlers/handle_notify.py common/__init__.py common/observability.py \
 	common/settings.py common/notifications.py common/adapters/__init__.py common/adapters/notify.py
-SERVING_SOURCES := serving common/__init__.py common/contracts.py common/bundles.py common/layout.py \
-	common/adapters/__init__.py common/adapters/s3.py common/adapters/sqs.py
+SERVING_SOURCES := serving common/__init__.py common/contracts.py common/bundles.py common/bundle_loader.py \
+	common/layout.py common/adapters/__init__.py common/adapters/s3.py common/adapters/sqs.py
 # The scheduled drift report: the drift statistics, and the bundles, captures and reports in S3.
 DRIFT_SOURCES := handlers/__init__.py handlers/handle_drift.py common/__init__.py common/monitoring.py \
 	common/drift.py common/contracts.py common/bundles.py common/layout.py common/observability.py common/settings.py \
 	common/adapters/__init__.py common/adapters/events.py common/adapters/s3.py
-# Batch predictions: ingest's readers and validation, and serving's bundle loader (not its app).
+# Batch predictions: ingest's readers and validation, and the bundle loader serving uses too (nothing of
+# serving itself).
 BATCH_SOURCES := handlers/__init__.py handlers/handle_batch.py common/__init__.py common/batch.py \
-	common/bundles.py common/contracts.py common/layout.py common/observability.py common/settings.py \
-	common/tabular.py common/validation.py common/adapters/__init__.py common/adapters/events.py \
-	common/adapters/s3.py common/adapters/sqs.py serving/__init__.py serving/bundle.py serving/schemas.py
+	common/bundles.py common/bundle_loader.py common/contracts.py common/layout.py common/observability.py \
+	common/settings.py common/tabular.py common/validation.py common/adapters/__init__.py \
+	common/adapters/events.py common/adapters/s3.py common/adapters/sqs.py
 # The functions' runtime (template.yaml's Globals), not this machine's Python: wheels with compiled
 # code (numpy, onnxruntime, fastparquet) exist per Python version and platform.
 LAMBDA_PYTHON := 3.12

@@ -1343,7 +1343,7 @@ def _one_input_session(fitted: Fitted) -> Any:
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.pipeline import Pipeline
 
-    from serving.bundle import inference_session
+    from common.bundle_loader import inference_session
 
     numeric = fitted.pipeline.named_steps["preprocess"].named_transformers_["numeric"]
     estimator = fitted.pipeline.named_steps["estimator"]

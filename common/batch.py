@@ -27,7 +27,8 @@ from pydantic import ValidationError
 
 from common import tabular
 from common.adapters import events, s3, sqs
-from common.bundles import MISSING_CATEGORY, BundleManifest, ServingPointer, pointer_key
+from common.bundle_loader import BundleMissingError, BundleRejectedError, LoadedBundle, fetch_bundle
+from common.bundles import MISSING_CATEGORY, ServingPointer, pointer_key
 from common.contracts import (
     MODEL_NAME,
     CategoricalColumn,
@@ -50,7 +51,6 @@ from common.validation import (
     structure_schema,
     values_schema,
 )
-from serving.bundle import BundleRejectedError, LoadedModel, load_bundle
 
 INPUT_FOLDER = "input"
 OUTPUT_FOLDER = "output"
@@ -257,8 +257,8 @@ def _rejects_frame(frame: pd.DataFrame, failures: pd.DataFrame, first_row: int) 
     return text.reset_index(drop=True).assign(**extra)
 
 
-def model_inputs(model: LoadedModel, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The typed chunk as the bundle's ONNX inputs, column by column: the tensors serving's
+def model_inputs(model: LoadedBundle, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The typed chunk as the bundle's ONNX inputs, column by column: the tensors the bundle's
     InputBuilder makes from records (numeric float32 with NaN for missing, categorical strings with
     MISSING_CATEGORY), without building a dict per row, which cost more than the model itself."""
     contract = model.manifest.contract
@@ -272,12 +272,12 @@ def model_inputs(model: LoadedModel, frame: pd.DataFrame) -> dict[str, np.ndarra
     return inputs
 
 
-def predict_frame(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
+def predict_frame(model: LoadedBundle, frame: pd.DataFrame) -> pd.DataFrame:
     """The chunk with its prediction, the probability of each class (classification) and the version."""
     outputs = model.session.run(model.output_names, model_inputs(model, frame))
     scored = {PREDICTION: np.asarray(outputs[0]).reshape(-1)}
     if model.class_names is not None:
-        # As LoadedModel.predict: float32 rounding can put a sure class at 1.0000001.
+        # As LoadedBundle.predict: float32 rounding can put a sure class at 1.0000001.
         probabilities = np.clip(np.asarray(outputs[1]), 0.0, 1.0)
         for position, name in enumerate(model.class_names):
             scored[f"{PROBABILITY_PREFIX}{name}"] = probabilities[:, position]
@@ -407,7 +407,7 @@ class Deadline:
 
 
 def score_file(
-    model: LoadedModel,
+    model: LoadedBundle,
     contract: DataContract,
     source: Path,
     data_format: DataFormat,
@@ -433,7 +433,7 @@ def score_file(
 
 
 def _score_chunks(
-    model: LoadedModel,
+    model: LoadedBundle,
     contract: DataContract,
     source: Path,
     data_format: DataFormat,
@@ -490,19 +490,12 @@ def load_contract(settings: BatchSettings, model: str) -> DataContract:
 
 
 @lru_cache(maxsize=4)
-def _loaded(bucket: str, pointer: ServingPointer, chunk_rows: int) -> LoadedModel:
+def _loaded(bucket: str, pointer: ServingPointer) -> LoadedBundle:
     """A bundle is immutable under its version's key: a warm function loads (and proves) it once."""
-    manifest_bytes = s3.get_bytes(bucket, pointer.manifest_key)
-    if manifest_bytes is None:
-        raise BundleRejectedError(f"no manifest at s3://{bucket}/{pointer.manifest_key}")
-    manifest = BundleManifest.model_validate_json(manifest_bytes[0])
-    onnx_bytes = s3.get_bytes(bucket, manifest.onnx.key)
-    if onnx_bytes is None:
-        raise BundleRejectedError(f"no ONNX model at s3://{bucket}/{manifest.onnx.key}")
-    return load_bundle(pointer, manifest, onnx_bytes[0], max_batch=chunk_rows)
+    return fetch_bundle(bucket, pointer)
 
 
-def load_champion(settings: BatchSettings, model: str) -> LoadedModel:
+def load_champion(settings: BatchSettings, model: str) -> LoadedBundle:
     """The bundle the serving pointer names: the version the API answers with right now."""
     found = s3.get_bytes(settings.models_bucket, pointer_key(model))
     if found is None:
@@ -512,10 +505,11 @@ def load_champion(settings: BatchSettings, model: str) -> LoadedModel:
             f"{pointer_key(model)}); upload training data first, then replay this file with "
             "`arrival redrive batch`",
         )
+    # A missing bundle fails the file as a refused one does: `arrival redrive batch` replays it.
     try:
         pointer = ServingPointer.model_validate_json(found[0])
-        return _loaded(settings.models_bucket, pointer, settings.chunk_rows)
-    except (BundleRejectedError, ValidationError) as error:
+        return _loaded(settings.models_bucket, pointer)
+    except (BundleRejectedError, BundleMissingError, ValidationError) as error:
         raise BatchFailedError(
             BatchRule.bundle_refused, f"the champion's bundle was refused: {error}"
         ) from error
@@ -542,7 +536,7 @@ def _check_before_reading(
         )
 
 
-def _missing_features(model: LoadedModel, contract: DataContract) -> list[str]:
+def _missing_features(model: LoadedBundle, contract: DataContract) -> list[str]:
     return [
         name
         for name in model.manifest.contract.features

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.contracts import DataContract
+from common.contracts import MODEL_NAME, DataContract
 
 BUNDLE_FORMAT = 1
 POINTERS_PREFIX = "pointers/"
@@ -41,9 +41,12 @@ def pointer_key(model: str) -> str:
 
 
 def model_of_pointer_key(key: str) -> str | None:
+    """The model a key under pointers/ is the pointer of; None for any other key (a copy such as
+    `iris.json.bak`, a folder, a name no contract may have)."""
     if not key.startswith(POINTERS_PREFIX) or not key.endswith(".json"):
         return None
-    return key.removeprefix(POINTERS_PREFIX).removesuffix(".json") or None
+    name = key.removeprefix(POINTERS_PREFIX).removesuffix(".json")
+    return name if MODEL_NAME.fullmatch(name) else None
 
 
 class _Document(BaseModel):

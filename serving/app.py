@@ -22,15 +22,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 
+from common.bundle_loader import Predictions
 from serving.auth import API_KEY_HEADER, FORBIDDEN, ApiKeyCheck, ApiKeyRequired
-from serving.bundle import LoadedModel, Predictions
+from serving.bundle import LoadedModel
 from serving.capture import CaptureWriter
 from serving.mlflow_format import invocation_records
 from serving.openapi import ModelPaths
 from serving.schemas import Problem, Record, RequestError
 from serving.settings import ServingSettings, get_serving_settings
 from serving.shared_runs import SharedRuns
-from serving.store import ModelStore, keep_out_of_collections
+from serving.store import ModelStore, PendingVersion
 
 LOG = logging.getLogger("arrival.serving")
 JSON = "application/json"
@@ -76,8 +77,11 @@ def current_store(request: Request) -> ModelStore:
     store: ModelStore = request.app.state.store
     check_seconds: float | None = request.app.state.check_pointers_every
     if check_seconds is not None:
-        # Lambda has no background threads: the request itself looks at the pointers now and then.
+        # Lambda has no background threads: the request itself looks at the pointers now and then,
+        # and loads the model it names the first time one asks for it.
         store.refresh_if_older_than(check_seconds)
+        if (name := request.path_params.get("model")) is not None:
+            store.load_when_asked([name])
     return store
 
 
@@ -101,7 +105,12 @@ def unknown_model_response(name: str, store: ModelStore) -> Response:
     missing = store.readiness().missing
     if why := missing.get(name) or missing.get("pointers"):
         message = f"model {name!r} is not loaded yet: {why}"
-        content = problems_json([Problem("model", "not_loaded", message)], known_models=sorted(store.models))
+        pending = store.pending(name)
+        content = problems_json(
+            [Problem("model", "not_loaded", message)],
+            known_models=sorted(store.models),
+            pending=pending.model_dump(mode="json") if pending else None,
+        )
         return Response(content, status_code=503, media_type=JSON, headers={"Retry-After": "1"})
     known = sorted(store.models)
     message = f"no model named {name!r}; known models: {', '.join(known) or 'none yet'}"
@@ -234,9 +243,12 @@ class ModelDescription(BaseModel):
     metrics: dict[str, float]
     lineage: ModelLineage
     request_schema: dict[str, Any]
+    # The model's newest pointer when it does not answer (this version keeps answering): why, and when
+    # the server tries it again. None when the version above is the pointer's.
+    pending: PendingVersion | None = None
 
 
-def describe(model: LoadedModel) -> ModelDescription:
+def describe(model: LoadedModel, pending: PendingVersion | None = None) -> ModelDescription:
     lineage = model.manifest.lineage
     return ModelDescription(
         name=model.name,
@@ -253,6 +265,7 @@ def describe(model: LoadedModel) -> ModelDescription:
             dvc_lock=lineage.dvc_lock,
         ),
         request_schema=model.schemas.record_json_schema,
+        pending=pending,
     )
 
 
@@ -272,7 +285,8 @@ models_router = APIRouter(
 @models_router.get("")
 async def list_models(store: StoreDep) -> list[ModelDescription]:
     """Every model being served: version, metrics, promotion, lineage and request schema."""
-    return [describe(model) for _, model in sorted(store.models.items())]
+    store.load_when_asked(store.listed)  # on Lambda, the models this instance has not loaded yet
+    return [describe(model, store.pending(name)) for name, model in sorted(store.models.items())]
 
 
 # serving/openapi.py adds the Problems schema to every document it serves.
@@ -291,11 +305,12 @@ PROBLEMS_JSON = {JSON: {"schema": {"$ref": "#/components/schemas/Problems"}}}
     },
 )
 async def get_model(model: str, store: StoreDep) -> Response | ModelDescription:
-    """One model's version, metrics, promotion time, lineage and request schema."""
+    """One model's version, metrics, promotion time, lineage and request schema, and its newest pointer
+    when that does not answer (`pending`: why, and when it is tried again)."""
     loaded = store.models.get(model)
     if loaded is None:
         return unknown_model_response(model, store)
-    return describe(loaded)
+    return describe(loaded, store.pending(model))
 
 
 operations_router = APIRouter(tags=["operations"])
@@ -308,18 +323,27 @@ async def health(request: Request) -> dict[str, str]:
     return {"status": "ok", "release": settings.release_version or "unknown"}
 
 
-@operations_router.get("/ready", responses={503: {"description": "Some champion is not loaded yet"}})
+@operations_router.get(
+    "/ready",
+    responses={503: {"description": "The pointers were never listed, or no model could be loaded"}},
+)
 async def ready(store: StoreDep) -> Response:
-    """200 once every model with a champion answers; otherwise 503 with what is missing and why. A model
-    whose newest champion could not be loaded, while its previous one keeps answering, is listed as
-    stale and does not make the instance unready."""
+    """200 unless the server has never listed the pointers, or every model's first load failed: one
+    model's trouble is every instance's (they read the same bucket), so it never makes one unready.
+    The body says each model's state: `models` (the versions answering), `missing` (a pointer, no
+    version answering, and why), `stale` (an older version answering, and why the newest does not),
+    `unloaded` (on Lambda: loaded when first asked for), and `listing` (the last listing's failure,
+    while the one before keeps answering)."""
     readiness = store.readiness()
     versions = {name: model.version for name, model in sorted(store.models.items())}
     document = {
         "ready": readiness.ready,
+        "reason": readiness.reason,
         "models": versions,
         "missing": readiness.missing,
         "stale": readiness.stale,
+        "unloaded": readiness.unloaded,
+        "listing": readiness.listing,
     }
     return Response(orjson.dumps(document), status_code=200 if readiness.ready else 503, media_type=JSON)
 
@@ -364,7 +388,7 @@ def create_app(
     the Lambda app, behind API Gateway's own check of the same key. No default, so that each caller
     says which it builds."""
     settings = settings or get_serving_settings()
-    store = store or ModelStore(settings.models_bucket, max_batch=settings.max_batch)
+    store = store or ModelStore(settings.models_bucket, max_batch=settings.max_batch, lazy=mode == "lambda")
     capture = CaptureWriter(
         settings.capture_bucket,
         rate=settings.capture_rate,
@@ -376,7 +400,6 @@ def create_app(
 
     @asynccontextmanager
     async def refresh_in_background(_: FastAPI) -> AsyncIterator[None]:
-        keep_out_of_collections()
         store.start_background(poll_seconds=settings.poll_seconds, reload_queue_url=settings.reload_queue_url)
         capture.start()
         try:

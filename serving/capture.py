@@ -33,8 +33,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.requests import Request
 
 from common.adapters import s3
+from common.bundle_loader import Predictions
 from common.layout import capture_hour_prefix
-from serving.bundle import LoadedModel, Predictions
+from serving.bundle import LoadedModel
 
 LOG = logging.getLogger("arrival.serving.capture")
 

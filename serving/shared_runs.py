@@ -14,7 +14,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from serving.bundle import LoadedModel, Predictions
+from common.bundle_loader import Predictions
+from serving.bundle import LoadedModel
 
 Request = tuple[Sequence[dict[str, Any]], "asyncio.Future[Predictions]"]
 

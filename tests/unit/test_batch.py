@@ -23,11 +23,11 @@ from cli.batch import _csv_parts
 from cli.operations import OperationError
 from common import batch
 from common.adapters import events, s3, sqs
+from common.bundle_loader import LoadedBundle, load_bundle
 from common.contracts import DataFormat, parse_contract
 from common.settings import BatchSettings, get_batch_settings
 from common.validation import DatasetRejectedError, validate
 from handlers import handle_batch
-from serving.bundle import LoadedModel, load_bundle
 from tests import datasets, serving_bundles
 from tests.unit.conftest import FakeLambdaContext, load_event
 
@@ -123,10 +123,10 @@ def test_a_clean_chunk_has_no_rejects() -> None:
 # --- the same ONNX answers as serving --------------------------------------------------------------
 
 
-def _loaded(base: str, family: str | None = None) -> tuple[LoadedModel, serving_bundles.Trained]:
+def _loaded(base: str, family: str | None = None) -> tuple[LoadedBundle, serving_bundles.Trained]:
     trained = serving_bundles.trained(base, f"batch-{base}", family)
     manifest = serving_bundles.manifest_of(trained, "1")
-    return load_bundle(serving_bundles.pointer_to(manifest), manifest, trained.onnx, max_batch=10), trained
+    return load_bundle(serving_bundles.pointer_to(manifest), manifest, trained.onnx), trained
 
 
 @pytest.mark.parametrize("base", ["iris", "house-prices"])
@@ -320,6 +320,22 @@ def test_a_model_without_a_champion_fails_clearly(
     assert response == {"batchItemFailures": []}  # nothing to retry: it is in the dead-letter queue
     reason = _assert_failed(stack, "batch-iris/input/may.csv", "no_champion")
     assert "pointers/batch-iris.json" in reason
+
+
+def test_a_champion_whose_bundle_is_missing_fails_the_file_as_refused(
+    stack: FakeStack, lambda_context: FakeLambdaContext
+) -> None:
+    stack.s3.delete_object(
+        Bucket=serving_bundles.MODELS_BUCKET, Key="bundles/batch-house-prices/4/model.onnx"
+    )
+    frame = datasets.house_frame(10).drop(columns=["price"])
+
+    handle_batch.handler(
+        stack.upload("batch-house-prices/input/x.csv", datasets.to_csv(frame)), lambda_context
+    )
+
+    reason = _assert_failed(stack, "batch-house-prices/input/x.csv", "bundle_refused")
+    assert "no ONNX model at" in reason
 
 
 def test_a_file_with_wrong_columns_fails_as_a_whole(

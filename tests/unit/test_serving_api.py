@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from common.bundle_loader import InputBuilder
 from serving.app import create_app
-from serving.bundle import InputBuilder
 from serving.settings import ServingSettings
 from serving.store import ModelStore
 from tests import serving_bundles
@@ -156,7 +156,15 @@ def test_health_is_always_ok_and_ready_waits_for_every_champion(aws_credentials:
         assert client.get("/health").json() == {"status": "ok", "release": "unknown"}  # no boot set one
         assert before.status_code == 503 and "pointers" in before.json()["missing"]
         assert after.status_code == 200
-        assert after.json() == {"ready": True, "models": {"iris": "1"}, "missing": {}, "stale": {}}
+        assert after.json() == {
+            "ready": True,
+            "reason": None,
+            "models": {"iris": "1"},
+            "missing": {},
+            "stale": {},
+            "unloaded": [],
+            "listing": None,
+        }
 
 
 def test_metrics_count_requests_latency_refusals_and_versions(serving: Serving) -> None:

@@ -1,12 +1,14 @@
-"""A bundle serves only if it proves itself, and then ONNX answers as scikit-learn does."""
+"""A bundle serves only if it proves itself (common/bundle_loader.py), and then ONNX answers as
+scikit-learn does, through serving's request schemas."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from common.bundle_loader import BundleRejectedError, load_bundle
 from common.contracts import Task
-from serving.bundle import BundleRejectedError, LoadedModel, load_bundle
+from serving.bundle import LoadedModel
 from tests import serving_bundles
 from tests.serving_bundles import Trained, manifest_of, pointer_to, request_records, sklearn_predictions
 
@@ -15,7 +17,7 @@ FAMILIES = ["random_forest", "gradient_boosting", "linear"]
 
 def _load(model: Trained, version: str = "1", **manifest_changes: object) -> LoadedModel:
     manifest = manifest_of(model, version).model_copy(update=manifest_changes)
-    return load_bundle(pointer_to(manifest), manifest, model.onnx, max_batch=1000)
+    return LoadedModel.of(load_bundle(pointer_to(manifest), manifest, model.onnx), max_batch=1000)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -58,7 +60,7 @@ def test_a_bundle_whose_onnx_bytes_do_not_match_the_manifest_is_refused() -> Non
     model = serving_bundles.trained("iris", "iris")
     manifest = manifest_of(model, "1")
     with pytest.raises(BundleRejectedError, match="sha256"):
-        load_bundle(pointer_to(manifest), manifest, model.onnx + b"\x00", max_batch=10)
+        load_bundle(pointer_to(manifest), manifest, model.onnx + b"\x00")
 
 
 def test_a_classifier_whose_check_labels_differ_is_refused() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from common.adapters import s3
 from serving import lambda_handler
 from tests import serving_bundles
 from tests.serving_bundles import MODELS_BUCKET, publish
@@ -53,3 +54,52 @@ def test_the_app_is_built_once_and_bad_input_is_still_a_4xx(
     assert json.loads(response["body"])["detail"] == [
         {"field": "sepal_length", "rule": "float_type", "message": "Input should be a valid number"}
     ]
+
+
+def test_a_cold_start_loads_only_the_model_it_is_asked_for(
+    deployed: Any, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a second model with a champion, and every S3 read counted
+    publish(deployed, serving_bundles.trained("house-prices", "house-prices"), "7")
+    read: list[str] = []
+    get_bytes = s3.get_bytes
+
+    def counted(bucket: str, key: str) -> tuple[bytes, str] | None:
+        read.append(key)
+        return get_bytes(bucket, key)
+
+    monkeypatch.setattr(s3, "get_bytes", counted)
+    event = load_event("serving_apigw_predict")
+
+    # WHEN the first invocation asks for iris, then one asks for house prices' description
+    first = lambda_handler.handler(event, lambda_context)
+    read_by_the_first = list(read)
+    second = lambda_handler.handler(
+        {**event, "path": "/models/house-prices", "httpMethod": "GET"}, lambda_context
+    )
+
+    # THEN the first read iris's bundle alone, and house prices loaded when it was asked for
+    assert first["statusCode"] == 200
+    assert read_by_the_first == [
+        "pointers/iris.json",
+        "bundles/iris/1/bundle.json",
+        "bundles/iris/1/model.onnx",
+    ]
+    assert second["statusCode"] == 200 and json.loads(second["body"])["version"] == "7"
+    assert json.loads(
+        lambda_handler.handler({**event, "path": "/ready", "httpMethod": "GET"}, lambda_context)["body"]
+    )["models"] == {"house-prices": "7", "iris": "1"}
+
+
+def test_listing_the_models_loads_those_not_loaded_yet(
+    deployed: Any, lambda_context: FakeLambdaContext
+) -> None:
+    publish(deployed, serving_bundles.trained("house-prices", "house-prices"), "7")
+    event = load_event("serving_apigw_predict")
+    ready_before = lambda_handler.handler({**event, "path": "/ready", "httpMethod": "GET"}, lambda_context)
+
+    listed = lambda_handler.handler({**event, "path": "/models", "httpMethod": "GET"}, lambda_context)
+
+    assert ready_before["statusCode"] == 200
+    assert json.loads(ready_before["body"])["unloaded"] == ["house-prices", "iris"]
+    assert [model["name"] for model in json.loads(listed["body"])] == ["house-prices", "iris"]

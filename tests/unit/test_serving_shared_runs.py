@@ -8,7 +8,8 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from serving.bundle import LoadedModel, Predictions
+from common.bundle_loader import Predictions
+from serving.bundle import LoadedModel
 from serving.shared_runs import SharedRuns
 
 
