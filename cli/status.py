@@ -225,7 +225,7 @@ def _model_status(
     # From the alias itself: the champion may be older than every version shown.
     champion = _champion(name) if registry_up else None
     pointer, pointer_error = _pointer(outputs["ModelsBucketName"], name)
-    served = _served_version(api_url, api_key, name) if pointer or pointer_error else None
+    served, pending = _served_version(api_url, api_key, name) if pointer or pointer_error else (None, None)
     live = s3.get_bytes(outputs["ModelsBucketName"], live_summary_key(name))
     status = {
         "name": name,
@@ -246,7 +246,8 @@ def _model_status(
         "versions": versions,
         "awaiting_approval": [v["version"] for v in versions if v["decision"] == "awaiting approval"],
         "champion": champion,
-        "serving": {"pointer": pointer, "pointer_error": pointer_error, "api": served},
+        # `pending`: the server's own word on a version it has not loaded yet (serving/store.py).
+        "serving": {"pointer": pointer, "pointer_error": pointer_error, "api": served, "pending": pending},
         "live_drift": _live_drift(json.loads(live[0])) if live else None,
     }
     status["problems"] = _problems(status, registry_up)
@@ -346,18 +347,32 @@ def _api_key_or_none(stack_name: str) -> str | None:
         return None
 
 
-def _served_version(api_url: str | None, api_key: str | None, model: str) -> str | None:
-    """The version the API answers with, or None if no API or key is known or it does not answer."""
+def _served_version(
+    api_url: str | None, api_key: str | None, model: str
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The version the API answers with, and what it says of a newer one it has not loaded (why,
+    and when it tries again); nothing if no API or key is known or it does not answer."""
     if not api_url or api_key is None:
-        return None
+        return None, None
     request = urllib.request.Request(  # noqa: S310  # the operator's own API
         f"{api_url.rstrip('/')}/models/{model}", headers={"x-api-key": api_key}
     )
     try:
         with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
-            return str(json.loads(response.read()).get("version"))
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as error:  # 503: no version loaded, and why
+        try:
+            answer = json.loads(error.read())
+        except ValueError:
+            return None, None
+        pending = answer.get("pending") if isinstance(answer, dict) else None
+        return None, pending if isinstance(pending, dict) else None
     except (urllib.error.URLError, OSError, ValueError):
-        return None
+        return None, None
+    if not isinstance(answer, dict):
+        return None, None
+    pending = answer.get("pending")
+    return str(answer.get("version")), pending if isinstance(pending, dict) else None
 
 
 def _problems(status: dict[str, Any], registry_up: bool) -> list[str]:
@@ -385,7 +400,14 @@ def _problems(status: dict[str, Any], registry_up: bool) -> list[str]:
             else f"serving pointer (none) and champion alias (version {status['champion']}) disagree; "
             f"`arrival rollback --model {name} --to {status['champion']}` sets both"
         )
-    if pointer and served and served != pointer:
+    pending = status["serving"].get("pending")
+    if pointer and served != pointer and pending:
+        answers = f"the API still answers with version {served}" if served else "the API answers no version"
+        problems.append(
+            f"{answers}, not {pointer}: {pending.get('cause')}, {pending.get('reason')} "
+            f"(next try: {pending.get('next_try')})"
+        )
+    elif pointer and served and served != pointer:
         problems.append(
             f"the API still answers with version {served}, not {pointer} (it reloads within seconds)"
         )

@@ -4,14 +4,18 @@ never stops the report of the others."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
+import mlflow
 import pytest
 from moto import mock_aws
 
 import common.ingest  # noqa: F401  # status imports it late; its tracer opens a socket at import
 from cli import status
-from common.adapters import s3
+from common.adapters import s3, tracking
+from common.bundles import ServingPointer, bundle_manifest_key, pointer_key
+from common.champion import ROLLED_BACK
 
 OUTPUTS = {
     "ConfigBucketName": "unit-config",
@@ -55,3 +59,108 @@ def test_a_broken_contract_is_its_models_problem_not_a_crash(contract: bytes, ph
         "the contract is not valid" in problem and "arrival contract put broken.yaml" in problem
         for problem in report["problems"]
     ), report["problems"]
+
+
+@pytest.mark.usefixtures("buckets")
+def test_a_malformed_pointer_is_a_problem_line_not_a_crash() -> None:
+    s3.put_bytes(OUTPUTS["ModelsBucketName"], "pointers/iris.json", b'{"model": "iris"')
+
+    report = status._model_status(
+        "iris", OUTPUTS, None, None, ingest_dead_letters=0, training_dead_letters=0, registry_up=False
+    )
+
+    assert report["serving"]["pointer"] is None
+    assert any(
+        "pointers/iris.json is not a serving pointer" in problem
+        and "arrival rollback --model iris --to <version>" in problem
+        for problem in report["problems"]
+    ), report["problems"]
+
+
+def _registry(tmp_path: Path, versions: int, champion: str, **tags: dict[str, str]) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.client.cache_clear()
+    client = tracking.client()
+    client.create_registered_model("iris")
+    run = client.create_run(client.create_experiment("iris"))
+    for number in range(1, versions + 1):
+        found = tags.get(str(number), {"rejected": "worse"})
+        client.create_model_version("iris", str(tmp_path), run_id=run.info.run_id, tags=found)
+    tracking.move_champion("iris", champion)
+
+
+@pytest.fixture
+def registry_uri() -> Iterator[None]:
+    yield
+    tracking.client.cache_clear()
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("buckets", "registry_uri")
+def test_the_champion_comes_from_its_alias_even_older_than_the_versions_shown(tmp_path: Path) -> None:
+    # GIVEN a champion followed by more rejected versions than status shows
+    _registry(tmp_path, status.VERSIONS_SHOWN + 2, "1", **{"1": {"promotion": "first"}})
+    _pointer_to("1")
+
+    report = status._model_status(
+        "iris", OUTPUTS, None, None, ingest_dead_letters=0, training_dead_letters=0, registry_up=True
+    )
+
+    assert report["champion"] == "1"
+    assert not any("disagree" in problem for problem in report["problems"]), report["problems"]
+
+
+@pytest.mark.usefixtures("buckets", "registry_uri")
+def test_a_version_rolled_back_away_from_is_marked(tmp_path: Path) -> None:
+    marks = {
+        "1": {"promotion": "first", "rollback": "rolled back from version 2 by carol"},
+        "2": {"promotion": "better", ROLLED_BACK: "rolled back to version 1 (pointer generation 3)"},
+    }
+    _registry(tmp_path, 2, "1", **marks)
+    _pointer_to("1")
+
+    report = status._model_status(
+        "iris", OUTPUTS, None, None, ingest_dead_letters=0, training_dead_letters=0, registry_up=True
+    )
+
+    decisions = {
+        version["version"]: (version["decision"], version["reason"]) for version in report["versions"]
+    }
+    assert decisions == {
+        "2": ("promoted, rolled back", "rolled back to version 1 (pointer generation 3)"),
+        "1": ("promoted", "first"),
+    }
+
+
+@pytest.mark.usefixtures("buckets")
+def test_the_servers_own_reason_for_a_version_it_has_not_loaded_is_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _pointer_to("2")
+    pending = {"version": "2", "cause": "refused", "reason": "its check rows disagree", "failures": 1,
+               "next_try": "when its pointer changes"}  # fmt: skip
+    monkeypatch.setattr(status, "_served_version", lambda api, key, model: ("1", pending))
+
+    report = status._model_status(
+        "iris",
+        OUTPUTS,
+        "http://api",
+        "key",
+        ingest_dead_letters=0,
+        training_dead_letters=0,
+        registry_up=False,
+    )
+
+    assert report["serving"]["pending"] == pending
+    assert (
+        "the API still answers with version 1, not 2: refused, its check rows disagree "
+        "(next try: when its pointer changes)"
+    ) in report["problems"]
+    assert not any("within seconds" in problem for problem in report["problems"])
+
+
+def _pointer_to(version: str) -> None:
+    pointer = ServingPointer(
+        model="iris", version=version, manifest_key=bundle_manifest_key("iris", version), promoted_at="t"
+    )
+    s3.put_bytes(OUTPUTS["ModelsBucketName"], pointer_key("iris"), pointer.model_dump_json().encode())
