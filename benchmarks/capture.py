@@ -121,18 +121,19 @@ def in_process_costs(records: list[dict[str, float]], calls: int = 200_000) -> d
     model = store.models[MODEL]
     request = Request({"type": "http", "headers": []})
     one = [records[0]]
+    one_body = len(json.dumps(records[0]))
     predictions = model.predict(one)
     writer = CaptureWriter(
         IN_PROCESS_BUCKET,
         rate=None,
         batch_records=10**9,
         flush_seconds=3600,
-        max_queued_records=10**9,
+        max_queued_bytes=10**12,
         registry=CollectorRegistry(),
     )
     began = time.thread_time()
     for _ in range(calls):
-        writer.offer(model, one, predictions, request)
+        writer.offer(model, one, predictions, request, one_body)
     offer_us = (time.thread_time() - began) / calls * 1e6
     writer.flush()
     # Distinct records, as real traffic: one flush of 5000 single-record requests, an object as the
@@ -140,7 +141,7 @@ def in_process_costs(records: list[dict[str, float]], calls: int = 200_000) -> d
     for index in range(5000):
         record = [records[index % len(records)]]
         writer.rate = 1.0
-        writer.offer(model, record, model.predict(record), request)
+        writer.offer(model, record, model.predict(record), request, one_body)
     began = time.thread_time()
     written = writer.flush()
     flush_us = (time.thread_time() - began) / max(written, 1) * 1e6
@@ -151,8 +152,11 @@ def captured_objects(s3: Any) -> tuple[int, int, int]:
     """Objects, records and compressed bytes in the capture bucket."""
     listed = s3.list_objects_v2(Bucket=CAPTURE_BUCKET).get("Contents", [])
     records = sum(
-        len(gzip.decompress(s3.get_object(Bucket=CAPTURE_BUCKET, Key=e["Key"])["Body"].read()).splitlines())
+        len(json.loads(line)["inputs"])
         for e in listed
+        for line in gzip.decompress(
+            s3.get_object(Bucket=CAPTURE_BUCKET, Key=e["Key"])["Body"].read()
+        ).splitlines()
     )
     return len(listed), records, sum(entry["Size"] for entry in listed)
 
