@@ -19,21 +19,22 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 
+from serving import swagger
 from serving.auth import API_KEY_HEADER, FORBIDDEN, ApiKeyCheck, ApiKeyRequired
 from serving.bundle import LoadedModel, Predictions
 from serving.capture import CaptureWriter
 from serving.mlflow_format import invocation_records
 from serving.offload import Budget, Offloaded
 from serving.openapi import ModelPaths
-from serving.schemas import MAX_PROBLEMS, Decoded, Problem, RequestError
+from serving.schemas import MAX_PROBLEMS, Decoded, Problem, Record, RequestError
 from serving.settings import ServingSettings, get_serving_settings
 from serving.shared_runs import SharedRuns
 from serving.store import ModelStore, keep_out_of_collections
+from serving.swagger import swagger_page
 
 LOG = logging.getLogger("arrival.serving")
 JSON = "application/json"
@@ -48,6 +49,8 @@ UNAUTHENTICATED = "_unauthenticated"
 GRACEFUL_SHUTDOWN_SECONDS = 3
 CAPTURE_SHUTDOWN_SECONDS = 4.0
 STORE_THREAD_JOIN_SECONDS = 0.5
+# Rows of one ONNX run in a worker thread (serving/offload.py): a 100-tree forest takes about 20 ms.
+PART_ROWS = 2000
 
 
 class RequestMetrics:
@@ -221,14 +224,34 @@ def _answer_in_worker(
     """A large request's whole answer, in a worker thread (serving/offload.py), checking its budget
     between steps; captured only if the client gets it."""
     budget.check()  # waited its whole budget for a thread: never starts
-    decoded = read(model, body)
+    decoded = read_predict_in_parts(model, body) if read is read_predict else read(model, body)
     budget.check()
-    predictions = model.predict(decoded.records)
+    predictions = _predict_in_parts(model, decoded.records, budget)
     refuse_non_finite(predictions, decoded)
     content = write(model, predictions, decoded.batch)
     if budget.claim():
         capture.offer(model, decoded.records, predictions, request, len(body))
     return content
+
+
+def read_predict_in_parts(model: LoadedModel, body: bytes) -> Decoded:
+    return model.schemas.decode_predict_body_in_parts(body)
+
+
+def _predict_in_parts(model: LoadedModel, records: list[Record], budget: Budget) -> Predictions:
+    """ONNX runs of PART_ROWS rows: between them the worker checks its budget and gives the event loop
+    the interpreter lock (building a run's tensors holds it); a run alone lets go of it."""
+    if len(records) <= PART_ROWS:
+        return model.predict(records)
+    parts = []
+    for start in range(0, len(records), PART_ROWS):
+        budget.check()
+        parts.append(model.predict(records[start : start + PART_ROWS]))
+    probabilities = [part.probabilities for part in parts if part.probabilities is not None]
+    return Predictions(
+        np.concatenate([part.values for part in parts]),
+        np.concatenate(probabilities) if probabilities else None,
+    )
 
 
 async def _answer_on_loop(
@@ -416,8 +439,21 @@ async def openapi_document(request: Request) -> JSONResponse:
 
 @docs_router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    # Relative, so the page finds its document behind API Gateway's stage prefix (/Prod/docs) too.
-    return get_swagger_ui_html(openapi_url="openapi.json", title=request.app.title)
+    return swagger_page(request.app.title)
+
+
+@docs_router.get("/docs/{name}")
+async def swagger_asset(name: str) -> Response:
+    """Swagger UI's script and stylesheet, from the installed package (serving/swagger.py)."""
+    media_type = swagger.MEDIA_TYPES.get(name)
+    if media_type is None:
+        message = f"no such file; the page's are {', '.join(sorted(swagger.MEDIA_TYPES))}"
+        return Response(
+            problems_json([Problem("path", "not_found", message)]), status_code=404, media_type=JSON
+        )
+    # They change only with the installed package: a browser may keep them for a day.
+    headers = {"Cache-Control": "public, max-age=86400"}
+    return Response(swagger.asset(name), media_type=media_type, headers=headers)
 
 
 def create_app(

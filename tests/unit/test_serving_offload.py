@@ -74,7 +74,7 @@ def build(**settings: Any) -> tuple[FastAPI, ModelStore]:
         "poll_seconds": 60,
         **settings,
     }
-    store = ModelStore(MODELS_BUCKET, max_batch=1000)
+    store = ModelStore(MODELS_BUCKET, max_batch=values["max_batch"])
     app = serving_app.create_app(ServingSettings(**values), store=store, api_key=None)
     store.refresh()
     return app, store
@@ -194,6 +194,41 @@ def test_a_large_batchs_refusals_and_failures_are_answered_as_on_the_loop(
     monkeypatch.setattr(InputBuilder, "__call__", broken)
     failed = client.post("/models/iris/predict", json=BIG)
     assert failed.status_code == 500 and failed.json()["detail"][0]["rule"] == "internal_error"
+
+
+@pytest.mark.parametrize("route", ["predict", "invocations"])
+def test_a_batch_answered_in_parts_gets_the_answers_and_refusals_of_one_answered_whole(
+    published: Any, route: str
+) -> None:
+    # GIVEN the same model answering every body on the loop, whole, and large ones in a worker, in parts
+    whole = TestClient(build(max_batch=5000, offload_body_bytes=10**9)[0])
+    in_parts = TestClient(build(max_batch=5000)[0])
+    frame = serving_bundles.trained("iris", "iris").frame
+    rows = serving_bundles.request_records(frame, serving_bundles.trained("iris", "iris").contract)
+    records = (rows * 25)[:4500]
+    key = "records" if route == "predict" else "instances"
+
+    def both(body: bytes) -> tuple[Any, Any]:
+        headers = {"content-type": "application/json"}
+        answers = [
+            client.post(f"/models/iris/{route}", content=body, headers=headers)
+            for client in (whole, in_parts)
+        ]
+        return answers[0], answers[1]
+
+    # WHEN valid and invalid batches of 4,500 records are sent to both
+    valid = both(json.dumps({key: records}).encode())
+    wrong = [*records[:3210], {**records[3210], "petal_length": "long"}, *records[3211:]]
+    invalid = both(json.dumps({key: wrong}).encode())
+    nan = both(json.dumps({key: records}).encode().replace(b"5.1", b"NaN", 1))
+    extra = both(json.dumps({key: records, "more": 1}).encode())
+
+    # THEN both answer alike
+    assert valid[0].status_code == 200 and len(valid[0].json()["predictions"]) == 4500
+    for one_whole, one_in_parts in (valid, invalid, nan, extra):
+        assert (one_in_parts.status_code, one_in_parts.json()) == (one_whole.status_code, one_whole.json())
+    assert invalid[0].json()["detail"][0]["field"] == f"{key}[3210].petal_length"
+    assert nan[0].status_code in (400, 422) and extra[0].status_code in (400, 422)
 
 
 def test_shutdown_writes_the_captures_before_it_joins_the_store_threads(published: Any) -> None:
