@@ -91,8 +91,11 @@ def _feature_type(column: Any) -> Any:
     else:
         low = -FLOAT32_MAX if column.min is None else max(column.min, -FLOAT32_MAX)
         high = FLOAT32_MAX if column.max is None else min(column.max, FLOAT32_MAX)
+        # Without it, a client generated from the schema (or /docs' "Try it out") would offer the
+        # float32 bound itself as the example: a value no model answers sensibly.
+        example = None if column.min is not None and column.max is not None else [min(max(0.0, low), high)]
         # JSON's NaN and Infinity tokens parse to floats; allow_inf_nan=False refuses them here.
-        value_type = Annotated[float, Field(ge=low, le=high, allow_inf_nan=False)]
+        value_type = Annotated[float, Field(ge=low, le=high, allow_inf_nan=False, examples=example)]
     return NotRequired[value_type | None] if column.nullable else value_type
 
 
