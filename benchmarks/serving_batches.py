@@ -198,8 +198,19 @@ def _server_ms(response: httpx.Response) -> float:
 def where_time_goes(records: list[dict[str, float]], runs: int = 50) -> dict[str, dict[str, float]]:
     """A batch of 1,000's answer, piece by piece, in process on this checkout's code (ms, the median
     of `runs` in the CPU time of the thread)."""
-    from serving.app import answer_predict, read_predict, write_predict
+    from prometheus_client import CollectorRegistry
+    from starlette.requests import Request
+
+    from serving.app import PREDICT, _answer_in_worker, answer_predict, read_predict, write_predict
+    from serving.capture import CaptureWriter
+    from serving.offload import Budget, Offloaded
     from serving.store import ModelStore
+
+    offloaded = Offloaded(2, budget_seconds=60)
+    no_capture = CaptureWriter(
+        None, rate=0, batch_records=1, flush_seconds=1, max_queued_bytes=1, registry=CollectorRegistry()
+    )
+    request = Request({"type": "http", "headers": []})
 
     store = ModelStore(MODELS_BUCKET, max_batch=HEALTH_BATCH)
     store.refresh()
@@ -211,13 +222,17 @@ def where_time_goes(records: list[dict[str, float]], runs: int = 50) -> dict[str
         inputs = model.build_inputs(decoded.records)
         predictions = model.predict(decoded.records)
 
-        def timed(call: Any) -> float:
+        def timed(call: Any, clock: Any = time.thread_time) -> float:
             spent = []
             for _ in range(runs):
-                began = time.thread_time()
+                began = clock()
                 call()
-                spent.append(time.thread_time() - began)
+                spent.append(clock() - began)
             return statistics.median(spent) * 1000
+
+        def in_worker(m: Any = model) -> bytes:
+            budget = Budget(time.perf_counter() + 60)
+            return _answer_in_worker(m, body, PREDICT, request, no_capture, offloaded.helpers, budget)
 
         pieces[name] = {
             "validate": timed(lambda m=model: read_predict(m, body)),
@@ -225,7 +240,10 @@ def where_time_goes(records: list[dict[str, float]], runs: int = 50) -> dict[str
             "onnx": timed(lambda m=model, i=inputs: m.session._sess.run(m.output_names, i, None)),
             "write": timed(lambda m=model, p=predictions: write_predict(m, p, True)),
             "whole": timed(lambda m=model: answer_predict(m, body)),
+            # Wall-clock: the helper thread's CPU is not the worker's.
+            "worker": timed(in_worker, time.perf_counter),
         }
+    offloaded.shutdown()
     return pieces
 
 
@@ -295,6 +313,7 @@ def main() -> None:
             for name in order:
                 url = servers[name][0]
                 print(f"round {round_number + 1}: {name}", flush=True)  # noqa: T201
+                measured.setdefault("load", []).append(os.getloadavg()[0])
                 if name in ("before", "after"):
                     measured.setdefault(f"{name} health alone", []).append(health_alone(url, 3, scratch))
                     under = health_under_batches(url, health_body, options.seconds, scratch)
@@ -366,7 +385,7 @@ def write_results(
         )
     piece_rows = [
         f"| {model} | {p['validate']:.2f} | {p['tensors']:.2f} | {p['onnx']:.2f} | {p['write']:.2f} "
-        f"| {p['whole']:.2f} |"
+        f"| {p['whole']:.2f} | {p['worker']:.2f} |"
         for model, p in pieces.items()
     ]
     from importlib.metadata import version
@@ -383,6 +402,11 @@ def write_results(
         f"`{command}` on {time.strftime('%Y-%m-%d')} (took {seconds / 60:.1f} min). {machine()}; {packages}.",
         "",
         " ".join(__doc__.split("\n\n")[1].split()),
+        "",
+        f"The machine's load (1-minute average, as each server's turn began) ranged from "
+        f"{min(measured['load']):.1f} to {max(measured['load']):.1f} on its {os.cpu_count()} cores: other "
+        "programs took cores from the servers, so wall-clock figures here hold waits for a core, which "
+        "the in-process CPU times below do not.",
         "",
         "## Targets",
         "",
@@ -416,10 +440,12 @@ def write_results(
         "Where a batch of 1,000's time goes, in process on this checkout's code (the CPU time of the thread, "
         "median of 50; ms): validating the body (pydantic, from the JSON bytes), the records to one [N, 1] "
         "tensor per feature, the ONNX run (one intra-op thread, as served), the answer's JSON (probabilities "
-        "as one object per record), and the whole answer (`serving.app.answer_predict`).",
+        "as one object per record), and the whole answer (`serving.app.answer_predict`, as on the loop); "
+        "then the whole answer as a worker gives it (`serving.app._answer_in_worker`: validated in parts, "
+        "the ONNX run in two halves side by side, one on a helper thread), in wall-clock time.",
         "",
-        "| model | validate | tensors | ONNX run | JSON | whole |",
-        "|---|---|---|---|---|---|",
+        "| model | validate | tensors | ONNX run | JSON | whole, on the loop | whole, in a worker (wall) |",
+        "|---|---|---|---|---|---|---|",
         *piece_rows,
         "",
         "## On the loop, or in a worker thread",

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -49,7 +51,9 @@ UNAUTHENTICATED = "_unauthenticated"
 GRACEFUL_SHUTDOWN_SECONDS = 3
 CAPTURE_SHUTDOWN_SECONDS = 4.0
 STORE_THREAD_JOIN_SECONDS = 0.5
-# Rows of one ONNX run in a worker thread (serving/offload.py): a 100-tree forest takes about 20 ms.
+# A worker (serving/offload.py) runs a batch of PARALLEL_ROWS rows or more in parts, two at a time,
+# each of at most PART_ROWS rows (about 20 ms for a 100-tree forest).
+PARALLEL_ROWS = 500
 PART_ROWS = 2000
 
 
@@ -157,6 +161,10 @@ def read_predict(model: LoadedModel, body: bytes) -> Decoded:
     return model.schemas.decode_predict_body(body)
 
 
+def read_predict_in_parts(model: LoadedModel, body: bytes) -> Decoded:
+    return model.schemas.decode_predict_body_in_parts(body)
+
+
 def write_predict(model: LoadedModel, predictions: Predictions, batch: bool) -> bytes:
     values, probabilities = _json_values(predictions.values), predictions.probabilities
     document: dict[str, Any] = {"model": model.name, "version": model.version}
@@ -212,61 +220,84 @@ Reader = Callable[[LoadedModel, bytes], Decoded]
 Writer = Callable[[LoadedModel, Predictions, bool], bytes]
 
 
+@dataclass(frozen=True)
+class Codec:
+    """A route's body format: `read` on the loop, `read_in_parts` in a worker (validating a large body
+    in parts, so that the loop takes the interpreter lock back between them), `write` for the answer."""
+
+    read: Reader
+    read_in_parts: Reader
+    write: Writer
+
+
 def _answer_in_worker(
     model: LoadedModel,
     body: bytes,
-    read: Reader,
-    write: Writer,
+    codec: Codec,
     request: Request,
     capture: CaptureWriter,
+    helpers: Executor,
     budget: Budget,
 ) -> bytes:
     """A large request's whole answer, in a worker thread (serving/offload.py), checking its budget
     between steps; captured only if the client gets it."""
     budget.check()  # waited its whole budget for a thread: never starts
-    decoded = read_predict_in_parts(model, body) if read is read_predict else read(model, body)
+    decoded = codec.read_in_parts(model, body)
     budget.check()
-    predictions = _predict_in_parts(model, decoded.records, budget)
+    predictions = _predict_in_parts(model, decoded.records, budget, helpers)
     refuse_non_finite(predictions, decoded)
-    content = write(model, predictions, decoded.batch)
+    content = codec.write(model, predictions, decoded.batch)
     if budget.claim():
         capture.offer(model, decoded.records, predictions, request, len(body))
     return content
 
 
-def read_predict_in_parts(model: LoadedModel, body: bytes) -> Decoded:
-    return model.schemas.decode_predict_body_in_parts(body)
-
-
-def _predict_in_parts(model: LoadedModel, records: list[Record], budget: Budget) -> Predictions:
-    """ONNX runs of PART_ROWS rows: between them the worker checks its budget and gives the event loop
-    the interpreter lock (building a run's tensors holds it); a run alone lets go of it."""
-    if len(records) <= PART_ROWS:
+def _predict_in_parts(
+    model: LoadedModel, records: list[Record], budget: Budget, helpers: Executor
+) -> Predictions:
+    """A large batch's ONNX runs, in parts of at most PART_ROWS rows, every other part run by a helper
+    thread beside the worker: a run lets go of the interpreter lock, so two parts run on two cores (a
+    100-tree forest's 1,000 rows: 10.3 ms in one run, 5.7 ms in two halves side by side, on a core
+    left free). Between its parts the worker checks the budget, and the event loop takes the lock back
+    (building a run's tensors holds it)."""
+    if len(records) < PARALLEL_ROWS:
         return model.predict(records)
-    parts = []
-    for start in range(0, len(records), PART_ROWS):
-        budget.check()
-        parts.append(model.predict(records[start : start + PART_ROWS]))
-    probabilities = [part.probabilities for part in parts if part.probabilities is not None]
+    size = min(PART_ROWS, -(-len(records) // 2))
+    parts = [records[start : start + size] for start in range(0, len(records), size)]
+    beside = {index: helpers.submit(model.predict, parts[index]) for index in range(1, len(parts), 2)}
+    results: dict[int, Predictions] = {}
+    try:
+        for index in range(0, len(parts), 2):
+            budget.check()
+            results[index] = model.predict(parts[index])
+        results.update((index, future.result()) for index, future in beside.items())
+    finally:
+        for future in beside.values():  # over budget, or failed: what has not started never will
+            future.cancel()
+    ordered = [results[index] for index in range(len(parts))]
+    probabilities = [part.probabilities for part in ordered if part.probabilities is not None]
     return Predictions(
-        np.concatenate([part.values for part in parts]),
+        np.concatenate([part.values for part in ordered]),
         np.concatenate(probabilities) if probabilities else None,
     )
 
 
-async def _answer_on_loop(
-    model: LoadedModel, body: bytes, read: Reader, write: Writer, request: Request
-) -> bytes:
+async def _answer_on_loop(model: LoadedModel, body: bytes, codec: Codec, request: Request) -> bytes:
     state = request.app.state
-    decoded = read(model, body)
+    decoded = codec.read(model, body)
     predictions = await state.shared_runs.predict(model, decoded.records)
     refuse_non_finite(predictions, decoded)
-    content = write(model, predictions, decoded.batch)
+    content = codec.write(model, predictions, decoded.batch)
     state.capture.offer(model, decoded.records, predictions, request, len(body))
     return content
 
 
-async def _answer(request: Request, route: str, read: Reader, write: Writer) -> Response:
+# /invocations' records are validated in parts by RequestSchemas.validate_records itself.
+PREDICT = Codec(read_predict, read_predict_in_parts, write_predict)
+INVOCATIONS = Codec(read_invocations, read_invocations, write_invocations)
+
+
+async def _answer(request: Request, route: str, codec: Codec) -> Response:
     started = time.perf_counter()
     state = request.app.state
     request_metrics: RequestMetrics = state.request_metrics
@@ -291,10 +322,11 @@ async def _answer(request: Request, route: str, read: Reader, write: Writer) -> 
     try:
         body = await read_json_body(request, settings.max_body_bytes)
         if len(body) > settings.offload_body_bytes:
-            job = partial(_answer_in_worker, model, body, read, write, request, state.capture)
-            content = await state.offloaded.answer(job, started)
+            offloaded: Offloaded = state.offloaded
+            job = partial(_answer_in_worker, model, body, codec, request, state.capture, offloaded.helpers)
+            content = await offloaded.answer(job, started)
         else:
-            content = await _answer_on_loop(model, body, read, write, request)
+            content = await _answer_on_loop(model, body, codec, request)
         status = 200
     except RequestError as error:
         rules = sorted({problem.rule for problem in error.problems})
@@ -352,11 +384,11 @@ def describe(model: LoadedModel) -> ModelDescription:
 
 
 async def predict(request: Request) -> Response:
-    return await _answer(request, "predict", read_predict, write_predict)
+    return await _answer(request, "predict", PREDICT)
 
 
 async def invocations(request: Request) -> Response:
-    return await _answer(request, "invocations", read_invocations, write_invocations)
+    return await _answer(request, "invocations", INVOCATIONS)
 
 
 models_router = APIRouter(

@@ -72,6 +72,10 @@ class Offloaded:
         self.budget_seconds = budget_seconds
         # Threads start on first use: an app that never sees a large request never starts one.
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="predict")
+        # Run parts of a worker's ONNX runs beside it, on another core (ONNX lets go of the GIL). Apart
+        # from the workers, and never waiting on anything: a worker waiting on a helper cannot
+        # deadlock the way it would waiting on a fellow worker.
+        self.helpers = ThreadPoolExecutor(max(1, threads - 1), thread_name_prefix="predict-part")
 
     async def answer(self, job: Callable[[Budget], T], started: float) -> T:
         """`job(budget)` in a worker thread; a 503 (RequestError) once the budget from `started`
@@ -92,3 +96,4 @@ class Offloaded:
     def shutdown(self) -> None:
         """Queued requests are dropped; running ones finish (their clients are gone by now)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.helpers.shutdown(wait=False, cancel_futures=True)

@@ -21,6 +21,7 @@ from serving import app as serving_app
 from serving import main as serving_main
 from serving.bundle import InputBuilder
 from serving.capture import CaptureWriter
+from serving.schemas import RequestSchemas
 from serving.settings import ServingSettings
 from serving.store import ModelStore
 from tests import serving_bundles
@@ -229,6 +230,46 @@ def test_a_batch_answered_in_parts_gets_the_answers_and_refusals_of_one_answered
         assert (one_in_parts.status_code, one_in_parts.json()) == (one_whole.status_code, one_whole.json())
     assert invalid[0].json()["detail"][0]["field"] == f"{key}[3210].petal_length"
     assert nan[0].status_code in (400, 422) and extra[0].status_code in (400, 422)
+
+
+def test_a_large_batchs_onnx_runs_go_two_at_a_time_on_two_threads(
+    published: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, _ = build(max_batch=5000)
+    held = HeldModel()
+    held.release.set()
+    held.install(monkeypatch)
+
+    answered = TestClient(app).post("/models/iris/predict", json={"records": [IRIS_RECORD] * 4500})
+
+    # THEN three runs (2,000, 2,000 and 500 rows): the worker's and, beside it, a helper's
+    assert answered.status_code == 200 and len(answered.json()["predictions"]) == 4500
+    assert held.runs == 3
+    assert {name.rsplit("_", 1)[0] for name in held.threads} == {"predict", "predict-part"}
+
+
+def test_a_valid_large_batch_is_validated_in_parts_never_whole(
+    published: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a record of every validation of a whole predict body
+    whole: list[int] = []
+    decode = RequestSchemas.decode_predict_body
+
+    def spy(schemas: RequestSchemas, body: bytes) -> Any:
+        whole.append(len(body))
+        return decode(schemas, body)
+
+    monkeypatch.setattr(RequestSchemas, "decode_predict_body", spy)
+    client = TestClient(build(max_batch=5000)[0])
+
+    # WHEN a valid batch of 2,500 records, then an invalid one, are answered in a worker
+    valid = client.post("/models/iris/predict", json={"records": [IRIS_RECORD] * 2500})
+    invalid = client.post("/models/iris/predict", json={"records": [IRIS_RECORD] * 2499 + [{}]})
+
+    # THEN the valid one was validated a thousand records at a time; only the invalid one whole, for
+    # its errors
+    assert valid.status_code == 200 and invalid.status_code == 422
+    assert len(whole) == 1
 
 
 def test_shutdown_writes_the_captures_before_it_joins_the_store_threads(published: Any) -> None:
