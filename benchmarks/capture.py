@@ -390,11 +390,12 @@ Latency medians over the rounds, off / on: {p50}, {p99}.
 In process, on the bundle the servers loaded, in the CPU time of the thread that runs the code (which
 other programs on the machine do not inflate as they do wall-clock throughput): `CaptureWriter.offer`
 at the default rate, as the request path calls it once per answered request, **{costs["offer_us"]:.2f}
-µs** a request (the coin toss; for one request in ten, its JSON lines and the append); the writer
-thread's flush of 5000 distinct single-record requests (gzip at level 1, the `PutObject` call's
-client side), **{flush_us:.1f} µs** a record written. At the default rate that is {per_request_us:.2f} µs
-of CPU per request, on a server whose one process answers a request every {period_us:.0f} µs
-here: an expected loss of **{estimated_loss:.1%}** of throughput; at the serving benchmark's
+µs** a request (the coin toss; for one request in ten, the append); the writer
+thread's flush of 5000 distinct single-record requests (their JSON lines, gzip at level 1, the
+`PutObject` call's client side), **{flush_us:.1f} µs** a record written. At the default rate
+that is {per_request_us:.2f} µs of CPU per request, on a server whose one process answers a
+request every {period_us:.0f} µs here: an expected loss of **{estimated_loss:.1%}** of
+throughput; at the serving benchmark's
 {SERVING_BENCHMARK_RPS:,} req/s (benchmarks/results/serving.md, bench-forest, 16 connections, a quiet
 machine), **{loss_at_benchmark:.1%}**. On a shared machine this resolves
 the target where the rounds cannot: compare their spread with an A/A control (`--on-rate 0`).
