@@ -332,4 +332,4 @@ def test_the_budget_and_offload_settings_have_sane_defaults() -> None:
     assert settings.offload_body_bytes == 16 * 1024
     assert settings.request_budget_seconds == 5
     assert settings.capture_max_queued_bytes == 32 * 1024 * 1024
-    assert json.loads(settings.model_dump_json())["predict_threads"] == 2
+    assert settings.predict_threads == 2
