@@ -128,18 +128,19 @@ def in_process_costs(records: list[dict[str, float]], calls: int = 200_000) -> d
     model = store.models[MODEL]
     request = Request({"type": "http", "headers": []})
     one = [records[0]]
+    one_body = len(json.dumps(records[0]))
     predictions = model.predict(one)
     writer = CaptureWriter(
         IN_PROCESS_BUCKET,
         rate=None,
         batch_records=10**9,
         flush_seconds=3600,
-        max_queued_records=10**9,
+        max_queued_bytes=10**12,
         registry=CollectorRegistry(),
     )
     began = time.thread_time()
     for _ in range(calls):
-        writer.offer(model, one, predictions, request)
+        writer.offer(model, one, predictions, request, one_body)
     offer_us = (time.thread_time() - began) / calls * 1e6
     writer.flush()
     # Distinct records, as real traffic: one flush of 5000 single-record requests, an object as the
@@ -147,7 +148,7 @@ def in_process_costs(records: list[dict[str, float]], calls: int = 200_000) -> d
     for index in range(5000):
         record = [records[index % len(records)]]
         writer.rate = 1.0
-        writer.offer(model, record, model.predict(record), request)
+        writer.offer(model, record, model.predict(record), request, one_body)
     began = time.thread_time()
     written = writer.flush()
     flush_us = (time.thread_time() - began) / max(written, 1) * 1e6
@@ -158,8 +159,11 @@ def captured_objects(s3: Any) -> tuple[int, int, int]:
     """Objects, records and compressed bytes in the capture bucket."""
     listed = s3.list_objects_v2(Bucket=CAPTURE_BUCKET).get("Contents", [])
     records = sum(
-        len(gzip.decompress(s3.get_object(Bucket=CAPTURE_BUCKET, Key=e["Key"])["Body"].read()).splitlines())
+        len(json.loads(line)["inputs"])
         for e in listed
+        for line in gzip.decompress(
+            s3.get_object(Bucket=CAPTURE_BUCKET, Key=e["Key"])["Body"].read()
+        ).splitlines()
     )
     return len(listed), records, sum(entry["Size"] for entry in listed)
 
@@ -393,11 +397,12 @@ Latency medians over the rounds, off / on: {p50}, {p99}.
 In process, on the bundle the servers loaded, in the CPU time of the thread that runs the code (which
 other programs on the machine do not inflate as they do wall-clock throughput): `CaptureWriter.offer`
 at the default rate, as the request path calls it once per answered request, **{costs["offer_us"]:.2f}
-µs** a request (the coin toss; for one request in ten, its JSON lines and the append); the writer
-thread's flush of 5000 distinct single-record requests (gzip at level 1, the `PutObject` call's
-client side), **{flush_us:.1f} µs** a record written. At the default rate that is {per_request_us:.2f} µs
-of CPU per request, on a server whose one process answers a request every {period_us:.0f} µs
-here: an expected loss of **{estimated_loss:.1%}** of throughput; at the serving benchmark's
+µs** a request (the coin toss; for one request in ten, the append); the writer
+thread's flush of 5000 distinct single-record requests (their JSON lines, gzip at level 1, the
+`PutObject` call's client side), **{flush_us:.1f} µs** a record written. At the default rate
+that is {per_request_us:.2f} µs of CPU per request, on a server whose one process answers a
+request every {period_us:.0f} µs here: an expected loss of **{estimated_loss:.1%}** of
+throughput; at the serving benchmark's
 {SERVING_BENCHMARK_RPS:,} req/s (benchmarks/results/serving.md, bench-forest, 16 connections, a quiet
 machine), **{loss_at_benchmark:.1%}**. On a shared machine this resolves
 the target where the rounds cannot: compare their spread with an A/A control (`--on-rate 0`).

@@ -1364,7 +1364,7 @@ def _where_time_goes(model: Any, fitted: Fitted, count: int, runs: int) -> tuple
     from serving.app import answer_predict
 
     body = fitted.record_body if count == 1 else json.dumps({"records": fitted.records[:count]}).encode()
-    records, _ = model.schemas.decode_predict_body(body)
+    records = model.schemas.decode_predict_body(body).records
     inputs = model.build_inputs(records)
     validate = _timed(runs, lambda: model.schemas.decode_predict_body(body))
     tensors = _timed(runs, lambda: model.build_inputs(records))

@@ -156,11 +156,18 @@ def captured_inputs(settings: MonitoringSettings, model: str, start: datetime, e
         found = s3.get_bytes(settings.capture_bucket, key)
         if found is None:  # expired between the listing and the read
             continue
-        for line in gzip.decompress(found[0]).splitlines():
-            record = json.loads(line)
-            if start <= datetime.fromisoformat(record["time"]) <= end:
-                rows.append(record["input"])
+        for text in gzip.decompress(found[0]).splitlines():
+            line = json.loads(text)
+            if start <= datetime.fromisoformat(line["time"]) <= end:
+                rows.extend(captured_records(line))
     return pd.DataFrame.from_records(rows[: settings.max_rows])
+
+
+def captured_records(line: dict[str, Any]) -> list[dict[str, Any]]:
+    """The inputs of one capture line: a request's (`inputs`, serving/capture.py), or, as servers
+    before that format wrote them, a line per record (`input`), which a day's window may still hold."""
+    inputs = line.get("inputs")
+    return inputs if isinstance(inputs, list) else [line["input"]]
 
 
 def _hours(start: datetime, end: datetime) -> list[datetime]:

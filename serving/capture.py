@@ -1,16 +1,19 @@
 """Data capture: a sample of the requests serving answers, with their predictions, written to S3 as
 gzip JSON Lines for the scheduled drift report (common/monitoring.py), as SageMaker's data capture does.
 
-A sampled request turns its records and predictions into JSON lines (orjson, about 2 µs a record)
-and appends those bytes to an in-memory queue; no I/O happens on the request path. Bytes, not the
-request's own objects: bytes are never walked by the garbage collector, where queued dicts would
-survive into its older generations and be walked by each full collection until written. A
-background thread drains the queue every `flush_seconds`, or as
-soon as `batch_records` wait, and writes one object per model and hour:
-``s3://<capture bucket>/<model>/capture/<yyyy>/<mm>/<dd>/<hh>/<uuid>.jsonl.gz``, a line per record.
-The queue is bounded: when the writer falls behind, samples are dropped and counted in /metrics,
-never waited for. In Lambda the process is frozen between invocations, so there is no thread: the
-function writes what an invocation sampled before it returns (serving/lambda_handler.py).
+On the request path, a sampled request costs a coin toss and an append: its validated records and its
+predictions (objects the request made anyway) wait in an in-memory queue with an estimate of their size.
+The writer thread turns what waits into JSON, a line per request, every `SERIALIZE_EVERY_SECONDS`, so
+no serialisation runs on the event loop, and the records are not held long enough for the garbage
+collector's older generations to keep walking them. It writes one object per model and hour every
+`flush_seconds`, or as soon as `batch_records` wait:
+``s3://<capture bucket>/<model>/capture/<yyyy>/<mm>/<dd>/<hh>/<uuid>.jsonl.gz``.
+
+The queue is bounded in bytes (`max_queued_bytes`: the JSON's exact size once serialised, an estimate
+from the request's body until then): when the writer falls behind, new samples are dropped and counted
+in /metrics, never waited for. In Lambda the process is frozen between invocations, so there is no
+thread: the function serialises and writes what an invocation sampled before it returns
+(serving/lambda_handler.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from itertools import repeat
 from typing import Any
 
 import orjson
@@ -39,38 +41,64 @@ from serving.bundle import LoadedModel
 
 LOG = logging.getLogger("arrival.serving.capture")
 
-# One sampled request in the queue: when, which model, how many records, their JSON lines. A plain
-# tuple of atoms, which the garbage collector stops tracking.
-Captured = tuple[float, str, int, bytes]
+# How long a sampled request waits, unserialised, for the writer thread.
+SERIALIZE_EVERY_SECONDS = 0.2
+# A record's prediction in JSON: its label or value, and a probability per class (a request's body
+# holds its records' inputs already): only for the estimate the queue is bounded by until serialised.
+_ANSWER_BYTES, _PROBABILITY_BYTES = 16, 12
 
 
-def capture_lines(
+class _Sampled:
+    """One sampled request, waiting for the writer thread to serialise it."""
+
+    __slots__ = ("at", "model", "predictions", "records", "request_id", "size")
+
+    def __init__(
+        self,
+        at: float,
+        model: LoadedModel,
+        records: Sequence[dict[str, Any]],
+        predictions: Predictions,
+        request_id: str,
+        size: int,
+    ) -> None:
+        self.at, self.model, self.records, self.predictions = at, model, records, predictions
+        self.request_id, self.size = request_id, size
+
+
+# One serialised request: when, which model, how many records, its JSON line. A plain tuple of
+# atoms, which the garbage collector stops tracking.
+Serialized = tuple[float, str, int, bytes]
+
+
+def capture_line(
     model: LoadedModel,
     records: Sequence[dict[str, Any]],
     predictions: Predictions,
     request_id: str,
     captured_at: float,
 ) -> bytes:
-    """A line per record: time, model, version, request id, input, prediction (and probabilities)."""
-    moment = datetime.fromtimestamp(captured_at, UTC)  # orjson writes it in ISO 8601
-    values = predictions.values.tolist()
-    probabilities: Any = predictions.probabilities
-    class_names = model.class_names
-    rows = repeat(None) if probabilities is None or class_names is None else probabilities.tolist()
-    lines = []
-    for record, value, row in zip(records, values, rows, strict=False):
-        line: dict[str, Any] = {
-            "time": moment,
-            "model": model.name,
-            "version": model.version,
-            "request_id": request_id,
-            "input": record,
-            "prediction": value,
-        }
-        if row is not None and class_names is not None:
-            line["probabilities"] = dict(zip(class_names, row, strict=True))
-        lines.append(orjson.dumps(line))
-    return b"\n".join(lines)
+    """One line per request: time, model, version and request id once, then its inputs and their
+    predictions in order (and, for a classifier, the classes and a row of probabilities per record)."""
+    values = predictions.values
+    line: dict[str, Any] = {
+        "time": datetime.fromtimestamp(captured_at, UTC),  # orjson writes it in ISO 8601
+        "model": model.name,
+        "version": model.version,
+        "request_id": request_id,
+        "inputs": records,
+        "predictions": values.tolist() if values.dtype == object else values,  # labels are objects
+    }
+    if predictions.probabilities is not None and model.class_names is not None:
+        line["classes"] = model.class_names
+        line["probabilities"] = predictions.probabilities
+    return orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def estimated_size(body_bytes: int, records: int, classes: int) -> int:
+    """The bytes a sampled request will take once serialised: its inputs, about as long as its body,
+    and its answers."""
+    return body_bytes + records * (_ANSWER_BYTES + _PROBABILITY_BYTES * classes)
 
 
 class CaptureMetrics:
@@ -83,6 +111,11 @@ class CaptureMetrics:
         )
         self.queued = Gauge(
             "arrival_capture_queued_records", "Captured records waiting to be written", registry=registry
+        )
+        self.queued_bytes = Gauge(
+            "arrival_capture_queued_bytes",
+            "Bytes of captured requests waiting to be written (estimated until serialised)",
+            registry=registry,
         )
         self.objects = Counter(
             "arrival_capture_objects", "Capture objects written to S3", ["model"], registry=registry
@@ -100,19 +133,21 @@ class CaptureWriter:
         rate: float | None,
         batch_records: int,
         flush_seconds: float,
-        max_queued_records: int,
+        max_queued_bytes: int,
         registry: CollectorRegistry,
     ) -> None:
         self.bucket = bucket or ""
         self.rate = rate
         self.batch_records = batch_records
         self.flush_seconds = flush_seconds
-        self.max_queued_records = max_queued_records
+        self.max_queued_bytes = max_queued_bytes
         self.metrics = CaptureMetrics(registry)
-        self._pending: deque[Captured] = deque()
+        self._sampled: deque[_Sampled] = deque()  # appended on the request path
+        self._serialized: deque[Serialized] = deque()  # by the writer only
         self._id_prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
-        self._queued = 0  # records in _pending, under _lock
+        self._queued_records = 0  # in both queues, under _lock
+        self._queued_bytes = 0  # in both queues, under _lock
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one writer at a time: the thread, stop() or Lambda's flush
         self._wake = threading.Event()
@@ -123,43 +158,42 @@ class CaptureWriter:
     def rate_for(self, model: LoadedModel) -> float:
         return model.manifest.contract.monitoring.sample_rate if self.rate is None else self.rate
 
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
     def offer(
         self,
         model: LoadedModel,
         records: Sequence[dict[str, Any]],
         predictions: Predictions,
         request: Request,
+        body_bytes: int,
     ) -> None:
-        """On the request path: a coin toss, and for a sampled request an append. Never blocks on I/O
-        and never raises into the request. The request is read (its X-Request-Id) only if sampled."""
+        """On the request path: a coin toss, and for a sampled request an append. Never blocks on I/O,
+        serialises nothing and never raises into the request. The request is read (its X-Request-Id)
+        only if sampled."""
         if not self.enabled:
             return
         rate = self.rate_for(model)
         if rate <= 0 or (rate < 1 and random.random() >= rate):  # noqa: S311  # sampling, not crypto
             return
         count = len(records)
-        with self._lock:
-            queued = self._queued + count
-            if queued <= self.max_queued_records:
-                self._queued = queued
-        if queued > self.max_queued_records:
-            self.metrics.records.labels(model.name, "dropped").inc(count)
-            return
-        self.metrics.queued.set(queued)
         # The client's id, or one of this process's: unique without uuid4's cost on the request path.
         request_id = request.headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids)}"
-        now = time.time()
-        try:
-            lines = capture_lines(model, records, predictions, request_id, now)
-        except Exception:  # a value orjson refuses: this sample is lost, the request is not
-            with self._lock:
-                self._queued -= count
-            self.metrics.records.labels(model.name, "lost").inc(count)
-            LOG.exception("capture failed to serialize: model=%s", model.name)
+        size = estimated_size(body_bytes + len(request_id), count, len(model.class_names or ()))
+        with self._lock:
+            fits = self._queued_bytes + size <= self.max_queued_bytes
+            if fits:
+                self._queued_bytes += size
+                self._queued_records += count
+                queued_bytes, queued_records = self._queued_bytes, self._queued_records
+        if not fits:
+            self.metrics.records.labels(model.name, "dropped").inc(count)
             return
-        self._pending.append((now, model.name, count, lines))
-        if queued >= self.batch_records:
-            self._wake.set()
+        self._sampled.append(_Sampled(time.time(), model, records, predictions, request_id, size))
+        self.metrics.queued.set(queued_records)
+        self.metrics.queued_bytes.set(queued_bytes)
 
     def start(self) -> None:
         """The EC2 server's writer thread; stop() writes what is left and ends it."""
@@ -169,43 +203,84 @@ class CaptureWriter:
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, timeout: float) -> None:
+        """Write everything queued, within `timeout` seconds: the thread's last round, or a flush here
+        without a thread. Past the timeout (S3 hangs), what is left is logged, not waited for."""
         self._stopping = True
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self.flush()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            self.flush()
+            return
+        thread.join(timeout)
+        if thread.is_alive():
+            LOG.error(
+                "capture: %d records (%d bytes) not written within %.1f s of the shutdown",
+                self._queued_records,
+                self._queued_bytes,
+                timeout,
+            )
 
     def _run(self) -> None:
-        while not self._stopping:
-            self._wake.wait(self.flush_seconds)
-            self._wake.clear()
+        last_write = time.monotonic()
+        while True:
+            stopping = self._stopping
             try:
-                self.flush()
+                self._serialize_sampled()
+                due = time.monotonic() - last_write >= self.flush_seconds
+                if stopping or due or self._queued_records >= self.batch_records:
+                    self.flush()
+                    last_write = time.monotonic()
             except Exception:  # the thread must outlive any one failure; flush counts what it lost
                 LOG.exception("capture flush failed")
+            if stopping:
+                return
+            self._wake.wait(SERIALIZE_EVERY_SECONDS)
+            self._wake.clear()
+
+    def _serialize_sampled(self) -> None:
+        """Turn the waiting requests into JSON lines, holding each one's exact size from then on."""
+        while self._sampled:
+            sampled = self._sampled.popleft()
+            try:
+                line = capture_line(
+                    sampled.model, sampled.records, sampled.predictions, sampled.request_id, sampled.at
+                )
+            except Exception:  # a value orjson refuses: this sample is lost, never the others
+                self._forget(len(sampled.records), sampled.size)
+                self.metrics.records.labels(sampled.model.name, "lost").inc(len(sampled.records))
+                LOG.exception("capture failed to serialize: model=%s", sampled.model.name)
+                continue
+            with self._lock:
+                self._queued_bytes += len(line) - sampled.size
+            self._serialized.append((sampled.at, sampled.model.name, len(sampled.records), line))
+
+    def _forget(self, records: int, size: int) -> None:
+        with self._lock:
+            self._queued_records -= records
+            self._queued_bytes -= size
+            self.metrics.queued.set(self._queued_records)
+            self.metrics.queued_bytes.set(self._queued_bytes)
 
     def flush(self) -> int:
-        """Write every sample queued now; returns the records written. Samples S3 refuses are
-        counted as lost and logged, not retried: capture is a sample, and must not pile up."""
+        """Serialise and write every sample queued now; returns the records written. Samples S3
+        refuses are counted as lost and logged, not retried: capture is a sample, and must not pile up."""
         with self._flush_lock:
-            taken: list[Captured] = []
-            while self._pending:
-                taken.append(self._pending.popleft())
+            self._serialize_sampled()
+            taken: list[Serialized] = []
+            while self._serialized:
+                taken.append(self._serialized.popleft())
             if not taken:
                 return 0
-            with self._lock:
-                self._queued -= sum(count for _, _, count, _ in taken)
-                self.metrics.queued.set(self._queued)
-            groups: dict[tuple[str, str], list[Captured]] = defaultdict(list)
+            self._forget(sum(count for _, _, count, _ in taken), sum(len(line) for *_, line in taken))
+            groups: dict[tuple[str, str], list[Serialized]] = defaultdict(list)
             for captured in taken:
                 captured_at, model = captured[0], captured[1]
                 hour = capture_hour_prefix(model, datetime.fromtimestamp(captured_at, UTC))
                 groups[(model, hour)].append(captured)
             return sum(self._write(model, prefix, group) for (model, prefix), group in groups.items())
 
-    def _write(self, model: str, prefix: str, group: list[Captured]) -> int:
+    def _write(self, model: str, prefix: str, group: list[Serialized]) -> int:
         count = sum(captured[2] for captured in group)
         key = f"{prefix}{uuid.uuid4().hex}.jsonl.gz"
         try:

@@ -7,7 +7,7 @@ import logging
 import uvicorn
 
 from common.adapters.secrets import secret_string
-from serving.app import create_app
+from serving.app import GRACEFUL_SHUTDOWN_SECONDS, create_app
 from serving.settings import MIN_API_KEY_LENGTH, ServerSettings, ServingSettings, get_server_settings
 
 
@@ -48,5 +48,7 @@ def serve(settings: ServingSettings, api_key: str | None) -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,  # a log line per prediction costs more than the prediction; /metrics counts them
+        # Unbounded by default: one slow client would keep the process past its SIGKILL, captures unwritten.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         log_level="info",
     )

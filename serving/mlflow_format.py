@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from serving.schemas import Problem, Record, RequestError, RequestSchemas, request_error_of
+from serving.schemas import Decoded, Problem, Record, RequestError, RequestSchemas, request_error_of
 
 FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 
@@ -22,7 +22,7 @@ class _DataframeSplit(BaseModel):
     index: list[Any] | None = None
 
 
-def invocation_records(body: bytes, schemas: RequestSchemas) -> list[Record]:
+def invocation_records(body: bytes, schemas: RequestSchemas) -> Decoded:
     """Validated records, or a RequestError naming the field (`dataframe_split.data[3].petal_length`)."""
     try:
         # Python's parser reads NaN and Infinity; the record schema then refuses them by field.
@@ -39,8 +39,10 @@ def invocation_records(body: bytes, schemas: RequestSchemas) -> list[Record]:
         raise RequestError(422, [Problem("body", "unknown_format", message)])
     key = keys[0]
     if key == "dataframe_split":
-        return schemas.validate_records(_split_rows(payload[key]), "dataframe_split.data")
-    return schemas.validate_records(_rows(payload[key], key), key)
+        location, rows = "dataframe_split.data", _split_rows(payload[key])
+    else:
+        location, rows = key, _rows(payload[key], key)
+    return Decoded(schemas.validate_records(rows, location), True, location)
 
 
 def _split_rows(value: Any) -> list[Record]:

@@ -35,7 +35,8 @@ _ERRORS = {
     "413": "Body over the size limit, or a batch over the record limit",
     "415": "The content type is not application/json",
     "422": "A record breaks the data contract: the field and the rule are named",
-    "503": "The model is not loaded yet (the server is starting): retry after Retry-After seconds",
+    "503": "The model is not loaded yet (the server is starting; rule not_loaded), or a large batch ran "
+    "over its time budget (rule over_time_budget): retry after Retry-After seconds",
 }
 
 
@@ -57,6 +58,10 @@ class ModelPaths:
             document = copy.deepcopy(self._static_openapi())
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             schemas["Problems"] = _PROBLEMS
+            # Relative to where the document is served (OpenAPI 3.1, "servers"): `<prefix>/openapi.json`
+            # gives `<prefix>`, so a client of the document, /docs' "Try it out" included, calls the
+            # paths under API Gateway's stage as at the server's root.
+            document["servers"] = [{"url": ".", "description": "where this document is served from"}]
             for _, model in sorted(models.items()):
                 schemas.update(_model_components(model))
                 document["paths"].update(_model_paths(model))

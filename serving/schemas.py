@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired
 
+import numpy as np
+import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic refuses typing.TypedDict before Python 3.12
 
@@ -23,8 +25,16 @@ Record = dict[str, Any]
 _BATCH_BODY = re.compile(rb'\A\s*\{\s*"records"\s*:\s*\[')
 # One bad batch can break every rule in every record; the first ones are enough to fix a client.
 MAX_PROBLEMS = 100
+# Records validated in one call, in a worker thread: a millisecond or two, between which the event loop
+# can take the interpreter lock back.
+CHUNK_RECORDS = 1000
 # In order of precedence: a malformed body, then a batch over the limit; any other rule is a 422.
 _STATUS_OF_RULE = {"json_invalid": 400, "too_long": 413}
+# Models take their numbers as float32 (serving/bundle.py's InputBuilder): a finite JSON number beyond
+# this would reach the model as an infinity (a linear model then answers null, a tree some leaf). Every
+# numeric feature is bounded by it, so pydantic refuses such a value by field, as any other bound.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_RANGE = "float32_range"
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,8 @@ class Problem:
 
 
 class RequestError(Exception):
-    """A client's mistake: answered with `status` and the problems, never with a 500."""
+    """An answer other than the prediction, with `status` and the problems: a client's mistake (4xx),
+    or a request over its time budget (503); never a 500."""
 
     def __init__(self, status: int, problems: list[Problem]) -> None:
         super().__init__(problems[0].message if problems else str(status))
@@ -51,11 +62,21 @@ def field_path(location: tuple[int | str, ...], prefix: str = "") -> str:
     return path or "body"
 
 
+def _problem(detail: Any, prefix: str) -> Problem:
+    rule, message = detail["type"], detail["msg"]
+    bound = detail.get("ctx", {}).get("le" if rule == "less_than_equal" else "ge")
+    if bound is not None and abs(bound) == FLOAT32_MAX:
+        rule = FLOAT32_RANGE
+        message = (
+            f"beyond float32's range (-{FLOAT32_MAX:.7g} to {FLOAT32_MAX:.7g}), the model's number type: "
+            "it would reach the model as an infinity"
+        )
+    return Problem(field_path(detail["loc"], prefix), rule, message)
+
+
 def request_error_of(error: ValidationError, prefix: str = "") -> RequestError:
-    details = error.errors(include_url=False, include_input=False, include_context=False)
-    problems = [
-        Problem(field_path(detail["loc"], prefix), detail["type"], detail["msg"]) for detail in details
-    ]
+    details = error.errors(include_url=False, include_input=False)
+    problems = [_problem(detail, prefix) for detail in details]
     if len(problems) > MAX_PROBLEMS:
         hidden = len(problems) - MAX_PROBLEMS
         problems = [*problems[:MAX_PROBLEMS], Problem("body", "too_many_problems", f"and {hidden} more")]
@@ -68,8 +89,13 @@ def _feature_type(column: Any) -> Any:
     if isinstance(column, CategoricalColumn):
         value_type: Any = Literal[tuple(column.categories)]
     else:
+        low = -FLOAT32_MAX if column.min is None else max(column.min, -FLOAT32_MAX)
+        high = FLOAT32_MAX if column.max is None else min(column.max, FLOAT32_MAX)
+        # Without it, a client generated from the schema (or /docs' "Try it out") would offer the
+        # float32 bound itself as the example: a value no model answers sensibly.
+        example = None if column.min is not None and column.max is not None else [min(max(0.0, low), high)]
         # JSON's NaN and Infinity tokens parse to floats; allow_inf_nan=False refuses them here.
-        value_type = Annotated[float, Field(ge=column.min, le=column.max, allow_inf_nan=False)]
+        value_type = Annotated[float, Field(ge=low, le=high, allow_inf_nan=False, examples=example)]
     return NotRequired[value_type | None] if column.nullable else value_type
 
 
@@ -80,6 +106,19 @@ def _record_type(contract: DataContract) -> Any:
     # The functional TypedDict form is the only one that takes field names known at run time.
     typed_dict: Any = TypedDict
     return with_config(config)(typed_dict(f"{contract.model}_record", fields))
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request's validated records, whether it was a batch, and where its records sit in the body."""
+
+    records: list[Record]
+    batch: bool
+    location: str  # "records", "instances", "dataframe_split.data", ...; "" for a body that is one record
+
+    def field_of(self, index: int) -> str:
+        """The field naming one record, as a validation error names it: `records[3]`, or `body`."""
+        return f"{self.location}[{index}]" if self.location else "body"
 
 
 @dataclass(frozen=True)
@@ -103,21 +142,55 @@ class RequestSchemas:
         record = TypeAdapter(record_type)
         return cls(record, TypeAdapter(batch), TypeAdapter(many), max_batch, record.json_schema())
 
-    def decode_predict_body(self, body: bytes) -> tuple[list[Record], bool]:
+    def decode_predict_body(self, body: bytes) -> Decoded:
         """The records of a predict body, and whether it was a batch; validated straight from the bytes
         (pydantic's own JSON parser), so errors name the exact field."""
         try:
             if _BATCH_BODY.match(body):
-                return self.batch.validate_json(body)["records"], True
-            return [self.record.validate_json(body)], False
+                return Decoded(self.batch.validate_json(body)["records"], True, "records")
+            return Decoded([self.record.validate_json(body)], False, "")
         except ValidationError as error:
             raise request_error_of(error) from None
 
+    def decode_predict_body_in_parts(self, body: bytes) -> Decoded:
+        """decode_predict_body for a large body, in a worker thread: parsed by orjson, then validated
+        CHUNK_RECORDS at a time, so that the thread lets go of the interpreter lock for the event loop
+        between parts rather than holding it for the whole batch (pydantic's JSON validation of 10,000
+        records is one call of tens of ms). Whatever is not a well-formed batch of valid records (a NaN
+        token orjson refuses, a wrong shape, an invalid value) is decoded again by decode_predict_body,
+        for the very same answer."""
+        if _BATCH_BODY.match(body):
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                payload = None
+            if type(payload) is dict and payload.keys() == {"records"}:
+                records = self._valid_in_parts(payload["records"])
+                if records is not None:
+                    return Decoded(records, True, "records")
+        return self.decode_predict_body(body)
+
     def validate_records(self, records: Any, prefix: str) -> list[Record]:
+        validated = self._valid_in_parts(records)
+        if validated is not None:
+            return validated
         try:
             return self.records.validate_python(records)
         except ValidationError as error:
             raise request_error_of(error, prefix) from None
+
+    def _valid_in_parts(self, records: Any) -> list[Record] | None:
+        """The records validated CHUNK_RECORDS at a time; None unless every record is valid (the whole
+        list is then validated at once, for errors that name each record by its own index)."""
+        if type(records) is not list or not 0 < len(records) <= self.max_batch:
+            return None
+        validated: list[Record] = []
+        try:
+            for start in range(0, len(records), CHUNK_RECORDS):
+                validated += self.records.validate_python(records[start : start + CHUNK_RECORDS])
+        except ValidationError:
+            return None
+        return validated
 
 
 _cache: dict[tuple[str, str, int], RequestSchemas] = {}

@@ -45,8 +45,23 @@ class ServingSettings(BaseSettings):
     capture_flush_seconds: float = Field(
         default=10, gt=0, description="write captured records at least this often (EC2)"
     )
-    capture_max_queued_records: int = Field(
-        default=20_000, ge=1, description="captured records waiting to be written, at most; more are dropped"
+    capture_max_queued_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="bytes of captured requests waiting to be written, at most; more are dropped and counted",
+    )
+    offload_body_bytes: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description="a prediction whose body is larger is answered in a worker thread, off the event loop",
+    )
+    predict_threads: int = Field(
+        default=2, ge=1, description="worker threads answering the predictions over offload_body_bytes"
+    )
+    request_budget_seconds: float = Field(
+        default=5,
+        gt=0,
+        description="a prediction answered in a worker thread gets this long, from its arrival, or a 503",
     )
     host: str = "0.0.0.0"  # noqa: S104  # the server must answer on the instance's interfaces
     port: int = Field(default=8080, gt=0, lt=65536)

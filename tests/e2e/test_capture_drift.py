@@ -81,17 +81,21 @@ def test_captured_traffic_feeds_the_scheduled_drift_report(
     one = api.post(f"/models/{model}/predict", json=records[0], headers={"x-request-id": f"req-{unique}"})
     assert one.status_code == 200
 
-    # THEN every record, with its prediction and version, reaches the capture bucket on its own
+    # THEN every request, with its records' predictions and version, reaches the capture bucket on
+    # its own: a line per request, its id once
     def all_captured() -> list[dict[str, Any]] | None:
         found = _captured(chain, model)
-        return found if len(found) >= len(records) + 1 else None
+        return found if sum(len(line["inputs"]) for line in found) >= len(records) + 1 else None
 
     captured = eventually(all_captured, 60, what="1,001 captured records")
-    assert len(captured) == 1001
+    assert sorted(len(line["inputs"]) for line in captured) == [1, 250, 250, 250, 250]
     assert {line["version"] for line in captured} == {version}
     (single,) = [line for line in captured if line["request_id"] == f"req-{unique}"]
-    assert (single["input"], single["prediction"]) == (records[0], one.json()["prediction"])
-    assert single["probabilities"] == pytest.approx(one.json()["probabilities"])
+    assert (single["inputs"], single["predictions"]) == ([records[0]], [one.json()["prediction"]])
+    (probabilities,) = single["probabilities"]
+    assert dict(zip(single["classes"], probabilities, strict=True)) == pytest.approx(
+        one.json()["probabilities"]
+    )
 
     # AND the same app on Lambda has written its capture by the time it answers (no thread to wait for)
     lambda_api = f"{local_cloud.endpoint_url}/_aws/execute-api/{chain.outputs['ServingApiId']}/Prod"
@@ -106,7 +110,7 @@ def test_captured_traffic_feeds_the_scheduled_drift_report(
 
     via_lambda = eventually(answered_by_lambda, 60, what="the Lambda API answering")
     (from_lambda,) = [line for line in _captured(chain, model) if line["request_id"] == f"lambda-{unique}"]
-    assert from_lambda["prediction"] == via_lambda.json()["prediction"]
+    assert from_lambda["predictions"] == [via_lambda.json()["prediction"]]
 
     # WHEN the drift function runs as its schedule runs it (EventBridge's scheduled event)
     client = local_cloud.session.client(

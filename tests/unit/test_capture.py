@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from common.contracts import DataContract
+from serving import capture as capture_module
 from serving import lambda_handler
 from serving.app import create_app
 from serving.capture import CaptureWriter
@@ -80,7 +81,9 @@ def captured(aws_credentials: None) -> Iterator[Captured]:
 def _metric(client: TestClient, name: str, **labels: str) -> float:
     wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith(f"{name}{{" if labels else f"{name} ") and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no {name}{{{wanted}}} in /metrics")
 
@@ -101,21 +104,71 @@ def test_a_sampled_request_is_written_with_its_prediction_version_and_request_id
     assert captured.keys() == []
     written = client.app.state.capture.flush()  # type: ignore[attr-defined]
 
-    # ...and a flush writes one gzip JSON Lines object under the model's hour, a line per record
+    # ...and a flush writes one gzip JSON Lines object under the model's hour, a line per request
     assert written == 3
     (key,) = captured.keys()
     assert key.startswith("iris/capture/20") and key.endswith(".jsonl.gz")
     assert len(key.split("/")) == 7  # iris/capture/yyyy/mm/dd/hh/<uuid>.jsonl.gz
-    first, second, third = captured.lines()
-    assert first["input"] == IRIS_RECORD
+    first, second = captured.lines()
+    assert first["inputs"] == [IRIS_RECORD]
     assert (first["model"], first["version"], first["request_id"]) == ("iris", "3", "req-1")
-    assert first["prediction"] == single.json()["prediction"]
-    assert first["probabilities"] == pytest.approx(single.json()["probabilities"])
+    assert first["predictions"] == [single.json()["prediction"]]
+    assert first["classes"] == ["setosa", "versicolor", "virginica"]
+    (probabilities,) = first["probabilities"]
+    assert dict(zip(first["classes"], probabilities, strict=True)) == pytest.approx(
+        single.json()["probabilities"]
+    )
     assert first["time"].endswith("+00:00") and first["time"][:4] == key.split("/")[2]
-    # a batch's records share their request's id, one generated when the client sends none
-    assert second["request_id"] == third["request_id"] != "req-1"
-    assert [second["prediction"], third["prediction"]] == batch.json()["predictions"]
+    # a batch is one line: its request id (one generated when the client sends none) is written once
+    assert second["request_id"] != "req-1" and len(second["inputs"]) == 2
+    assert second["predictions"] == batch.json()["predictions"]
     assert _metric(client, "arrival_capture_records_total", model="iris", outcome="written") == 3
+
+
+def test_a_batchs_request_id_is_written_once_not_on_every_record(captured: Captured) -> None:
+    # GIVEN a long request id on a batch of 40 records
+    client = captured.app()
+    request_id = "r" * 8192
+
+    client.post(
+        "/models/iris/predict", json={"records": [IRIS_RECORD] * 40}, headers={"x-request-id": request_id}
+    )
+    client.app.state.capture.flush()  # type: ignore[attr-defined]
+
+    # THEN the capture holds the id once: one line, about the size of the records and the id
+    (line,) = captured.lines()
+    assert line["request_id"] == request_id and len(line["inputs"]) == 40
+    (key,) = captured.keys()
+    text = gzip.decompress(captured.s3.get_object(Bucket=CAPTURE_BUCKET, Key=key)["Body"].read())
+    assert text.count(request_id.encode()) == 1
+
+
+def test_serialisation_happens_off_the_request_path(
+    captured: Captured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a record of the threads that turn captures into JSON
+    serialising_threads: list[str] = []
+    real = capture_module.capture_line
+
+    def spy(*arguments: Any) -> bytes:
+        serialising_threads.append(threading.current_thread().name)
+        return real(*arguments)
+
+    monkeypatch.setattr(capture_module, "capture_line", spy)
+    client = captured.app()
+
+    # WHEN a request and a large batch are answered (the batch in a worker thread)
+    client.post("/models/iris/predict", json=IRIS_RECORD)
+    client.post("/models/iris/predict", json={"records": [IRIS_RECORD] * 45})
+
+    # THEN neither request serialised its capture: the writer (here, this test's flush) does
+    assert serialising_threads == []
+    threading.current_thread().name = "the-writer"
+    try:
+        assert client.app.state.capture.flush() == 46  # type: ignore[attr-defined]
+    finally:
+        threading.current_thread().name = "MainThread"
+    assert serialising_threads == ["the-writer", "the-writer"]
 
 
 def test_the_contracts_rate_applies_unless_the_server_sets_one(captured: Captured) -> None:
@@ -143,8 +196,10 @@ def test_the_servers_rate_overrides_the_contracts(captured: Captured) -> None:
         assert client.post("/models/house-prices/predict", json=HOUSE_RECORD).status_code == 200
 
     assert client.app.state.capture.flush() == 5  # type: ignore[attr-defined]
-    assert {line["input"]["district"] for line in captured.lines()} == {"north"}
-    assert all(line["input"]["heating"] is None and "probabilities" not in line for line in captured.lines())
+    inputs = [record for line in captured.lines() for record in line["inputs"]]
+    assert len(inputs) == 5 and {record["district"] for record in inputs} == {"north"}
+    assert all(record["heating"] is None for record in inputs)
+    assert all("probabilities" not in line and "classes" not in line for line in captured.lines())
 
 
 def test_without_a_bucket_nothing_is_captured(captured: Captured) -> None:
@@ -155,8 +210,10 @@ def test_without_a_bucket_nothing_is_captured(captured: Captured) -> None:
 
 
 def test_a_full_queue_drops_samples_and_counts_them_without_failing_a_request(captured: Captured) -> None:
-    # GIVEN room for three records waiting
-    client = captured.app(capture_max_queued_records=3)
+    # GIVEN room for three and a half single-record requests, as estimated until serialised (the body,
+    # the generated request id, the answers)
+    one = capture_module.estimated_size(len(json.dumps(IRIS_RECORD)) + len("0123456789ab-1"), 1, 3)
+    client = captured.app(capture_max_queued_bytes=3 * one + one // 2)
 
     # WHEN five single-record requests are sampled before any write
     statuses = [client.post("/models/iris/predict", json=IRIS_RECORD).status_code for _ in range(5)]
@@ -164,9 +221,26 @@ def test_a_full_queue_drops_samples_and_counts_them_without_failing_a_request(ca
     # THEN every request was answered, three records wait and two were dropped and counted
     assert statuses == [200] * 5
     assert _metric(client, "arrival_capture_records_total", model="iris", outcome="dropped") == 2
+    assert 0 < _metric(client, "arrival_capture_queued_bytes") <= 3 * one + one // 2
     assert client.app.state.capture.flush() == 3  # type: ignore[attr-defined]
     # AND once written, there is room again
+    assert _metric(client, "arrival_capture_queued_bytes") == 0
     assert client.post("/models/iris/predict", json=IRIS_RECORD).status_code == 200
+    assert client.app.state.capture.flush() == 1  # type: ignore[attr-defined]
+
+
+def test_the_queue_is_bounded_in_bytes_not_records(captured: Captured) -> None:
+    # GIVEN room for 64 kB of captures
+    client = captured.app(capture_max_queued_bytes=64_000)
+
+    # WHEN one request of 40 records with a 60 kB request id is sampled, then one small request
+    long_id = {"x-request-id": "r" * 60_000}
+    batch = client.post("/models/iris/predict", json={"records": [IRIS_RECORD] * 40}, headers=long_id)
+    single = client.post("/models/iris/predict", json=IRIS_RECORD)
+
+    # THEN both were answered; the big one, 40 records, did not fit and was dropped and counted
+    assert batch.status_code == single.status_code == 200
+    assert _metric(client, "arrival_capture_records_total", model="iris", outcome="dropped") == 40
     assert client.app.state.capture.flush() == 1  # type: ignore[attr-defined]
 
 
@@ -210,9 +284,9 @@ def test_the_servers_thread_writes_on_its_own_and_the_rest_at_shutdown(captured:
 
 def test_offer_is_a_no_op_when_capture_is_off() -> None:
     writer = CaptureWriter(
-        None, rate=None, batch_records=1, flush_seconds=1, max_queued_records=1, registry=CollectorRegistry()
+        None, rate=None, batch_records=1, flush_seconds=1, max_queued_bytes=1, registry=CollectorRegistry()
     )
-    writer.offer(None, [IRIS_RECORD], None, None)  # type: ignore[arg-type]  # not even looked at
+    writer.offer(None, [IRIS_RECORD], None, None, 1)  # type: ignore[arg-type]  # not even looked at
     writer.start()
     assert writer._thread is None
     assert writer.flush() == 0
@@ -240,7 +314,7 @@ def test_a_lambda_invocation_writes_what_it_sampled_before_it_returns(
     # THEN the capture is in S3 as the invocation returns: no thread was left to write it later
     assert response["statusCode"] == 200
     (line,) = lambda_deployed.lines()
-    assert line["prediction"] == json.loads(response["body"])["prediction"]
+    assert line["predictions"] == [json.loads(response["body"])["prediction"]]
     assert "capture-writer" not in {thread.name for thread in threading.enumerate()} - threads_before
     # AND an invocation that samples nothing writes nothing
     lambda_handler.handler({**event, "path": "/health", "httpMethod": "GET", "body": None}, lambda_context)

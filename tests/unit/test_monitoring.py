@@ -57,12 +57,20 @@ class Stack:
         listed = self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
         return sorted(entry["Key"] for entry in listed)
 
-    def capture(self, model: str, frame: pd.DataFrame, at: datetime, version: str = "3") -> None:
-        """Records as serving writes them (tests/unit/test_capture.py checks serving's side)."""
-        lines = [
-            json.dumps({"time": at.isoformat(), "model": model, "version": version, "input": record})
-            for record in frame[FEATURES].to_dict("records")
-        ]
+    def capture(
+        self, model: str, frame: pd.DataFrame, at: datetime, version: str = "3", *, per_record: bool = False
+    ) -> None:
+        """Records as serving writes them, a line per request of 10 records (tests/unit/test_capture.py
+        checks serving's side); `per_record`: a line per record, as servers wrote them before."""
+        records = frame[FEATURES].to_dict("records")
+        head = {"time": at.isoformat(), "model": model, "version": version, "request_id": "r"}
+        if per_record:
+            lines = [json.dumps({**head, "input": record}) for record in records]
+        else:
+            lines = [
+                json.dumps({**head, "inputs": records[start : start + 10], "predictions": ["setosa"] * 10})
+                for start in range(0, len(records), 10)
+            ]
         key = f"{capture_hour_prefix(model, at)}{at:%M%S}-{len(lines)}.jsonl.gz"
         self.s3.put_object(Bucket=CAPTURE_BUCKET, Key=key, Body=gzip.compress("\n".join(lines).encode()))
 
@@ -131,6 +139,18 @@ def test_unshifted_traffic_is_reported_without_an_event(stack: Stack) -> None:
     assert (outcome.status, outcome.drifted_columns) == ("no_drift", [])
     assert stack.json("iris/drift/latest.json")["drifted"] is False
     assert stack.published == []
+
+
+def test_captures_a_line_per_record_as_earlier_servers_wrote_them_are_read_beside_the_new_ones(
+    stack: Stack,
+) -> None:
+    # GIVEN a day's window holding both formats: an older server's, then an upgraded one's
+    stack.capture("iris", _shifted(150, seed=9), NOW - timedelta(hours=3), per_record=True)
+    stack.capture("iris", _shifted(150, seed=10), NOW - timedelta(hours=1))
+
+    (outcome,) = report_live_drift(_settings(), now=NOW)
+
+    assert (outcome.status, outcome.rows) == ("drifted", 300)
 
 
 def test_traffic_outside_the_window_is_left_out_and_too_little_gives_no_report(stack: Stack) -> None:

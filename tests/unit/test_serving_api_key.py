@@ -39,6 +39,7 @@ PROTECTED = [
     ("GET", "/metrics", None),
     ("GET", "/openapi.json", None),
     ("GET", "/docs", None),
+    ("GET", "/docs/swagger-ui-bundle.js", None),
 ]
 WRONG_KEYS = {
     "missing": None,
