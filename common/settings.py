@@ -164,8 +164,8 @@ class SweepSettings(BaseSettings):
     ingest_queue_url: str = Field(validation_alias="INGEST_QUEUE_URL")
     # Longer than a notification takes to reach ingest, so the sweep does not race a live one.
     grace_seconds: float = Field(default=30.0, ge=0, validation_alias="SWEEP_GRACE_SECONDS")
-    # Each pass looks this far behind where the last one ended: a version's LastModified can precede
-    # the moment it can be listed (S3's system-metadata docs date a multipart upload by its start).
+    # Each pass looks this far behind where the last one ended: a margin for a version whose
+    # LastModified comes before the moment it can be listed (a long upload's).
     lookback_seconds: float = Field(default=86_400.0, ge=0, validation_alias="SWEEP_LOOKBACK_SECONDS")
     max_versions_per_run: int = Field(default=100_000, ge=1, validation_alias="SWEEP_MAX_VERSIONS_PER_RUN")
 
