@@ -15,8 +15,9 @@ import pytest
 from botocore.config import Config
 
 from common.layout import outcome_key
+from localcloud.deploy import load_template
 from tests import datasets
-from tests.conftest import TEST_STACK_PARAMETERS
+from tests.conftest import PROJECT_ROOT, TEST_STACK_PARAMETERS
 from tests.e2e.conftest import Pipeline
 from tests.helpers import eventually
 
@@ -24,7 +25,12 @@ pytestmark = pytest.mark.e2e
 
 SCHEDULED_EVENT = Path(__file__).resolve().parents[2] / "events" / "sweep_schedule.json"
 DROPPED = TEST_STACK_PARAMETERS["TestDropNotificationsPrefix"]
-GRACE = float(TEST_STACK_PARAMETERS.get("SweepGraceSeconds", 30))
+GRACE = float(
+    TEST_STACK_PARAMETERS.get(
+        "SweepGraceSeconds",
+        load_template(PROJECT_ROOT / "template.yaml")["Parameters"]["SweepGraceSeconds"]["Default"],
+    )
+)
 INTERVAL = 60 * float(TEST_STACK_PARAMETERS["SweepIntervalMinutes"])
 
 
@@ -32,9 +38,10 @@ def _markers(pipeline: Pipeline, key: str, version_id: str) -> list[dict[str, An
     """Every marker the version has had, oldest first (the processed bucket keeps their versions)."""
     bucket, marker = pipeline.outputs["ProcessedBucketName"], outcome_key(key, version_id)
     versions = pipeline.s3.list_object_versions(Bucket=bucket, Prefix=marker).get("Versions", [])
+    # S3 lists a key's versions newest first (their LastModified has whole seconds only).
     return [
         json.loads(pipeline.s3.get_object(Bucket=bucket, Key=marker, VersionId=v["VersionId"])["Body"].read())
-        for v in sorted(versions, key=lambda v: v["LastModified"])
+        for v in reversed(versions)
         if v["Key"] == marker
     ]
 
@@ -69,7 +76,7 @@ def test_a_file_whose_notification_was_lost_is_found_by_the_sweep_and_accepted(
         swept.append(result)
         return _markers(pipeline, lost_key, lost)
 
-    eventually(sweep, GRACE + INTERVAL + 60, interval=2, what="the sweep to re-queue the lost file")
+    eventually(sweep, GRACE + INTERVAL + 60, interval=3, what="the sweep to re-queue the lost file")
 
     # THEN the lost file is accepted, that very version, as any file
     accepted = pipeline.wait_accepted(lost_model, 1)
@@ -95,4 +102,6 @@ def test_the_sweep_runs_on_the_interval_the_stack_was_given(pipeline: Pipeline) 
     (rule,) = events.list_rule_names_by_target(TargetArn=function["Configuration"]["FunctionArn"])[
         "RuleNames"
     ]
+    # The test stacks' SweepIntervalMinutes is 1, which EventBridge wants in the singular.
+    assert TEST_STACK_PARAMETERS["SweepIntervalMinutes"] == "1"
     assert events.describe_rule(Name=rule)["ScheduleExpression"] == "rate(1 minute)"
