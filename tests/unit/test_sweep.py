@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 import pytest
 
@@ -345,3 +347,21 @@ def test_the_handler_runs_a_pass_on_the_scheduled_event(
 
     # Just landed: inside the grace period, nothing to send yet
     assert (result["status"], result["listed"], result["requeued"]) == ("finished", 1, [])
+
+
+def test_the_requeued_notification_sample_is_what_the_sweep_sends() -> None:
+    # events/ serves `sam local invoke IngestFunction -e` as well: it must not drift from the code
+    record = load_event("ingest_sqs_s3_object_requeued")["Records"][0]
+    body = json.loads(record["body"])
+    (s3_record,) = body["Records"]
+    stored = s3_record["s3"]["object"]
+    version = s3.ObjectVersion(
+        key=unquote_plus(stored["key"]),
+        version_id=stored["versionId"],
+        etag=stored["eTag"],
+        size=stored["size"],
+        last_modified=datetime.fromisoformat(s3_record["eventTime"]).timestamp(),
+    )
+
+    assert sweep.notification_for(s3_record["s3"]["bucket"]["name"], version) == body
+    assert record["messageAttributes"][sweep.REQUEUED_BY_ATTRIBUTE]["stringValue"] == sweep.REQUEUED_BY
