@@ -88,7 +88,8 @@ def test_a_file_whose_notification_was_lost_is_found_by_the_sweep_and_accepted(
         statuses = [marker["status"] for marker in _markers(pipeline, lost_key, lost)]
         return statuses if len(statuses) > 1 else None
 
-    assert eventually(outcome_recorded, 30, what="the lost file's outcome") == ["requeued", "accepted"]
+    marks = eventually(outcome_recorded, 30, what="the lost file's outcome")
+    assert marks == ["requeued", "accepted"], (marks, swept)
     # AND the file whose notification came was left to it: ingest marked it received, then accepted
     assert [marker["status"] for marker in _markers(pipeline, heard_key, heard)] == ["received", "accepted"]
     assert heard_key not in {entry["key"] for result in swept for entry in result.get("requeued", [])}
