@@ -12,10 +12,12 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from common import outcomes, sweep
-from common.adapters import s3
+from common.adapters import s3, sqs
 from common.layout import SWEEP_STATE_KEY, outcome_key
 from common.outcomes import Outcome, RawObject
 from common.settings import get_sweep_settings
@@ -33,7 +35,8 @@ PROCESSED = "unit-processed"
 
 @dataclass
 class Sweep:
-    stack: FakeStack
+    s3: Any
+    sqs: Any
     ingest_queue: str
 
     def run(self, now: float) -> SweepReport:
@@ -41,44 +44,67 @@ class Sweep:
 
     def landed_at(self, key: str, version_id: str) -> float:
         """The version's LastModified, as the sweep reads it off the listing."""
-        versions = self.stack.s3.list_object_versions(Bucket=RAW, Prefix=key)["Versions"]
+        versions = self.s3.list_object_versions(Bucket=RAW, Prefix=key)["Versions"]
         (found,) = [entry for entry in versions if entry["VersionId"] == version_id]
         return float(found["LastModified"].timestamp())
 
     def upload(self, key: str, body: bytes) -> tuple[str, float]:
         """A version whose notification never reaches ingest: its id, and when it landed."""
-        version: str = self.stack.s3.put_object(Bucket=RAW, Key=key, Body=body)["VersionId"]
+        version: str = self.s3.put_object(Bucket=RAW, Key=key, Body=body)["VersionId"]
         return version, self.landed_at(key, version)
 
     def sent(self) -> list[dict[str, Any]]:
         """What reached the ingest queue (taken off it)."""
-        messages = self.stack.sqs.receive_message(
+        messages = self.sqs.receive_message(
             QueueUrl=self.ingest_queue, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
         ).get("Messages", [])
         for message in messages:
-            self.stack.sqs.delete_message(QueueUrl=self.ingest_queue, ReceiptHandle=message["ReceiptHandle"])
+            self.sqs.delete_message(QueueUrl=self.ingest_queue, ReceiptHandle=message["ReceiptHandle"])
         return list(messages)
 
     def marker(self, key: str, version_id: str) -> dict[str, Any] | None:
         try:
-            body = self.stack.s3.get_object(Bucket=PROCESSED, Key=outcome_key(key, version_id))["Body"]
-        except self.stack.s3.exceptions.NoSuchKey:
+            body = self.s3.get_object(Bucket=PROCESSED, Key=outcome_key(key, version_id))["Body"]
+        except self.s3.exceptions.NoSuchKey:
             return None
         found: dict[str, Any] = json.loads(body.read())
         return found
 
 
-@pytest.fixture
-def swept(stack: FakeStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sweep]:
-    queue: str = stack.sqs.create_queue(QueueName="ingest")["QueueUrl"]
+def _sweep_of(s3_client: Any, sqs_client: Any, monkeypatch: pytest.MonkeyPatch) -> Sweep:
+    queue: str = sqs_client.create_queue(QueueName="ingest")["QueueUrl"]
     for name, value in {
+        "ARRIVAL_STACK_NAME": "unit",
         "RAW_BUCKET": RAW,
+        "PROCESSED_BUCKET": PROCESSED,
         "INGEST_QUEUE_URL": queue,
         "SWEEP_GRACE_SECONDS": str(GRACE),
     }.items():
         monkeypatch.setenv(name, value)
     get_sweep_settings.cache_clear()
-    yield Sweep(stack, queue)
+    return Sweep(s3_client, sqs_client, queue)
+
+
+@pytest.fixture
+def swept(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sweep]:
+    """The raw and processed buckets and the ingest queue, in moto: what the sweep touches."""
+    s3.s3_client.cache_clear()
+    sqs.sqs_client.cache_clear()
+    with mock_aws():
+        s3_client = boto3.client("s3")
+        for bucket in (RAW, PROCESSED):
+            s3_client.create_bucket(Bucket=bucket)
+        s3_client.put_bucket_versioning(Bucket=RAW, VersioningConfiguration={"Status": "Enabled"})
+        yield _sweep_of(s3_client, boto3.client("sqs"), monkeypatch)
+    s3.s3_client.cache_clear()
+    sqs.sqs_client.cache_clear()
+    get_sweep_settings.cache_clear()
+
+
+@pytest.fixture
+def with_ingest(stack: FakeStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Sweep, FakeStack]]:
+    """The same, within the whole stack the ingest handler needs (slower to make: EC2 in moto)."""
+    yield _sweep_of(stack.s3, stack.sqs, monkeypatch), stack
     get_sweep_settings.cache_clear()
 
 
@@ -128,8 +154,9 @@ def test_a_file_whose_notification_never_came_is_sent_to_ingest_as_s3_would_have
     ],
 )
 def test_what_the_sweep_sends_gets_the_file_the_outcome_ingest_gives_any_file(
-    swept: Sweep, lambda_context: FakeLambdaContext, key: str, outcome: Outcome
+    with_ingest: tuple[Sweep, FakeStack], lambda_context: FakeLambdaContext, key: str, outcome: Outcome
 ) -> None:
+    swept, stack = with_ingest
     version, landed = swept.upload(key, _csv())
     swept.run(now=landed + GRACE + 1)
     (message,) = swept.sent()
@@ -140,23 +167,24 @@ def test_what_the_sweep_sends_gets_the_file_the_outcome_ingest_gives_any_file(
     marker = swept.marker(key, version)
     assert marker is not None and marker["status"] == outcome.value
     if outcome is Outcome.accepted:
-        accepted = swept.stack.accepted("iris")
+        accepted = stack.accepted("iris")
         assert accepted is not None
         [entry] = accepted["datasets"]
         assert (entry["source"]["key"], entry["source"]["version_id"]) == (key, version)
 
 
 def test_a_file_whose_notification_came_is_left_alone_even_while_ingest_retries_it(
-    swept: Sweep, lambda_context: FakeLambdaContext
+    with_ingest: tuple[Sweep, FakeStack], lambda_context: FakeLambdaContext
 ) -> None:
+    swept, stack = with_ingest
     # GIVEN one file ingest accepted, and one it keeps failing on (its model's contract is broken)
-    handle_ingest.handler(_upload(swept.stack, "iris/a.csv", _csv()), lambda_context)
-    swept.stack.s3.put_object(Bucket="unit-config", Key="contracts/broken.yaml", Body=b"model: [broken")
-    failing = _upload(swept.stack, "broken/b.csv", _csv(seed=1))
+    handle_ingest.handler(_upload(stack, "iris/a.csv", _csv()), lambda_context)
+    stack.s3.put_object(Bucket="unit-config", Key="contracts/broken.yaml", Body=b"model: [broken")
+    failing = _upload(stack, "broken/b.csv", _csv(seed=1))
     assert handle_ingest.handler(failing, lambda_context)["batchItemFailures"]
 
     # WHEN a pass runs well after both landed
-    versions = swept.stack.s3.list_object_versions(Bucket=RAW)["Versions"]
+    versions = stack.s3.list_object_versions(Bucket=RAW)["Versions"]
     latest = max(entry["LastModified"].timestamp() for entry in versions)
     report = swept.run(now=latest + GRACE + 1)
 
@@ -221,7 +249,7 @@ def test_every_version_of_an_overwritten_key_is_swept(swept: Sweep) -> None:
 def test_a_pass_waits_while_notifications_still_wait_in_the_ingest_queue(swept: Sweep) -> None:
     # GIVEN a notification waiting in the ingest queue (ingest is behind)
     _, landed = swept.upload("iris/a.csv", _csv())
-    swept.stack.sqs.send_message(QueueUrl=swept.ingest_queue, MessageBody="{}")
+    swept.sqs.send_message(QueueUrl=swept.ingest_queue, MessageBody="{}")
 
     # THEN a pass does not start: what waits there is late, not lost
     report = swept.run(now=landed + GRACE + 1)
@@ -251,7 +279,7 @@ def test_a_run_stops_at_its_limit_and_the_next_goes_on_from_there(
     assert [len(r.requeued) for r in reports] == [2, 2, 1]
     keys = {json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"] for m in swept.sent() + swept.sent()}
     assert keys == {f"iris/{n}.csv" for n in range(5)}
-    state = json.loads(swept.stack.s3.get_object(Bucket=PROCESSED, Key=SWEEP_STATE_KEY)["Body"].read())
+    state = json.loads(swept.s3.get_object(Bucket=PROCESSED, Key=SWEEP_STATE_KEY)["Body"].read())
     assert state["pass_started_at"] is None and state["checked_through"] == now - GRACE
 
 
@@ -289,7 +317,7 @@ def test_a_run_while_another_holds_the_sweep_does_nothing(swept: Sweep) -> None:
 def test_a_run_that_died_holding_the_sweep_lets_go_when_its_time_is_up(swept: Sweep) -> None:
     _, landed = swept.upload("iris/a.csv", _csv())
     now = landed + GRACE + 1
-    swept.stack.s3.put_object(
+    swept.s3.put_object(
         Bucket=PROCESSED,
         Key=SWEEP_STATE_KEY,
         Body=json.dumps({"checked_through": now - 600, "held_until": now + 100}).encode(),
@@ -311,9 +339,10 @@ def test_a_first_pass_looks_back_one_lookback_and_no_further(
 
 
 def test_a_redelivered_accepted_file_stays_accepted_on_record(
-    swept: Sweep, lambda_context: FakeLambdaContext
+    with_ingest: tuple[Sweep, FakeStack], lambda_context: FakeLambdaContext
 ) -> None:
-    event = _upload(swept.stack, "iris/a.csv", _csv())
+    swept, stack = with_ingest
+    event = _upload(stack, "iris/a.csv", _csv())
     handle_ingest.handler(event, lambda_context)
     handle_ingest.handler(event, lambda_context)  # ingest finds it a duplicate of itself
 
