@@ -116,7 +116,13 @@ TRAINER_CONTROL_SOURCES := handlers/__init__.py common/__init__.py common/layout
 	common/adapters/functions.py common/adapters/s3.py common/adapters/sqs.py
 RECONCILE_SOURCES := $(TRAINER_CONTROL_SOURCES) handlers/handle_reconcile.py
 INGEST_SOURCES := $(TRAINER_CONTROL_SOURCES) handlers/handle_ingest.py common/contracts.py common/ingest.py \
-	common/tabular.py common/validation.py common/adapters/events.py common/adapters/idempotency.py
+	common/outcomes.py common/tabular.py common/validation.py common/adapters/events.py \
+	common/adapters/idempotency.py
+# The sweep lists the raw bucket, looks up ingest's markers and sends notifications: the AWS SDK and
+# powertools, from the reconciler's group.
+SWEEP_SOURCES := handlers/__init__.py handlers/handle_sweep.py common/__init__.py common/layout.py \
+	common/observability.py common/outcomes.py common/settings.py common/sweep.py common/adapters/__init__.py \
+	common/adapters/s3.py common/adapters/sqs.py
 # The notifier formats events and publishes them to SNS: the reconciler's group (AWS SDK, powertools,
 # pydantic-settings) is all it needs, so the two share one set of pinned packages.
 NOTIFY_SOURCES := handlers/__init__.py handlers/handle_notify.py common/__init__.py common/observability.py \
@@ -165,6 +171,9 @@ build-IngestFunction:
 
 build-ReconcileFunction:
 	$(call lambda_package,$(RECONCILE_SOURCES),reconcile)
+
+build-SweepFunction:
+	$(call lambda_package,$(SWEEP_SOURCES),reconcile)
 
 build-ServingFunction:
 	$(call lambda_package,$(SERVING_SOURCES),serving)

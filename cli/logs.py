@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from cli.operations import OperationError, outputs_of
 from common.adapters.logs import LogLine, NoLogGroupError, lines_since
 
-SOURCES = ("ingest", "reconcile", "serving", "trainer", "batch", "notify", "drift")
+SOURCES = ("ingest", "reconcile", "serving", "trainer", "batch", "notify", "drift", "sweep")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 FOLLOW_POLL_SECONDS = 1.0
@@ -41,6 +41,8 @@ def log_groups(source: str | None, stack_name: str) -> dict[str, list[str]]:
         "batch": [f"/aws/lambda/{outputs['BatchFunctionName']}"],
         "notify": [f"/aws/lambda/{outputs['NotifyFunctionName']}"],
         "drift": [f"/aws/lambda/{outputs['DriftFunctionName']}"],
+        # A stack deployed before the sweep has none, and so no lines of it.
+        "sweep": [f"/aws/lambda/{name}"] if (name := outputs.get("SweepFunctionName")) else [],
     }
     return {name: groups[name] for name in ([source] if source else SOURCES)}
 

@@ -515,7 +515,7 @@ def logs(
     source: Annotated[
         str | None,
         typer.Argument(
-            help="ingest, reconcile, serving, trainer, batch, notify or drift; all of them if left out"
+            help="ingest, reconcile, serving, trainer, batch, notify, drift or sweep; all of them if left out"
         ),
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -21,29 +20,16 @@ from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idemp
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from common import tabular
+from common import outcomes, tabular
 from common.adapters import events, s3, sqs
 from common.adapters.idempotency import S3PersistenceLayer
 from common.contracts import MODEL_NAME, DataContract, DataFormat, data_format_of, parse_contract
 from common.layout import accepted_list_hash, accepted_list_key, contract_key
 from common.observability import logger
+from common.outcomes import Outcome, Pending, RawObject
 from common.reconcile import request_trainer
 from common.settings import PipelineSettings, get_pipeline_settings
 from common.validation import DatasetRejectedError, Rule, reject, validate
-
-
-class Outcome(StrEnum):
-    accepted = "accepted"
-    duplicate = "duplicate"
-    quarantined = "quarantined"
-    ignored = "ignored"
-
-
-@dataclass(frozen=True)
-class RawObject:
-    bucket: str
-    key: str  # already URL-decoded
-    version_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -355,8 +341,22 @@ def _accept(
 
 
 def ingest_object(raw: RawObject) -> IngestResult:
-    started_at = time.time()
+    """Judge one version of a raw object, and record what became of it where the sweep looks
+    (common/outcomes.py): `received` first, so a file ingest is still retrying is not taken for one
+    whose notification was lost, then its outcome. A failure leaves it `received`: its notification
+    is retried, then dead-lettered with its reason."""
     settings = get_pipeline_settings()
+    if not raw.key.endswith("/") and data_format_of(raw.key) is not None:
+        outcomes.mark_pending(settings.processed_bucket, raw, Pending.received)
+    result = _judge(settings, raw)
+    outcomes.record_outcome(
+        settings.processed_bucket, raw, result.outcome, detail=result.detail, model=result.model
+    )
+    return result
+
+
+def _judge(settings: PipelineSettings, raw: RawObject) -> IngestResult:
+    started_at = time.time()
     if raw.key.endswith("/"):
         logger.info("ignored a folder marker", extra={"key": raw.key})
         return IngestResult(Outcome.ignored, raw.key, detail="folder marker")

@@ -38,6 +38,22 @@ def trainer_heartbeat_key(instance_id: str) -> str:
     return f"{TRAINER_HEARTBEAT_PREFIX}{instance_id}.json"
 
 
+OUTCOME_PREFIX = "_arrival/outcomes/"
+
+
+def outcome_key(raw_key: str, version_id: str | None) -> str:
+    """In the processed bucket: what became of one version of a raw object (common/outcomes.py).
+    Named by the SHA-256 of the raw key, which may take all of S3's 1,024 bytes, and by the version
+    id (`null`, as S3 names it, for an object stored before versioning)."""
+    digest = hashlib.sha256(raw_key.encode()).hexdigest()
+    return f"{OUTCOME_PREFIX}{digest}/{version_id or 'null'}.json"
+
+
+SWEEP_STATE_KEY = "_arrival/sweep/state.json"
+"""In the processed bucket: how far the sweep has checked the raw bucket, and which run holds it
+(common/sweep.py)."""
+
+
 CAPTURE_SEGMENT = "capture"
 
 

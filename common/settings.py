@@ -151,3 +151,25 @@ class MonitoringSettings(BaseSettings):
 @cache
 def get_monitoring_settings() -> MonitoringSettings:
     return MonitoringSettings()  # type: ignore[call-arg]  # filled from the environment
+
+
+class SweepSettings(BaseSettings):
+    """What the sweep function reads (template.yaml: SweepFunction and Globals)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False)
+
+    stack_name: str = Field(validation_alias="ARRIVAL_STACK_NAME")
+    raw_bucket: str = Field(validation_alias="RAW_BUCKET")
+    processed_bucket: str = Field(validation_alias="PROCESSED_BUCKET")
+    ingest_queue_url: str = Field(validation_alias="INGEST_QUEUE_URL")
+    # Longer than a notification takes to reach ingest, so the sweep does not race a live one.
+    grace_seconds: float = Field(default=30.0, ge=0, validation_alias="SWEEP_GRACE_SECONDS")
+    # Each pass looks this far behind where the last one ended: a margin for a version whose
+    # LastModified comes before the moment it can be listed (a long upload's).
+    lookback_seconds: float = Field(default=86_400.0, ge=0, validation_alias="SWEEP_LOOKBACK_SECONDS")
+    max_versions_per_run: int = Field(default=100_000, ge=1, validation_alias="SWEEP_MAX_VERSIONS_PER_RUN")
+
+
+@cache
+def get_sweep_settings() -> SweepSettings:
+    return SweepSettings()  # type: ignore[call-arg]  # filled from the environment

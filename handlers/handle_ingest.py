@@ -11,8 +11,9 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes import S3Event, SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.ingest import RawObject, dead_letter_if_last_delivery, ingest_object, prepare_invocation
+from common.ingest import dead_letter_if_last_delivery, ingest_object, prepare_invocation
 from common.observability import logger, metrics, tracer
+from common.outcomes import RawObject
 
 
 def ingest_record(record: SQSRecord) -> None:

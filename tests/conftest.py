@@ -48,6 +48,10 @@ TEST_STACK_PARAMETERS = {
     "IngestMaxReceiveCount": "2",
     # The local cloud's SQS reports every 10 s (localcloud/emulator.py): an alarm fires in seconds.
     "AlarmPeriodSeconds": "10",
+    # Notifications of keys under this prefix are deleted before ingest sees them: files whose
+    # notification was lost, for the sweep to find (tests/e2e/test_sweep.py). No other test uses it.
+    "TestDropNotificationsPrefix": "lost-",
+    "SweepIntervalMinutes": "1",
 }
 # The stack whose trainers really run: a frozen one is found out in seconds (a heartbeat every 2 s).
 # (The ingest stacks' trainers are records that never beat; they keep the template's defaults.)

@@ -91,6 +91,18 @@ def find_object(bucket: str, key: str, version_id: str | None = None) -> ObjectI
         raise
 
 
+def exists(bucket: str, key: str) -> bool:
+    """Whether the object exists (a HEAD). Without s3:ListBucket on the bucket, AWS answers a missing
+    object with 403, which is raised, not taken for "missing"."""
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if _is_missing(error):
+            return False
+        raise
+    return True
+
+
 def download(info: ObjectInfo, destination: Path) -> None:
     extra = {"VersionId": info.version_id} if info.version_id else None
     # The transfer manager starts with a HEAD (of that version), whose refusal says only "403".
@@ -209,3 +221,39 @@ def list_objects(bucket: str, prefix: str) -> list[tuple[str, str]]:
     """The key and ETag of every object under prefix: one ListObjectsV2 call per 1,000 keys."""
     pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return [(entry["Key"], entry["ETag"].strip('"')) for page in pages for entry in page.get("Contents", [])]
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    key: str
+    version_id: str  # "null" for an object stored before the bucket was versioned
+    etag: str
+    size: int
+    last_modified: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class VersionPage:
+    versions: list[ObjectVersion]  # delete markers left out
+    # Where the next page starts (ListObjectVersions' key and version-id markers); None after the last.
+    next_marker: tuple[str, str] | None
+
+
+def list_versions(bucket: str, after: tuple[str, str] | None, max_keys: int = 1000) -> VersionPage:
+    """One page of every version of every object, in key order (a key's versions newest first),
+    starting after `after`: a caller can stop between pages and continue later from the marker."""
+    markers = {"KeyMarker": after[0], "VersionIdMarker": after[1]} if after else {}
+    page = s3_client().list_object_versions(Bucket=bucket, MaxKeys=max_keys, **markers)  # type: ignore[arg-type]
+    versions = [
+        ObjectVersion(
+            key=entry["Key"],
+            version_id=entry["VersionId"],
+            etag=entry["ETag"].strip('"'),
+            size=entry["Size"],
+            last_modified=entry["LastModified"].timestamp(),
+        )
+        for entry in page.get("Versions", [])
+    ]
+    if not page.get("IsTruncated"):
+        return VersionPage(versions, None)
+    return VersionPage(versions, (page["NextKeyMarker"], page["NextVersionIdMarker"]))

@@ -40,6 +40,25 @@ def pending_messages(queue_url: str) -> int:
     )
 
 
+def waiting_messages(queue_url: str) -> int:
+    """Messages no consumer has taken yet (SQS's approximate count)."""
+    attributes = sqs_client().get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes.get("ApproximateNumberOfMessages", 0))
+
+
+def send_with_attributes(queue_url: str, body: str, attributes: dict[str, str]) -> str:
+    response = sqs_client().send_message(
+        QueueUrl=queue_url,
+        MessageBody=body,
+        MessageAttributes={
+            name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()
+        },
+    )
+    return response["MessageId"]
+
+
 def receive(
     queue_url: str, *, wait_seconds: int, visibility_seconds: int, max_messages: int = 10
 ) -> list[dict[str, Any]]:

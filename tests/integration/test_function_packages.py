@@ -25,6 +25,7 @@ FUNCTIONS = (
     "NotifyFunction",
     "DriftFunction",
     "BatchFunction",
+    "SweepFunction",
 )
 # Lambda's limit on a function's unzipped code and layers (262,144,000 bytes).
 LAMBDA_LIMIT_MIB = 250
@@ -174,6 +175,11 @@ def test_each_package_holds_its_own_libraries_only(package: tuple[str, Path]) ->
         "IngestFunction": ({"handlers", "common", "pandas", "fastparquet", "pandera"}, {"pyarrow"}),
         # The reconciler talks to EC2, S3, SQS and Lambda: no data library at all.
         "ReconcileFunction": (
+            {"handlers", "common", "aws_lambda_powertools", "pydantic_settings"},
+            {"pandas", "numpy", "fastparquet", "pandera", "yaml"},
+        ),
+        # The sweep lists S3 and sends to SQS: the reconciler's libraries, no data library.
+        "SweepFunction": (
             {"handlers", "common", "aws_lambda_powertools", "pydantic_settings"},
             {"pandas", "numpy", "fastparquet", "pandera", "yaml"},
         ),

@@ -75,7 +75,7 @@ def test_every_function_has_an_alarm_on_its_errors() -> None:
     watched = {
         alarm["Dimensions"][0]["Value"]["Ref"] for alarm in _alarms_on("AWS/Lambda", "Errors").values()
     }
-    assert watched == functions and len(functions) == 6
+    assert watched == functions and len(functions) == 7
 
 
 def test_serving_5xx_is_watched_on_the_api_by_its_name_and_on_the_instance_by_its_log() -> None:

@@ -18,6 +18,7 @@ from common.settings import (
     MonitoringSettings,
     NotifySettings,
     PipelineSettings,
+    SweepSettings,
     WorkerSettings,
 )
 from localcloud.settings import LocalCloudSettings
@@ -26,7 +27,7 @@ from serving.settings import ServingSettings
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 PAGES: dict[str, list[type[BaseSettings]]] = {
-    "ingest.md": [PipelineSettings],
+    "ingest.md": [PipelineSettings, SweepSettings],
     "training.md": [WorkerSettings],
     "serving.md": [ServingSettings],
     "batch.md": [BatchSettings],

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from common import ingest, tabular
+from common import ingest, outcomes, tabular
 from common.adapters import ec2, events, s3, sqs
 from common.settings import get_pipeline_settings
 from handlers import handle_ingest
@@ -219,12 +219,12 @@ def test_a_redelivery_and_a_renamed_copy_are_duplicates_without_conversion(
 
     # WHEN S3 delivers its event again, and the same bytes arrive under another name
     _fail_if_converted(monkeypatch)
-    again = ingest.ingest_object(ingest.RawObject(RAW, "iris/a.csv", first))
-    renamed = ingest.ingest_object(ingest.RawObject(RAW, "iris/copy.csv", copy))
+    again = ingest.ingest_object(outcomes.RawObject(RAW, "iris/a.csv", first))
+    renamed = ingest.ingest_object(outcomes.RawObject(RAW, "iris/copy.csv", copy))
 
     # THEN both are recognised as duplicates before any conversion
-    assert again.outcome is ingest.Outcome.duplicate
-    assert renamed.outcome is ingest.Outcome.duplicate
+    assert again.outcome is outcomes.Outcome.duplicate
+    assert renamed.outcome is outcomes.Outcome.duplicate
     assert again.content_hash == renamed.content_hash
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from common import ingest
+from common import ingest, outcomes
 from tests import datasets
 from tests.unit.test_handle_ingest import RAW, FakeStack, _upload
 from tests.unit.test_handle_ingest import stack as stack  # the fixture
@@ -15,9 +15,9 @@ def test_a_late_event_for_a_deleted_version_is_ignored_not_retried(stack: FakeSt
     version = stack.s3.list_object_versions(Bucket=RAW, Prefix="iris/gone.csv")["Versions"][0]["VersionId"]
     stack.s3.delete_object(Bucket=RAW, Key="iris/gone.csv", VersionId=version)
 
-    result = ingest.ingest_object(ingest.RawObject(RAW, "iris/gone.csv", version))
+    result = ingest.ingest_object(outcomes.RawObject(RAW, "iris/gone.csv", version))
 
-    assert result.outcome is ingest.Outcome.ignored
+    assert result.outcome is outcomes.Outcome.ignored
     assert "no longer exists" in result.detail
     assert stack.accepted("iris") is None
 
@@ -32,10 +32,10 @@ def test_an_old_versions_event_after_a_newer_one_judges_each_version_as_it_was(s
     ]
 
     # The newer version's event arrives first, then the older one's.
-    newer = ingest.ingest_object(ingest.RawObject(RAW, "iris/month.csv", versions[1]))
-    older = ingest.ingest_object(ingest.RawObject(RAW, "iris/month.csv", versions[0]))
+    newer = ingest.ingest_object(outcomes.RawObject(RAW, "iris/month.csv", versions[1]))
+    older = ingest.ingest_object(outcomes.RawObject(RAW, "iris/month.csv", versions[0]))
 
-    assert newer.outcome is older.outcome is ingest.Outcome.accepted
+    assert newer.outcome is older.outcome is outcomes.Outcome.accepted
     accepted = stack.accepted("iris")
     assert accepted is not None
     assert sorted(entry["rows"] for entry in accepted["datasets"]) == [50, 80]

@@ -47,6 +47,7 @@ FUNCTIONS = {
     "ServingFunction": ["serving.lambda_handler"],
     "BatchFunction": ["handlers.handle_batch"],
     "NotifyFunction": ["handlers.handle_notify"],
+    "SweepFunction": ["handlers.handle_sweep"],
 }
 PROJECT_PACKAGES = {"cli", "common", "handlers", "localcloud", "serving", "worker"}
 

@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from common.layout import accepted_list_key, contract_key, trainer_heartbeat_key
+from common.layout import (
+    SWEEP_STATE_KEY,
+    accepted_list_key,
+    contract_key,
+    outcome_key,
+    trainer_heartbeat_key,
+)
 from common.reconcile import LEASE_KEY
 from localcloud.deploy import load_template
 
@@ -390,8 +396,14 @@ def _noncurrent_days(bucket: str, key: str) -> int | None:
 
 @pytest.mark.parametrize(
     "key",
-    [LEASE_KEY, "_arrival/idempotency/iris#0a1b.json", trainer_heartbeat_key("i-0abc")],
-    ids=["leases", "idempotency", "heartbeats"],
+    [
+        LEASE_KEY,
+        "_arrival/idempotency/iris#0a1b.json",
+        trainer_heartbeat_key("i-0abc"),
+        outcome_key("iris/may.csv", "v1"),
+        SWEEP_STATE_KEY,
+    ],
+    ids=["leases", "idempotency", "heartbeats", "outcome-markers", "sweep-state"],
 )
 def test_bookkeeping_versions_do_not_pile_up(key: str) -> None:
     days = _noncurrent_days("ProcessedBucket", key)
@@ -506,6 +518,45 @@ def test_the_drift_functions_report_prefix_cannot_reach_a_bundle() -> None:
     # THEN an explicit deny keeps the function off every bundle and pointer
     assert _allows(denials, "s3:PutObject", bundle)
     assert _allows(denials, "s3:PutObject", "${ModelsBucket.Arn}/pointers/drift.json")
+
+
+MARKER = f"{PROCESSED}/{outcome_key('iris/may.csv', 'v1')}"
+SWEEP_NEEDS = [
+    ("s3:ListBucketVersions", "${RawBucket.Arn}"),
+    ("s3:GetObject", MARKER),
+    ("s3:PutObject", MARKER),
+    ("s3:GetObject", f"{PROCESSED}/{SWEEP_STATE_KEY}"),
+    ("s3:PutObject", f"{PROCESSED}/{SWEEP_STATE_KEY}"),
+    ("s3:ListBucket", PROCESSED),
+    ("sqs:SendMessage", "${IngestQueue.Arn}"),
+    ("sqs:GetQueueAttributes", "${IngestQueue.Arn}"),
+]
+
+
+@pytest.mark.parametrize(("action", "resource"), SWEEP_NEEDS)
+def test_the_sweep_may_do_what_it_does(action: str, resource: str) -> None:
+    assert _allows(_identity_statements("SweepFunction"), action, resource)
+
+
+@pytest.mark.parametrize(
+    ("action", "resource"),
+    [
+        # It sends notifications; it never reads, changes or ingests a file itself.
+        ("s3:GetObject", "${RawBucket.Arn}/iris/may.csv"),
+        ("s3:GetObjectVersion", "${RawBucket.Arn}/iris/may.csv"),
+        ("s3:PutObject", "${RawBucket.Arn}/iris/may.csv"),
+        ("s3:DeleteObjectVersion", "${RawBucket.Arn}/iris/may.csv"),
+        ("s3:PutObject", f"{PROCESSED}/{accepted_list_key('iris')}"),
+        ("s3:PutObject", f"{PROCESSED}/iris/data/0a1b.parquet"),
+        ("s3:PutObject", f"{PROCESSED}/_arrival/idempotency/iris#0a1b.json"),
+        ("sqs:SendMessage", "${TrainingQueue.Arn}"),
+        ("sqs:ReceiveMessage", "${IngestQueue.Arn}"),
+        ("sqs:DeleteMessage", "${IngestQueue.Arn}"),
+        ("lambda:InvokeFunction", "${IngestFunction.Arn}"),
+    ],
+)
+def test_the_sweep_cannot_read_change_or_ingest_files(action: str, resource: str) -> None:
+    assert not _allows(_identity_statements("SweepFunction"), action, resource)
 
 
 def test_captures_expire() -> None:
