@@ -212,6 +212,7 @@ def test_a_version_registered_by_a_trainer_that_died_before_the_gate_acted_is_fi
     assert version.tags["gate.decision"] == "promote"
     chain.mlflow.delete_registered_model_alias(model, "champion")
     chain.mlflow.delete_model_version_tag(model, version.version, "promotion")
+    chain.mlflow.delete_model_version_tag(model, version.version, "event.published")
     chain.mlflow.update_run(version.run_id, status="RUNNING")
     # ... and before it published the serving bundle or moved the serving pointer
     models_bucket = chain.outputs["ModelsBucketName"]

@@ -184,10 +184,11 @@ def test_each_package_holds_its_own_libraries_only(package: tuple[str, Path]) ->
             {"pandas", "numpy", "fastparquet", "pandera", "yaml"},
         ),
         "ServingFunction": ({"serving", "common", "onnxruntime", "numpy"}, {"pandas", "scipy", "handlers"}),
-        # Batch predictions: ingest's readers and serving's ONNX bundle, not the serving app.
+        # Batch predictions: ingest's readers and the ONNX bundle loader (common/bundle_loader.py),
+        # not the serving app.
         "BatchFunction": (
-            {"handlers", "common", "serving", "pandas", "fastparquet", "pandera", "onnxruntime"},
-            {"pyarrow", "scipy", "fastapi", "mangum"},
+            {"handlers", "common", "pandas", "fastparquet", "pandera", "onnxruntime"},
+            {"serving", "pyarrow", "scipy", "fastapi", "mangum"},
         ),
         # The notifier formats text and publishes to SNS: the AWS SDK and powertools, nothing more.
         "NotifyFunction": (
