@@ -44,12 +44,12 @@ from benchmarks.serving import (  # noqa: E402
     Load,
     contract_yaml,
     median,
+    point_serving_at,
     running,
     wide_frame,
     wrk,
 )
-from common.adapters import s3  # noqa: E402
-from common.bundles import Lineage, ServingPointer, bundle_manifest_key, pointer_key  # noqa: E402
+from common.bundles import Lineage  # noqa: E402
 from common.contracts import parse_contract  # noqa: E402
 from localcloud.processes import free_port  # noqa: E402
 
@@ -87,13 +87,7 @@ def publish_model(scratch: Path) -> list[dict[str, float]]:
     )
     manifest = serving_bundle.build_manifest(contract, "1", onnx, check, metrics, lineage)
     serving_bundle.publish_bundle(MODELS_BUCKET, manifest, onnx)
-    pointer = ServingPointer(
-        model=MODEL,
-        version="1",
-        manifest_key=bundle_manifest_key(MODEL, "1"),
-        promoted_at="2026-12-07T00:00:00Z",
-    )
-    s3.put_bytes(MODELS_BUCKET, pointer_key(MODEL), pointer.model_dump_json().encode())
+    point_serving_at(MODELS_BUCKET, MODEL, "1")
     records = [
         {key: float(value) for key, value in row.items()} for row in frame[FEATURES].to_dict("records")
     ]

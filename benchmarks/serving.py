@@ -161,6 +161,19 @@ def wide_frame(rows: int, seed: int) -> pd.DataFrame:
     return frame
 
 
+def point_serving_at(bucket: str, model: str, version: str, reason: str = "benchmark") -> None:
+    """A serving pointer as the champion's lifecycle writes it (common/champion.py), for servers
+    measured without a registry: serving reads nothing else of it."""
+    pointer = ServingPointer(
+        model=model,
+        version=version,
+        manifest_key=bundle_manifest_key(model, version),
+        promoted_at="2026-12-07T00:00:00Z",
+        reason=reason,
+    )
+    s3.put_bytes(bucket, pointer_key(model), pointer.model_dump_json().encode())
+
+
 @dataclass
 class Fitted:
     name: str
@@ -506,15 +519,7 @@ class Bench:
         """The trainer's promotion once the alias has moved: the pointer, then ModelPromoted on the bus.
         Returns the perf_counter moment just before the pointer moved."""
         started = time.perf_counter()
-        # The pointer as the champion's lifecycle writes it (common/champion.py), without a registry.
-        pointer = ServingPointer(
-            model=name,
-            version=version,
-            manifest_key=bundle_manifest_key(name, version),
-            promoted_at="2026-12-07T00:00:00Z",
-            reason="benchmark promotion",
-        )
-        s3.put_bytes(self.bucket, pointer_key(name), pointer.model_dump_json().encode())
+        point_serving_at(self.bucket, name, version, "benchmark promotion")
         if event:
             fitted = self.models[name]
             detail = {

@@ -46,6 +46,7 @@ from benchmarks.serving import (  # noqa: E402
     ROWS,
     contract_yaml,
     machine,
+    point_serving_at,
     running,
     wide_frame,
 )
@@ -89,7 +90,7 @@ def publish_models() -> list[dict[str, float]]:
         )
         manifest = serving_bundle.build_manifest(contract, "1", onnx, check, metrics, lineage)
         serving_bundle.publish_bundle(MODELS_BUCKET, manifest, onnx)
-        serving_bundle.move_pointer(MODELS_BUCKET, name, "1", "benchmark")
+        point_serving_at(MODELS_BUCKET, name, "1")
     return [{key: float(value) for key, value in row.items()} for row in frame[FEATURES].to_dict("records")]
 
 
