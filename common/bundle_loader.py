@@ -6,9 +6,11 @@ model's request schemas) and batch scoring (common/batch.py); it imports neither
 from __future__ import annotations
 
 import hashlib
+import json
 import operator
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -73,6 +75,20 @@ class Predictions:
         return Predictions(self.values[start:end], probabilities)
 
 
+# Rows a load runs to price one row's inference: enough that a run's fixed cost (tens of
+# microseconds) is a small part of it, few enough to cost a 100-tree forest about 2 ms, once a load.
+COST_SAMPLE_ROWS = 256
+
+
+@dataclass(frozen=True)
+class RowCost:
+    """What one record costs this model, measured at load: its ONNX run, and its JSON as a client
+    sends it. Serving prices a request's body with it (serving/app.py decides where to answer)."""
+
+    inference_seconds: float
+    request_bytes: float
+
+
 @dataclass(frozen=True)
 class LoadedBundle:
     pointer: ServingPointer
@@ -81,6 +97,8 @@ class LoadedBundle:
     output_names: list[str]
     build_inputs: InputBuilder
     class_names: tuple[str, ...] | None  # JSON keys of the probabilities; None for a regressor
+    # None until measured (load_bundle measures it); keyword-only, so subclasses add plain fields.
+    row_cost: RowCost | None = field(default=None, kw_only=True)
 
     @property
     def name(self) -> str:
@@ -154,7 +172,18 @@ def load_bundle(pointer: ServingPointer, manifest: BundleManifest, onnx_bytes: b
         class_names=tuple(str(name) for name in classes) if classifier else None,
     )
     _reproduce_check(model)
-    return model
+    return replace(model, row_cost=_row_cost(model))
+
+
+def _row_cost(model: LoadedBundle) -> RowCost:
+    records = model.manifest.check.records
+    sample = (records * (COST_SAMPLE_ROWS // len(records) + 1))[:COST_SAMPLE_ROWS]
+    started = time.perf_counter()
+    model.predict(sample)
+    seconds = (time.perf_counter() - started) / len(sample)
+    # ", " between records and the JSON's own spacing: an estimate, not a count.
+    request_bytes = sum(len(json.dumps(record, default=str)) + 2 for record in records) / len(records)
+    return RowCost(inference_seconds=seconds, request_bytes=request_bytes)
 
 
 def _check_inputs(session: Any, manifest: BundleManifest) -> None:

@@ -302,6 +302,25 @@ async def _answer_on_loop(model: LoadedModel, body: bytes, codec: Codec, request
 
 
 # /invocations' records are validated in parts by RequestSchemas.validate_records itself.
+# Validating a request costs about this per feature value (3.29 ms for 1,000 records of 20 features,
+# benchmarks/results/serving_batches.md), whatever the model.
+VALIDATE_SECONDS_PER_VALUE = 0.165e-6
+
+
+def estimated_seconds(model: LoadedModel, body_bytes: int) -> float:
+    """A body's answer, priced before it is read: its records (by the size of one, measured at load)
+    times validation and the model's own inference per row. A thread hop costs a batch 0.1 to 0.3 ms,
+    so a cheap model's batch (a linear model's 1,000 records: 3.5 ms) stays on the loop, and a forest's
+    goes to a worker, where its parts run on two cores. Unmeasured: priced as too long to hold the loop."""
+    cost = model.row_cost
+    if cost is None:
+        return float("inf")
+    rows = body_bytes / cost.request_bytes
+    return rows * (
+        VALIDATE_SECONDS_PER_VALUE * len(model.manifest.contract.features) + cost.inference_seconds
+    )
+
+
 PREDICT = Codec(read_predict, read_predict_in_parts, write_predict)
 INVOCATIONS = Codec(read_invocations, read_invocations, write_invocations)
 
@@ -330,7 +349,9 @@ async def _answer(request: Request, route: str, codec: Codec) -> Response:
     settings: ServingSettings = state.settings
     try:
         body = await read_json_body(request, settings.max_body_bytes)
-        if len(body) > settings.offload_body_bytes:
+        if len(body) > settings.offload_body_bytes and (
+            estimated_seconds(model, len(body)) > settings.offload_above_seconds
+        ):
             offloaded: Offloaded = state.offloaded
             job = partial(_answer_in_worker, model, body, codec, request, state.capture, offloaded.helpers)
             content = await offloaded.answer(job, started)

@@ -53,7 +53,15 @@ class ServingSettings(BaseSettings):
     offload_body_bytes: int = Field(
         default=16 * 1024,
         ge=0,
-        description="a prediction whose body is larger is answered in a worker thread, off the event loop",
+        description="a prediction whose body is larger may be answered in a worker thread, off the loop",
+    )
+    offload_above_seconds: float = Field(
+        default=0.006,
+        ge=0,
+        description=(
+            "a prediction over offload_body_bytes goes to a worker thread only when its estimated time "
+            "(validation and the model's own cost per row, measured at load) is longer"
+        ),
     )
     predict_threads: int = Field(
         default=2, ge=1, description="worker threads answering the predictions over offload_body_bytes"

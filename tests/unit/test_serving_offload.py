@@ -9,6 +9,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from common.bundle_loader import InputBuilder
+from common.bundle_loader import InputBuilder, RowCost
 from serving import app as serving_app
 from serving import main as serving_main
 from serving.capture import CaptureWriter
@@ -72,6 +73,7 @@ def build(**settings: Any) -> tuple[FastAPI, ModelStore]:
         "models_bucket": MODELS_BUCKET,
         "max_batch": 1000,
         "offload_body_bytes": OFFLOAD_BYTES,
+        "offload_above_seconds": 0,  # every body over OFFLOAD_BYTES, whatever the model's cost
         "poll_seconds": 60,
         **settings,
     }
@@ -120,6 +122,23 @@ def test_a_small_request_stays_on_the_event_loop(published: Any, monkeypatch: py
     assert TestClient(app).post("/models/iris/predict", json=IRIS_RECORD).status_code == 200
 
     assert not held.threads[-1].startswith("predict")
+
+
+def test_a_batch_goes_to_a_worker_by_its_models_cost_not_its_size_alone(published: Any) -> None:
+    # GIVEN the model as loaded: the load priced one of its rows
+    _, store = build()
+    loaded = store.models["iris"]
+    assert loaded.row_cost is not None
+    assert loaded.row_cost.inference_seconds > 0 and 20 < loaded.row_cost.request_bytes < 200
+
+    def priced(inference_seconds: float | None) -> float:
+        cost = None if inference_seconds is None else RowCost(inference_seconds, request_bytes=322)
+        return serving_app.estimated_seconds(replace(loaded, row_cost=cost), 322_000)
+
+    # THEN 1,000 records at a linear model's cost (0.17 us a row) stay on the loop, at a forest's
+    # (9.4 us a row) they go to a worker, as do those of a model never priced
+    limit = ServingSettings.model_fields["offload_above_seconds"].default
+    assert priced(0.17e-6) < limit < priced(9.4e-6) < priced(None)
 
 
 def test_a_large_batch_over_its_time_budget_is_a_503_with_a_problem_and_is_not_captured(
