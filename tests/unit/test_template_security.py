@@ -462,6 +462,21 @@ def test_the_batch_function_uses_no_compute_templates() -> None:
 CAPTURED = "${CaptureBucket.Arn}/iris/capture/2026/11/29/07/0a1b.jsonl.gz"
 
 
+def test_the_serving_instance_may_list_the_models_bucket_so_a_missing_bundle_is_a_404() -> None:
+    # On AWS a GET of a missing key is a 403 unless the caller may list the bucket itself (a request
+    # without s3:prefix): serving would take a bundle not yet there for one it may not read.
+    # (ServingFunction's SAM S3ReadPolicy lists the whole bucket.)
+    listing = [
+        statement
+        for statement in _granting(_identity_statements("ServingRole"), "s3:ListBucket")
+        if any(
+            fnmatch.fnmatchcase("${ModelsBucket.Arn}", _render(pattern))
+            for pattern in _listed(statement["Resource"])
+        )
+    ]
+    assert any("Condition" not in statement for statement in listing), listing
+
+
 @pytest.mark.parametrize("role", ["ServingRole", "ServingFunction"])
 def test_serving_may_only_add_captures(role: str) -> None:
     statements = _identity_statements(role)
