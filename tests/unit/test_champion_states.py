@@ -62,7 +62,7 @@ BUCKET = "lifecycle-models"
 MAX_VERSIONS = 6
 # CI runs this many examples every time (issue 19's target); ARRIVAL_LIFECYCLE_EXAMPLES runs more.
 EXAMPLES = int(os.environ.get("ARRIVAL_LIFECYCLE_EXAMPLES", "500"))
-REAL_EXAMPLES = int(os.environ.get("ARRIVAL_LIFECYCLE_REAL_EXAMPLES", "20"))
+REAL_EXAMPLES = int(os.environ.get("ARRIVAL_LIFECYCLE_REAL_EXAMPLES", "10"))
 
 
 # Where a step crashes: after its n-th write (every write of the lifecycle counts: the pointer, the
