@@ -60,11 +60,11 @@ def test_a_steady_stream_of_uploads_cannot_hold_training_past_the_longest_wait(
 def test_the_visibility_heartbeat_survives_failing_calls(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     queue_url = OUTPUTS["TrainingQueueUrl"]
     aws.send_message(QueueUrl=queue_url, MessageBody="{}")
-    held = aws.receive_message(QueueUrl=queue_url, VisibilityTimeout=3)["Messages"]
+    held = aws.receive_message(QueueUrl=queue_url, VisibilityTimeout=6)["Messages"]
     real_extend, calls = sqs.extend_visibility, []
 
-    # A beat every second on a 3 s lease: the first fails, the next renews the lease a second before
-    # it lapses (on a 2 s lease, a loaded machine once delayed that beat past its end).
+    # A beat every 2 s on a 6 s lease: the first fails, the next renews the lease 2 s before it lapses.
+    # (With 2/3 s or 1 s to spare, the suite's load once held the renewing call past the lease's end.)
     def flaky(queue: str, handle: str, seconds: int) -> None:
         calls.append(seconds)
         if len(calls) <= 1:
@@ -72,14 +72,14 @@ def test_the_visibility_heartbeat_survives_failing_calls(aws: Any, monkeypatch: 
         real_extend(queue, handle, seconds)
 
     monkeypatch.setattr(sqs, "extend_visibility", flaky)
-    with VisibilityHeartbeat(queue_url, held, seconds=3):
-        # Four beats take 4 s, past the first lease's end; the margin is for a loaded machine.
-        deadline = time.monotonic() + 15
+    with VisibilityHeartbeat(queue_url, held, seconds=6):
+        # Four beats take 8 s, past the first lease's end; the margin is for a loaded machine.
+        deadline = time.monotonic() + 30
         while len(calls) < 4:
             assert time.monotonic() < deadline, f"the heartbeat stopped after {len(calls)} beats"
             # The job stays leased all along: the beats after the failed ones renewed it in time.
             assert _visible(aws, queue_url) == [], f"the job was back after {len(calls)} beats"
-            time.sleep(0.05)
+            time.sleep(0.2)
 
 
 def test_other_models_jobs_stay_leased_while_one_model_trains(
