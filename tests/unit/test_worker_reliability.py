@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,7 +59,9 @@ def test_a_steady_stream_of_uploads_cannot_hold_training_past_the_longest_wait(
 
 
 def test_the_visibility_heartbeat_survives_failing_calls(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    queue_url = OUTPUTS["TrainingQueueUrl"]
+    # A queue of its own: in the full suite this test saw its renewed job come back on the shared
+    # "jobs" queue at the first lease's end (3 runs in 6, never alone), so nothing else may touch it.
+    queue_url = aws.create_queue(QueueName=f"heartbeat-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     aws.send_message(QueueUrl=queue_url, MessageBody="{}")
     held = aws.receive_message(QueueUrl=queue_url, VisibilityTimeout=6)["Messages"]
     real_extend, calls = sqs.extend_visibility, []
