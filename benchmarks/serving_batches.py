@@ -428,7 +428,8 @@ def write_results(
         *batch_rows,
         "",
         "Where a batch of 1,000's time goes, in process on this checkout's code (the CPU time of the thread, "
-        "median of 50; ms): validating the body (pydantic, from the JSON bytes), the records to one [N, 1] "
+        "median of 50; ms): validating the body (msgspec, from the JSON bytes, for a valid body), "
+        "the records to one [N, 1] "
         "tensor per feature, the ONNX run (one intra-op thread, as served), the answer's JSON (probabilities "
         "as one object per record), and the whole answer (`serving.app.answer_predict`, as on the loop); "
         "then the whole answer as a worker gives it (`serving.app._answer_in_worker`: validated in parts, "

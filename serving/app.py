@@ -302,15 +302,16 @@ async def _answer_on_loop(model: LoadedModel, body: bytes, codec: Codec, request
 
 
 # /invocations' records are validated in parts by RequestSchemas.validate_records itself.
-# Validating a request costs about this per feature value (3.29 ms for 1,000 records of 20 features,
-# benchmarks/results/serving_batches.md), whatever the model.
-VALIDATE_SECONDS_PER_VALUE = 0.165e-6
+# Validating a request on the loop costs about this per feature value (1.46 ms for 1,000 records of 20
+# features, msgspec's decoding and the records' dicts; benchmarks/results/serving_batches.md), whatever
+# the model.
+VALIDATE_SECONDS_PER_VALUE = 0.075e-6
 
 
 def estimated_seconds(model: LoadedModel, body_bytes: int) -> float:
     """A body's answer, priced before it is read: its records (by the size of one, measured at load)
     times validation and the model's own inference per row. A thread hop costs a batch 0.1 to 0.3 ms,
-    so a cheap model's batch (a linear model's 1,000 records: 3.5 ms) stays on the loop, and a forest's
+    so a cheap model's batch (a linear model's 1,000 records: about 2 ms) stays on the loop, and a forest's
     goes to a worker, where its parts run on two cores. Unmeasured: priced as too long to hold the loop."""
     cost = model.row_cost
     if cost is None:

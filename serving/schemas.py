@@ -3,6 +3,13 @@
 A record is a pydantic-validated TypedDict rather than a BaseModel: validation is about twice as fast
 (no instance per record) and a validated record is a plain dict, like the bundle's check records, so
 one input builder serves both.
+
+Two validators hold the same rules. pydantic owns them: it gives the JSON schema (OpenAPI, /docs) and
+errors that name every bad field. msgspec only accepts: a valid body is decoded by it 2.3x faster
+(1,000 records of 20 numbers: 1.46 ms with the dicts, against 3.32 ms; that is most of a linear model's
+server time). Whatever msgspec refuses is decided again by pydantic, so a refusal's answer is always
+pydantic's; tests/unit/test_request_schemas.py checks that msgspec accepts nothing pydantic refuses,
+and that what both accept decodes to the same records.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired
 
+import msgspec
 import numpy as np
 import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
@@ -108,6 +116,57 @@ def _record_type(contract: DataContract) -> Any:
     return with_config(config)(typed_dict(f"{contract.model}_record", fields))
 
 
+class _FastRecords:
+    """The contract's records as msgspec decodes them from JSON: the same rules as _record_type, as a
+    Struct (a TypedDict in msgspec would drop unknown keys rather than refuse them). Every method answers
+    None for anything it does not accept, for pydantic to decide. Only for JSON bytes, never for values
+    already parsed: msgspec has no rule against NaN, which Python's parser reads (/invocations) and
+    which passes any bound, while its JSON parser has no NaN token to read."""
+
+    def __init__(self, contract: DataContract, max_batch: int) -> None:
+        # A feature's name need not be an identifier: the Struct's fields are f0, f1... renamed to them.
+        fields = [
+            (f"f{index}", *self._field(contract.columns[name]))
+            for index, name in enumerate(contract.features)
+        ]
+        renamed = {f"f{index}": name for index, name in enumerate(contract.features)}
+        record: Any = msgspec.defstruct(
+            f"{contract.model}_fast_record", fields, forbid_unknown_fields=True, rename=renamed, kw_only=True
+        )
+        many = Annotated[list[record], msgspec.Meta(min_length=1, max_length=max_batch)]
+        batch: Any = msgspec.defstruct(
+            f"{contract.model}_fast_batch", [("records", many)], forbid_unknown_fields=True
+        )
+        self._record_decoder = msgspec.json.Decoder(record)
+        self._batch_decoder = msgspec.json.Decoder(batch)
+
+    @staticmethod
+    def _field(column: Any) -> tuple[Any] | tuple[Any, Any]:
+        if isinstance(column, CategoricalColumn):
+            value_type: Any = Literal[tuple(column.categories)]
+        else:
+            low = -FLOAT32_MAX if column.min is None else max(column.min, -FLOAT32_MAX)
+            high = FLOAT32_MAX if column.max is None else min(column.max, FLOAT32_MAX)
+            # msgspec's JSON parser has no NaN or Infinity tokens; the bounds refuse an overflow to inf.
+            value_type = Annotated[float, msgspec.Meta(ge=low, le=high)]
+        # UNSET, not None, for an absent value: the record then has no such key, as pydantic's has not.
+        return (value_type | None | msgspec.UnsetType, msgspec.UNSET) if column.nullable else (value_type,)
+
+    def batch(self, body: bytes) -> list[Record] | None:
+        try:
+            records: list[Record] = msgspec.to_builtins(self._batch_decoder.decode(body).records)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        return records
+
+    def record(self, body: bytes) -> Record | None:
+        try:
+            record: Record = msgspec.to_builtins(self._record_decoder.decode(body))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        return record
+
+
 @dataclass(frozen=True)
 class Decoded:
     """A request's validated records, whether it was a batch, and where its records sit in the body."""
@@ -130,6 +189,7 @@ class RequestSchemas:
     records: TypeAdapter[list[Record]]
     max_batch: int
     record_json_schema: dict[str, Any]
+    fast: _FastRecords
 
     @classmethod
     def of(cls, contract: DataContract, max_batch: int) -> RequestSchemas:
@@ -140,11 +200,20 @@ class RequestSchemas:
             batch_type(f"{contract.model}_batch", {"records": many})
         )
         record = TypeAdapter(record_type)
-        return cls(record, TypeAdapter(batch), TypeAdapter(many), max_batch, record.json_schema())
+        fast = _FastRecords(contract, max_batch)
+        return cls(record, TypeAdapter(batch), TypeAdapter(many), max_batch, record.json_schema(), fast)
 
     def decode_predict_body(self, body: bytes) -> Decoded:
         """The records of a predict body, and whether it was a batch; validated straight from the bytes
-        (pydantic's own JSON parser), so errors name the exact field."""
+        (msgspec's for a valid body, pydantic's for the rest), so errors name the exact field."""
+        if _BATCH_BODY.match(body):
+            records = self.fast.batch(body)
+            if records is not None:
+                return Decoded(records, True, "records")
+        else:
+            record = self.fast.record(body)
+            if record is not None:
+                return Decoded([record], False, "")
         try:
             if _BATCH_BODY.match(body):
                 return Decoded(self.batch.validate_json(body)["records"], True, "records")
