@@ -38,6 +38,32 @@ def _operator(settings: LocalCloudSettings) -> boto3.session.Session:
     )
 
 
+def _assumed(
+    cloud: LocalCloudSettings, role_name: str, statements: list[dict[str, Any]]
+) -> boto3.session.Session:
+    """A session of a new role holding these statements, assumed as a Lambda function assumes its role."""
+    operator, url = _operator(cloud), cloud.aws_endpoint_url
+    iam = operator.client("iam", endpoint_url=url)
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    role = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    policy = {"Version": "2012-10-17", "Statement": statements}
+    iam.put_role_policy(RoleName=role_name, PolicyName="data", PolicyDocument=json.dumps(policy))
+    credentials = operator.client("sts", endpoint_url=url).assume_role(
+        RoleArn=role["Arn"], RoleSessionName="test"
+    )["Credentials"]
+    return boto3.session.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        region_name=cloud.region,
+    )
+
+
 @pytest.fixture(scope="module")
 def role_session(cloud: LocalCloudSettings) -> boto3.session.Session:
     """A session of a role that may read and write `allowed/` in the bucket (not by version) and
@@ -53,35 +79,15 @@ def role_session(cloud: LocalCloudSettings) -> boto3.session.Session:
     allowed_queue_arn = sqs.get_queue_attributes(QueueUrl=allowed_queue, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
-    iam = operator.client("iam", endpoint_url=url)
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
-    }
-    role = iam.create_role(RoleName=ROLE, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject"],
-                "Resource": f"arn:aws:s3:::{BUCKET}/allowed/*",
-            },
-            {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": allowed_queue_arn},
-        ],
-    }
-    iam.put_role_policy(RoleName=ROLE, PolicyName="data", PolicyDocument=json.dumps(policy))
-    credentials = operator.client("sts", endpoint_url=url).assume_role(
-        RoleArn=role["Arn"], RoleSessionName="test"
-    )["Credentials"]
-    return boto3.session.Session(
-        aws_access_key_id=credentials["AccessKeyId"],
-        aws_secret_access_key=credentials["SecretAccessKey"],
-        aws_session_token=credentials["SessionToken"],
-        region_name=cloud.region,
-    )
+    statements: list[dict[str, Any]] = [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": f"arn:aws:s3:::{BUCKET}/allowed/*",
+        },
+        {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": allowed_queue_arn},
+    ]
+    return _assumed(cloud, ROLE, statements)
 
 
 def _refused(call: Any, **arguments: Any) -> dict[str, Any]:
@@ -108,6 +114,42 @@ def test_a_role_gets_what_its_policy_allows_and_access_denied_for_the_rest(
     # A GET by version id is s3:GetObjectVersion, which s3:GetObject does not cover (issue 17's hole)
     error = _refused(s3.get_object, Bucket=BUCKET, Key="allowed/a.csv", VersionId=put["VersionId"])
     assert "s3:GetObjectVersion" in error["Message"]
+
+
+def test_a_missing_key_is_a_403_without_list_bucket_and_a_404_with_it(
+    cloud: LocalCloudSettings, role_session: boto3.session.Session
+) -> None:
+    """AWS hides whether a key exists from a role that may not list the bucket: code that takes a 404 as
+    "missing" (a dedupe marker, a pointer not yet written) needs s3:ListBucket to see one."""
+    s3 = role_session.client("s3", endpoint_url=cloud.aws_endpoint_url)
+    error = _refused(s3.get_object, Bucket=BUCKET, Key="allowed/never-written.json")
+    assert error["Code"] == "AccessDenied" and "s3:ListBucket" in error["Message"]
+    assert "403, not 404" in error["Message"]
+    assert _refused(s3.head_object, Bucket=BUCKET, Key="allowed/never-written.json")["Code"] == "403"
+    s3.put_object(Bucket=BUCKET, Key="allowed/deleted.json", Body=b"{}")
+    # The role may not delete: the operator does, leaving a delete marker in the versioned bucket
+    _operator(cloud).client("s3", endpoint_url=cloud.aws_endpoint_url).delete_object(
+        Bucket=BUCKET, Key="allowed/deleted.json"
+    )
+    assert _refused(s3.get_object, Bucket=BUCKET, Key="allowed/deleted.json")["Code"] == "AccessDenied"
+
+    listing = _assumed(
+        cloud,
+        f"{ROLE}-lists",
+        [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/allowed/*"},
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{BUCKET}"},
+        ],
+    ).client("s3", endpoint_url=cloud.aws_endpoint_url)
+    with pytest.raises(ClientError) as missing:
+        listing.get_object(Bucket=BUCKET, Key="allowed/never-written.json")
+    assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+    with pytest.raises(ClientError) as missing:
+        listing.head_object(Bucket=BUCKET, Key="allowed/deleted.json")
+    assert missing.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    # Outside what it may read, a missing key is refused for the read itself, as on AWS
+    error = _refused(listing.get_object, Bucket=BUCKET, Key="elsewhere/never-written.json")
+    assert "s3:GetObject" in error["Message"]
 
 
 def test_sqs_is_checked_per_queue(cloud: LocalCloudSettings, role_session: boto3.session.Session) -> None:

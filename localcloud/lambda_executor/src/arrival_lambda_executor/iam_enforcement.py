@@ -7,6 +7,10 @@ setting). The operator's own credentials (`test`, or any key that no AssumeRole 
 unrestricted, like an administrator's, and so do LocalStack's internal calls (CloudFormation
 creating a stack's resources, a Lambda event source polling its queue).
 
+A GET or HEAD of a key that does not exist is refused with 403, not answered 404, unless the role may
+also s3:ListBucket the bucket: AWS then hides whether the key exists (its GetObject and HeadObject
+reference), so code that reads "missing" from a 404 must hold ListBucket to see one on AWS.
+
 Not covered yet, and so refused for an assumed role: any operation iam_requests.py does not map.
 Not checked at all: session policies, trust policies, resource-based policies (bucket and queue
 policies), permission boundaries and AWS managed policies.
@@ -29,7 +33,7 @@ from localstack.services.iam.models import iam_stores
 from localstack.services.sts.models import sts_stores
 from localstack.utils.aws.request_context import extract_access_key_id_from_auth_header
 
-from arrival_lambda_executor.iam_policy import Decision, evaluate
+from arrival_lambda_executor.iam_policy import Decision, Request, evaluate
 from arrival_lambda_executor.iam_requests import LaunchTemplateFacts, requests_for
 
 LOG = logging.getLogger(__name__)
@@ -119,11 +123,25 @@ class LocalStackState:
             instance_profile=profile.get("Arn") or profile.get("Name"),
         )
 
+    def object_missing(self, bucket: str, key: str) -> bool:
+        """Whether the bucket exists and has no current object at the key (none, or a delete marker)."""
+        from localstack.services.s3.models import S3DeleteMarker, s3_stores
+
+        found = s3_stores[self.account][self.region].buckets.get(bucket)
+        if found is None:
+            return False  # S3 itself answers NoSuchBucket
+        current = found.objects.get(key)
+        return current is None or isinstance(current, S3DeleteMarker)
+
     def profile_role_arn(self, profile: str) -> str | None:
         store = iam_stores[self.account][_GLOBAL_REGION]
         entity = store.INSTANCE_PROFILES.get(profile.rsplit("/", 1)[-1])
         role = store.ROLES.get(entity.role_name) if entity and entity.role_name else None
         return str(role.role["Arn"]) if role is not None else None
+
+
+# Without s3:ListBucket, AWS answers these 403 for a key that does not exist, so as not to tell.
+_READS_HIDING_MISSING_KEYS = frozenset({"GetObject", "HeadObject"})
 
 
 def _refusal(service: str, message: str) -> Exception:
@@ -149,14 +167,9 @@ def enforce_identity_policies(chain: HandlerChain, context: RequestContext, resp
     caller = session.arn
     if session.is_expired():
         raise CommonServiceException("ExpiredToken", "The security token included in the request is expired")
-    requests = requests_for(
-        service,
-        operation,
-        context.service_request or {},
-        context.account_id,
-        context.region,
-        LocalStackState(context.account_id, context.region),
-    )
+    state = LocalStackState(context.account_id, context.region)
+    params = context.service_request or {}
+    requests = requests_for(service, operation, params, context.account_id, context.region, state)
     if requests is None:
         LOG.warning("IAM enforcement: %s:%s is not mapped; refused for %s", service, operation, caller)
         raise _refusal(
@@ -165,6 +178,14 @@ def enforce_identity_policies(chain: HandlerChain, context: RequestContext, resp
             "cannot check this operation yet (arrival_lambda_executor/iam_requests.py), so it refuses it",
         )
     policies = _role_policies(session.account_id, caller.split("/")[1])
+    if (
+        service == "s3"
+        and operation in _READS_HIDING_MISSING_KEYS
+        and not params.get("VersionId")
+        and state.object_missing(params["Bucket"], params["Key"])
+    ):
+        # Checked after the read itself, so a read the role may not make is refused naming s3:GetObject.
+        requests = [*requests, Request("s3:ListBucket", f"arn:aws:s3:::{params['Bucket']}")]
     for request in requests:
         decision = evaluate(policies, request)
         if decision is Decision.ALLOWED:
@@ -174,6 +195,8 @@ def enforce_identity_policies(chain: HandlerChain, context: RequestContext, resp
             if decision is Decision.EXPLICIT_DENY
             else f"because no identity-based policy allows the {request.action} action"
         )
+        if request.action == "s3:ListBucket" and operation in _READS_HIDING_MISSING_KEYS:
+            why += ": the key does not exist, and without s3:ListBucket AWS answers 403, not 404"
         LOG.info("IAM enforcement: %s may not %s on %s", caller, request.action, request.resource)
         raise _refusal(
             service,
