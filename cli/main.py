@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from localcloud import control
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from common.contracts import DataContract
 from localcloud.settings import get_local_cloud_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -219,20 +224,20 @@ def contract_put(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="the contract, <model>.yaml")],
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
-    """Validate a contract and upload it to the stack's config bucket: the model is live, no redeploy."""
-    from pydantic import ValidationError
-
+    """Validate a contract and upload it to the stack's config bucket: the model is live, no redeploy.
+    A recipe the contract names (training.recipe) is checked here, then uploaded with it; a changed
+    recipe queues a training on the model's data."""
     from cli import operations
 
     try:
-        location = operations.put_contract(file, stack_name)
-    except ValidationError as error:
-        errors.print(f"[red]error:[/red] {file} is not a valid contract:\n{error}")
-        raise typer.Exit(1) from error
+        put = operations.put_contract(file, stack_name)
     except operations.OperationError as error:
-        errors.print(f"[red]error:[/red] {error}", soft_wrap=True)
-        raise typer.Exit(1) from error
-    console.print(f"contract uploaded to {location}")
+        raise _fail(error) from error
+    console.print(f"contract uploaded to {put.location}", highlight=False, soft_wrap=True)
+    if put.recipe_location:
+        console.print(f"recipe uploaded to {put.recipe_location}", highlight=False, soft_wrap=True)
+    if put.queued_training:
+        console.print("the recipe changed: a training on the model's data is queued", highlight=False)
 
 
 def _fail(error: Exception, code: int = 1) -> typer.Exit:
@@ -301,17 +306,48 @@ def contract_check(
 
     if not Path(contract).is_file():  # a model of the stack: its contract is in the cloud
         point_at_cloud(ctx.obj)
+    import pandas as pd
+
+    rows: list[pd.DataFrame] = []
     try:
         parsed = operations.contract_for_check(contract, stack_name)
-        report = operations.check_file(file, parsed)
+        # A local contract's recipe is fitted on the file too, as ingest would store its rows.
+        with_recipe = parsed.training.recipe is not None and Path(contract).is_file()
+        keep = (lambda processed: rows.append(pd.read_parquet(processed))) if with_recipe else None
+        report = operations.check_file(file, parsed, on_accepted=keep)
     except operations.OperationError as error:
         raise _fail(error) from error
     if report is None:
         console.print(f"{file}: would be accepted for model {parsed.model}", highlight=False)
+        if rows:
+            _check_recipe(rows[0], parsed, Path(contract))
         return
     _print_quarantine(report, "(below; nothing was uploaded)")
     typer.echo(json.dumps(report, indent=2))
     raise typer.Exit(EXIT_QUARANTINED)
+
+
+def _check_recipe(rows: pd.DataFrame, contract: DataContract, contract_path: Path) -> None:
+    """What the trainer would decide about the recipe's servability, fitted on this file here."""
+    from cli import operations
+
+    try:
+        trial = operations.try_recipe(rows, contract, contract_path)
+    except operations.OperationError as error:
+        raise _fail(error, EXIT_REJECTED) from error
+    scores = ", ".join(f"{name} {value:.4g}" for name, value in trial.metrics.items()) or "no holdout"
+    console.print(
+        f"the recipe {contract.training.recipe} fitted on {trial.train_rows} rows; on "
+        f"{trial.holdout_rows} held out: {scores}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if trial.not_servable is not None:
+        errors.print(
+            f"[red]not servable:[/red] {escape(trial.not_servable)}", soft_wrap=True, highlight=False
+        )
+        raise typer.Exit(EXIT_REJECTED)
+    console.print("servable: its ONNX export gives the pipeline's answers", highlight=False)
 
 
 @app.command()

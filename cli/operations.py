@@ -23,10 +23,13 @@ from pydantic import ValidationError
 from common.adapters import s3
 from common.adapters.stack import StackResources, stack_outputs
 from common.contracts import DataContract, data_format_of, parse_contract
-from common.layout import CONTRACT_PREFIX, accepted_list_key, contract_key
+from common.layout import CONTRACT_PREFIX, accepted_list_hash, accepted_list_key, contract_key, recipe_key
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from common.champion import RolledBack
+    from worker.recipes import Trial
     from worker.reproduce import Reproduction
 
 T = TypeVar("T")
@@ -53,10 +56,22 @@ def outputs_of(stack_name: str) -> dict[str, str]:
         ) from None
 
 
-def put_contract(path: Path, stack_name: str) -> str:
-    """Upload after validating, so a typo never reaches the pipeline. Returns the S3 address."""
-    text = path.read_bytes()
-    contract = parse_contract(text)
+@dataclass(frozen=True)
+class ContractPut:
+    location: str
+    recipe_location: str | None
+    queued_training: bool  # the recipe changed and the model has data: a training was queued
+
+
+def put_contract(path: Path, stack_name: str) -> ContractPut:
+    """Upload after validating, so a typo never reaches the pipeline; with the recipe it names, which
+    goes first, so that a contract naming a recipe always finds it. A changed recipe queues a training
+    on the model's data (if it has any): new code on the same data is a new version."""
+    from common.adapters import sqs
+    from worker import recipes
+
+    text = _read_file(path, "contract")
+    contract = _parsed(text, str(path))
     # Operators name the file after the prefix they upload data under; a contract declaring
     # another model would be filed, and its data listed, under that other name.
     name = path.name.removesuffix(".yaml").removesuffix(".yml")
@@ -65,10 +80,57 @@ def put_contract(path: Path, stack_name: str) -> str:
             f"{path} is named {name!r} but declares model {contract.model!r}; "
             f"rename the file to {contract.model}.yaml or declare model: {name}"
         )
-    bucket = outputs_of(stack_name)["ConfigBucketName"]
+    recipe = _checked_recipe(path, contract)
+    outputs = outputs_of(stack_name)
+    bucket = outputs["ConfigBucketName"]
+    recipe_location, queued = None, False
+    if recipe is not None:
+        key = recipe_key(contract.model)
+        before = s3.get_bytes(bucket, key)
+        s3.put_bytes(bucket, key, recipe, "text/x-python")
+        recipe_location = f"s3://{bucket}/{key}"
+        accepted = s3.get_bytes(outputs["ProcessedBucketName"], accepted_list_key(contract.model))
+        if (before is None or before[0] != recipe) and accepted is not None:
+            # The job names the model only; the trainer reads the contract and recipe it then finds.
+            # Its deduplication id is not the data list's alone, which a recent upload's job holds.
+            list_hash = accepted_list_hash(json.loads(accepted[0]))
+            sqs.send_fifo(
+                outputs["TrainingQueueUrl"],
+                {"model": contract.model},
+                group_id=contract.model,
+                deduplication_id=hashlib.sha256(
+                    f"{list_hash}:{recipes.recipe_hash(recipe)}".encode()
+                ).hexdigest(),
+            )
+            queued = True
     key = contract_key(contract.model)
     s3.put_bytes(bucket, key, text, "application/yaml")
-    return f"s3://{bucket}/{key}"
+    return ContractPut(f"s3://{bucket}/{key}", recipe_location, queued)
+
+
+def _recipe_path(contract_path: Path, contract: DataContract) -> Path | None:
+    return contract_path.parent / contract.training.recipe if contract.training.recipe else None
+
+
+def _checked_recipe(contract_path: Path, contract: DataContract) -> bytes | None:
+    """The recipe's bytes, once it has imported and built its pipeline here; None without one."""
+    from worker import recipes
+
+    path = _recipe_path(contract_path, contract)
+    if path is None:
+        return None
+    if not path.is_file():
+        raise OperationError(
+            f"{contract_path} names the recipe {contract.training.recipe}, but there is no file {path}; "
+            "the path is relative to the contract file"
+        )
+    try:
+        module = recipes.load(path)
+        assert module is not None  # a file the user wrote is never the built-in marker
+        recipes.build(module, dict(contract.training.params), path)
+    except recipes.RecipeError as error:
+        raise OperationError(f"the recipe {path} cannot be used: {error}") from None
+    return path.read_bytes()
 
 
 def reproduce(model: str, version: str, stack_name: str) -> Reproduction:
@@ -231,11 +293,17 @@ def contract_models(stack_name: str) -> list[str]:
 def _parsed(text: bytes, where: str) -> DataContract:
     try:
         return parse_contract(text)
-    except (yaml.YAMLError, ValidationError) as error:
-        first = str(error).splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
+    except yaml.YAMLError as error:
+        detail = " ".join(str(error).split())
+        raise OperationError(f"{where} is not valid YAML ({detail}); fix it, then check again") from None
+    except ValidationError as error:
+        problems = error.errors(include_url=False, include_input=False)
+        lines = "".join(
+            f"\n  {'.'.join(str(part) for part in problem['loc']) or 'contract'}: {problem['msg']}"
+            for problem in problems
+        )
         raise OperationError(
-            f"{where} is not a valid contract ({detail}); fix it, then check again"
+            f"{where} is not a valid contract, {len(problems)} problem(s):{lines}\nfix them, then check again"
         ) from None
 
 
@@ -267,7 +335,24 @@ def _hashes(path: Path) -> tuple[str, str]:
     return sha256.hexdigest(), md5.hexdigest()
 
 
-def check_file(path: Path, contract: DataContract) -> dict[str, Any] | None:
+def try_recipe(frame: pd.DataFrame, contract: DataContract, contract_path: Path) -> Trial:
+    """The contract's recipe fitted on a file's rows (as ingest stores them), as the trainer would."""
+    from worker import recipes
+
+    recipe = _recipe_path(contract_path, contract)
+    if recipe is not None and not recipe.is_file():
+        raise OperationError(
+            f"{contract_path} names the recipe {contract.training.recipe}, but there is no file {recipe}"
+        )
+    try:
+        return recipes.try_on(frame, contract, recipe)
+    except recipes.RecipeError as error:
+        raise OperationError(f"the trainer's job would fail: the recipe {error}") from None
+
+
+def check_file(
+    path: Path, contract: DataContract, on_accepted: Callable[[Path], None] | None = None
+) -> dict[str, Any] | None:
     """What ingest would decide about this file uploaded under `<model>/<its name>`: None if it would
     be accepted, else the report the quarantine would write (the same rules, run by common/ingest's
     own functions, in the same order; `source.bucket` and `quarantined_at` are null: nothing moved)."""
@@ -286,7 +371,10 @@ def check_file(path: Path, contract: DataContract) -> dict[str, Any] | None:
         tabular.check_inflated_size(path, data_format, contract.limits.max_file_bytes)
         source = ingest.DownloadedObject(info, data_format, path, content_hash)
         with tempfile.TemporaryDirectory(prefix="arrival-check-") as scratch:
-            ingest.convert(source, contract, Path(scratch) / "processed.parquet", tabular.CHUNK_ROWS)
+            processed = Path(scratch) / "processed.parquet"
+            ingest.convert(source, contract, processed, tabular.CHUNK_ROWS)
+            if on_accepted is not None:  # the rows as ingest would store them
+                on_accepted(processed)
     except DatasetRejectedError as rejected:
         return {
             "source": {"bucket": None, "key": key, "version_id": None, "etag": md5},

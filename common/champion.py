@@ -64,6 +64,9 @@ PUBLISHED = "event.published"
 # The contract's `training.approval` when the gate judged the version: a dead trainer's successor
 # finishes the decision under the mode it was made in, whatever the contract says by then.
 APPROVAL_MODE = "gate.approval"
+# A version's recipe (worker/recipes.py): its content hash, or BUILT_IN_RECIPE for the built-in one.
+RECIPE_HASH = "recipe_hash"
+BUILT_IN_RECIPE = "built-in"
 APPROVED_BY = "approved by "
 # The tag that marks each decision done, and the event that announces it. The first one a version
 # carries settles its state: a crash between tagging a person's decision and removing
@@ -478,14 +481,24 @@ class Champions:
         self._announce_decision(version.name, version.version, detail_type, detail)
 
     def settle_job(
-        self, model: str, list_hash: str, publish_bundle: Callable[[ModelVersion], None]
+        self,
+        model: str,
+        list_hash: str,
+        publish_bundle: Callable[[ModelVersion], None],
+        recipe: str = BUILT_IN_RECIPE,
     ) -> Settled | None:
-        """The version a run already made from this data list, if any (a repeated or redelivered
-        job). If its trainer died after registering it but before the decision was carried out (the
-        version carries the gate's decision in its tags), it is carried out now, publishing its
-        bundle first (`publish_bundle`) if a promotion needs one; if the decision was made but its
-        event never went out, the event is sent now."""
-        existing = self.registry.versions_with_tag(model, "accepted_list_hash", list_hash)
+        """The version a run already made from this data list with this recipe, if any (a repeated
+        or redelivered job; a new recipe on the same data is a new training). If its trainer died
+        after registering it but before the decision was carried out (the version carries the gate's
+        decision in its tags), it is carried out now, publishing its bundle first (`publish_bundle`)
+        if a promotion needs one; if the decision was made but its event never went out, the event
+        is sent now."""
+        existing = [
+            version
+            for version in self.registry.versions_with_tag(model, "accepted_list_hash", list_hash)
+            # A version from before recipes has no such tag: the built-in pipeline made it.
+            if version.tags.get(RECIPE_HASH, BUILT_IN_RECIPE) == recipe
+        ]
         if not existing:
             return None
         self.finish(model)  # a promotion committed before the crash is finished first

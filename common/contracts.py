@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, Self
 
 import yaml
@@ -46,6 +47,18 @@ class CategoricalColumn(_Frozen):
     categories: list[str] = Field(min_length=1)
     nullable: bool = False
 
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _no_yaml_booleans(cls, categories: Any) -> Any:
+        # YAML 1.1 reads an unquoted yes, no, on, off, true or false as a boolean: `[no, yes]` arrives
+        # as [False, True], and which spelling was meant is lost, so it is refused with the fix.
+        if isinstance(categories, list) and any(isinstance(value, bool) for value in categories):
+            raise ValueError(
+                f"categories {categories} hold booleans: YAML reads an unquoted yes, no, on, off, true or "
+                'false as one; quote each category, as in categories: ["no", "yes"]'
+            )
+        return categories
+
 
 Column = Annotated[NumericColumn | CategoricalColumn, Field(discriminator="type")]
 
@@ -71,10 +84,19 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
 }
 
 
+# The estimators the trainer builds without a recipe (worker/training.py's _FAMILIES; a unit test
+# keeps the two in step). Checked here so that `contract check` and `contract put` refuse a typo
+# before anything trains.
+FAMILIES = ("random_forest", "gradient_boosting", "linear", "lightgbm", "xgboost")
+
+
 class TrainingSettings(_Frozen):
     """How the trainer fits and judges this model (the training issue uses them)."""
 
     family: str = "random_forest"
+    # A team's own preprocessing and estimator: a .py file beside the contract, relative to it, that
+    # defines build_pipeline(params) (docs/training.md). `arrival contract put` uploads it too.
+    recipe: str | None = None
     metric: str = "f1_macro"
     # Left out, it is the metric's own (filled in before validation): a fixed default would maximise
     # an error such as rmse and promote ever worse models.
@@ -94,6 +116,38 @@ class TrainingSettings(_Frozen):
             if metric in METRIC_DIRECTIONS:
                 return {**data, "direction": METRIC_DIRECTIONS[metric]}
         return data
+
+    @field_validator("family")
+    @classmethod
+    def _family_is_known(cls, family: str) -> str:
+        if family not in FAMILIES:
+            raise ValueError(
+                f"unknown model family {family!r}; known: {', '.join(FAMILIES)}, or a recipe of your own "
+                "(training.recipe)"
+            )
+        return family
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_is_a_python_file_beside_the_contract(cls, recipe: str | None) -> str | None:
+        if recipe is None:
+            return None
+        path = PurePosixPath(recipe)
+        if path.suffix != ".py" or path.is_absolute() or ".." in path.parts:
+            raise ValueError(
+                f"training.recipe {recipe!r} must be a .py file given relative to the contract file, "
+                "inside its folder (no leading / and no ..)"
+            )
+        return recipe
+
+    @model_validator(mode="after")
+    def _a_recipe_builds_its_own_estimator(self) -> Self:
+        if self.recipe is not None and "family" in self.model_fields_set:
+            raise ValueError(
+                "training.family and training.recipe exclude each other: the recipe's build_pipeline "
+                "builds the estimator; drop family"
+            )
+        return self
 
     @field_validator("metric")
     @classmethod

@@ -16,6 +16,15 @@ def contract_key(model: str) -> str:
     return f"{CONTRACT_PREFIX}{model}.yaml"
 
 
+RECIPE_PREFIX = "recipes/"
+
+
+def recipe_key(model: str) -> str:
+    """In the config bucket: the recipe the model's contract names (training.recipe), uploaded with
+    it by `arrival contract put`. Only the operator writes here; the trainer reads, nothing else."""
+    return f"{RECIPE_PREFIX}{model}.py"
+
+
 def accepted_list_key(model: str) -> str:
     """In the processed bucket: every dataset accepted for the model, with its lineage."""
     return f"{model}/accepted.json"

@@ -15,7 +15,7 @@ from common.adapters import tracking
 from common.adapters.stack import StackResources
 from common.adapters.tracking import ModelVersion
 from common.bundles import Lineage
-from common.champion import Champions
+from common.champion import BUILT_IN_RECIPE, Champions
 from common.contracts import parse_contract
 from worker import serving_bundle
 
@@ -69,11 +69,14 @@ def publish_from_run(resources: StackResources, version: ModelVersion) -> None:
         )
 
 
-def finish_interrupted(model: str, list_hash: str, resources: StackResources) -> TrainingOutcome | None:
-    """The version a run already made from this data list, if any (a repeated or redelivered job),
-    with its decision carried out now if its trainer died before (common/champion.py)."""
+def finish_interrupted(
+    model: str, list_hash: str, resources: StackResources, recipe_hash: str = BUILT_IN_RECIPE
+) -> TrainingOutcome | None:
+    """The version a run already made from this data list and recipe, if any (a repeated or
+    redelivered job), with its decision carried out now if its trainer died before
+    (common/champion.py)."""
     settled = Champions.of_stack(resources).settle_job(
-        model, list_hash, lambda version: publish_from_run(resources, version)
+        model, list_hash, lambda version: publish_from_run(resources, version), recipe_hash
     )
     if settled is None:
         return None

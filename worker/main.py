@@ -300,7 +300,8 @@ class Trainer:
         return int(min(self.settings.retry_backoff_seconds * 2 ** (attempts - 1), 43_200))  # SQS's maximum
 
     def failed(self, model: str, messages: list[dict[str, Any]], error: Exception) -> None:
-        """Hand each job back for a later retry, or dead-letter it with its reason after the last try.
+        """Hand each job back for a later retry, or dead-letter it with its reason after the last try,
+        or at once when retrying cannot help (the recipe's own code raised).
         Nothing here may kill the worker: a job whose handling fails comes back when its lease lapses."""
         from common.adapters.tracking import refused_login
 
@@ -311,10 +312,12 @@ class Trainer:
                 f"MlflowLoginSecretArn (ARRIVAL_WORKER_MLFLOW_LOGIN_SECRET). {reason}"
             )
         trace = "".join(traceback.format_exception(error))[-2000:]
+        # A recipe's own code failing (worker/recipes.py) fails the same way on every retry.
+        deterministic = bool(getattr(error, "deterministic", False))
         for message in messages:
             attempts = int(message["Attributes"].get("ApproximateReceiveCount", "1"))
             try:
-                if attempts < self.settings.max_attempts:
+                if attempts < self.settings.max_attempts and not deterministic:
                     sqs.extend_visibility(
                         self.queue_url, message["ReceiptHandle"], self.retry_delay(attempts)
                     )

@@ -3,6 +3,8 @@ it predicts what scikit-learn predicts."""
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,15 @@ def to_onnx_bytes(model: Pipeline, contract: DataContract) -> bytes:
         for name in contract.features
     ]
     options = {id(model.steps[-1][1]): {"zipmap": False}} if contract.task is Task.classification else None
-    onnx_model = to_onnx(model, initial_types=inputs, options=options, target_opset=17)
+    opset: int | dict[str, int] = 17
+    # A pipeline holding a booster anywhere (a recipe may nest one) has had its library imported.
+    if "lightgbm" in sys.modules or "xgboost" in sys.modules:
+        from worker.boosting import register_converters
+
+        register_converters()
+        # The tree ensembles onnxmltools writes need ai.onnx.ml 3; the other families keep their bytes.
+        opset = {"": 17, "ai.onnx.ml": 3}
+    onnx_model = to_onnx(model, initial_types=inputs, options=options, target_opset=opset)
     # skl2onnx's order of the opset imports depends on what the process imported before (a stage
     # server's fork and a stage run alone differ); in a fixed order the same model gives the same
     # bytes, so DVC sees a rerun's output as unchanged.
@@ -93,6 +103,44 @@ REGRESSION_TOLERANCE = 1e-4
 # ones by far less, and a real preference by far more.
 TIE_MARGIN = 1e-5
 CHECK_ROWS = 20
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A fitted pipeline's ONNX export, checked: its bytes (empty if it did not convert), how far it
+    strays from scikit-learn, the bundle's check rows, and why it cannot serve, if it cannot."""
+
+    onnx_bytes: bytes
+    parity: dict[str, float]
+    check: dict[str, Any]
+    problem: str | None
+
+
+def export(
+    model: Pipeline, raw_rows: pd.DataFrame, features: pd.DataFrame, contract: DataContract
+) -> Exported:
+    """Convert, then run the export on the holdout: a pipeline that converts can still fail in ONNX
+    Runtime (skl2onnx 1.20's SimpleImputer(add_indicator=True) indexes out of range). Either failure
+    makes the version not servable, with the converter's or the runtime's own words, rather than
+    failing the training: the gate rejects it, and the champion keeps serving."""
+    try:
+        onnx_bytes = to_onnx_bytes(model, contract)
+    except Exception as error:
+        problem = f"the pipeline does not convert to ONNX ({type(error).__name__}: {_one_line(error)})"
+        return Exported(b"", {}, serving_check(model, raw_rows.head(0), features.head(0), contract), problem)
+    try:
+        measured = parity(model, onnx_bytes, features, contract)
+        check = serving_check(model, raw_rows, features, contract)
+    except Exception as error:
+        problem = f"the ONNX export fails when run ({type(error).__name__}: {_one_line(error)})"
+        return Exported(
+            onnx_bytes, {}, serving_check(model, raw_rows.head(0), features.head(0), contract), problem
+        )
+    return Exported(onnx_bytes, measured, check, None)
+
+
+def _one_line(error: BaseException, limit: int = 600) -> str:
+    return " ".join(str(error).split())[:limit]
 
 
 def parity_problem(contract: DataContract, parity_metrics: dict[str, float]) -> str | None:

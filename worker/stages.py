@@ -19,7 +19,7 @@ import typer
 import yaml
 
 from common.contracts import DataContract, Task, parse_contract
-from worker.workspace import STAGE_FAILURE_FILE
+from worker.workspace import note_stage_failure
 
 # Each stage is its own process: each imports only what it uses (scikit-learn alone takes ~2 s).
 
@@ -29,20 +29,34 @@ _Stage = TypeVar("_Stage", bound=Callable[..., None])
 
 
 def _noting_failure(stage: _Stage) -> _Stage:
-    """Leave the stage's error in the workspace for the worker's dead-letter reason, then fail."""
+    """Leave the stage's error in the workspace for the worker's dead-letter reason, then fail. A
+    recipe's failure is noted as deterministic, with its traceback's last lines."""
 
     @functools.wraps(stage)
     def run(*args: Any, **kwargs: Any) -> None:
+        from worker.recipes import RecipeError
+
+        workspace = Path(kwargs.get("workspace", Path()))
         try:
             stage(*args, **kwargs)
+        except RecipeError as error:
+            note_stage_failure(workspace, stage.__name__, f"recipe: {error}", deterministic=True)
+            raise
         except Exception as error:
-            note = Path(kwargs.get("workspace", Path())) / STAGE_FAILURE_FILE
-            note.write_text(
-                f"{stage.__name__}: {type(error).__name__}: {' '.join(str(error).split())}"[:2000]
-            )
+            message = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            note_stage_failure(workspace, stage.__name__, message[:2000], deterministic=False)
             raise
 
     return run  # type: ignore[return-value]
+
+
+def _recipe(workspace: Path) -> Any:
+    """The workspace's recipe module, or None for the built-in pipeline (and in a workspace from
+    before recipes, which has no recipe.py)."""
+    from worker import recipes
+
+    path = workspace / recipes.RECIPE_FILE
+    return recipes.load(path) if path.exists() else None
 
 
 def _contract(workspace: Path) -> DataContract:
@@ -91,13 +105,16 @@ def prepare(workspace: Workspace = Path()) -> None:
 @_noting_failure
 def train(workspace: Workspace = Path()) -> None:
     """Fit the model family the contract names, with fixed seeds."""
-    from worker import training
+    from worker import recipes, training
 
     contract, params = _contract(workspace), _params(workspace)
     frame = pd.read_parquet(workspace / "data" / "train.parquet")
-    model = training.build_model(contract, params.get("estimator_params"))
+    recipe, path = _recipe(workspace), workspace / recipes.RECIPE_FILE
+    model = recipes.estimator_for(contract, recipe, params.get("estimator_params") or {}, path)
+    features = training.features_of(frame, contract)
     started = time.perf_counter()
-    model.fit(training.features_of(frame, contract), frame[contract.target])
+    fitting = "fitting the recipe's pipeline"
+    recipes.calling(recipe, path, fitting, lambda: model.fit(features, frame[contract.target]))
     fit_seconds = time.perf_counter() - started
     (workspace / "model").mkdir(exist_ok=True)
     import joblib
@@ -109,32 +126,39 @@ def train(workspace: Workspace = Path()) -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     (workspace / "model" / "train.json").write_text(json.dumps(usage, indent=2))
-    typer.echo(f"trained {contract.training.family} on {len(frame)} rows")
+    built = f"the recipe {contract.training.recipe}" if recipe is not None else contract.training.family
+    typer.echo(f"trained {built} on {len(frame)} rows")
 
 
 @app.command()
 @_noting_failure
 def evaluate(workspace: Workspace = Path()) -> None:
     """Score the model on the holdout, export it to ONNX and check ONNX agrees with it."""
-    from worker import training
-    from worker.onnx_export import parity, serving_check, to_onnx_bytes
+    from worker import recipes, training
+    from worker.onnx_export import export
 
     contract = _contract(workspace)
     frame = pd.read_parquet(workspace / "data" / "holdout.parquet")
     import joblib
 
+    recipe = _recipe(workspace)  # the pickled pipeline refers to the recipe's classes
     model = joblib.load(workspace / "model" / "model.joblib")
     features = training.features_of(frame, contract)
     # The holdout is empty only when the data holds a single distinct row (worker/splits.py), which
     # scikit-learn refuses to predict: the version then has no metrics, and the gate rejects it for
     # that, instead of the training failing until its job is dead-lettered.
-    predicted = model.predict(features) if len(frame) else np.empty(0)
+    path, predicting = workspace / recipes.RECIPE_FILE, "predicting with the recipe's pipeline"
+    predicted = (
+        recipes.calling(recipe, path, predicting, lambda: model.predict(features))
+        if len(frame)
+        else np.empty(0)
+    )
     metrics = training.score(contract, frame[contract.target], predicted) if len(frame) else {}
-    onnx_bytes = to_onnx_bytes(model, contract)
-    (workspace / "model" / "model.onnx").write_bytes(onnx_bytes)
-    metrics.update(parity(model, onnx_bytes, features, contract))
-    check = serving_check(model, frame, features, contract)
-    (workspace / "model" / "serving_check.json").write_text(json.dumps(check, indent=2, default=str))
+    exported = export(model, frame, features, contract)
+    (workspace / "model" / "model.onnx").write_bytes(exported.onnx_bytes)
+    (workspace / "model" / "export.json").write_text(json.dumps({"problem": exported.problem}, indent=2))
+    metrics.update(exported.parity)
+    (workspace / "model" / "serving_check.json").write_text(json.dumps(exported.check, indent=2, default=str))
     # A metric undefined on these rows (r2 on one row is NaN) is left out: NaN is not JSON (EventBridge
     # refuses an event carrying it), and the gate reads an absent score as one that is not finite.
     finite = {name: value for name, value in metrics.items() if math.isfinite(value)}

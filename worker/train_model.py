@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,15 +24,15 @@ import yaml
 
 from common.adapters import s3, tracking
 from common.adapters.stack import StackResources
-from common.champion import APPROVAL_MODE, Champions
+from common.champion import APPROVAL_MODE, BUILT_IN_RECIPE, Champions
 from common.contracts import DataContract, parse_contract
-from common.layout import accepted_list_hash, accepted_list_key, contract_key
+from common.layout import accepted_list_hash, accepted_list_key, contract_key, recipe_key
 from common.settings import get_worker_settings
-from worker import drift_report, serving_bundle, training
+from worker import drift_report, recipes, serving_bundle, training
 from worker.adapters import dvc_workspace
 from worker.decision import TrainingOutcome, finish_interrupted, lineage_of, source_uris
 from worker.onnx_export import parity_problem
-from worker.workspace import StageFailedError, logged_files, stage_failure, write_workspace
+from worker.workspace import logged_files, stage_failure, write_workspace
 
 __all__ = ["Speculation", "TrainingOutcome", "train_model"]
 
@@ -73,6 +74,7 @@ class TrainingRun:
     model: str
     contract: DataContract
     contract_bytes: bytes
+    recipe: bytes  # the recipe's own bytes, or recipes.BUILT_IN
     accepted: dict[str, Any]
     resources: StackResources
     run_id: str
@@ -99,10 +101,13 @@ def newest_that_fit(items: list[str], limit: int = TAG_VALUE_LIMIT) -> str:
     return json.dumps(kept[::-1])
 
 
-def lineage_tags(accepted: dict[str, Any], contract: DataContract, list_hash: str) -> dict[str, str]:
+def lineage_tags(
+    accepted: dict[str, Any], contract: DataContract, list_hash: str, recipe_hash: str = BUILT_IN_RECIPE
+) -> dict[str, str]:
     sources = source_uris(accepted)
     return {
         "accepted_list_hash": list_hash,
+        "recipe_hash": recipe_hash,
         "contract_hash": contract.content_hash,
         "lineage.sources": newest_that_fit(sources),
         "lineage.content_hashes": newest_that_fit([entry["content_hash"] for entry in accepted["datasets"]]),
@@ -146,18 +151,20 @@ def train_model(
         raise LookupError(f"model {model!r} has no contract or no accepted data")
     contract = parse_contract(contract_found[0])
     training.check_training_settings(contract)
+    recipe = _recipe_of(contract, resources)
     speculation.started(accepted_found[1])
     accepted = json.loads(accepted_found[0])
     list_hash = accepted_list_hash(accepted)
-    if done := finish_interrupted(model, list_hash, resources):
+    if done := finish_interrupted(model, list_hash, resources, recipes.recipe_hash(recipe)):
         return done
     # A run on this list still RUNNING belongs to a trainer that died (its job came back to us).
     tracking.end_interrupted_runs(model, "accepted_list_hash", list_hash)
-    tags = lineage_tags(accepted, contract, list_hash)
+    tags = lineage_tags(accepted, contract, list_hash, recipes.recipe_hash(recipe))
     run = TrainingRun(
         model=model,
         contract=contract,
         contract_bytes=contract_found[0],
+        recipe=recipe,
         accepted=accepted,
         resources=resources,
         run_id=tracking.start_run(model, tags),
@@ -179,6 +186,10 @@ def train_model(
         # to the queue, and the run ends KILLED, as a dead trainer's run does.
         status = "FAILED" if isinstance(error, Exception) else "KILLED"
         try:
+            if isinstance(error, Exception):  # the run says why it failed (a recipe's traceback)
+                tracking.log_run(
+                    run.run_id, tags={"failure.reason": f"{type(error).__name__}: {error}"[-5000:]}
+                )
             tracking.end_run(run.run_id, status)
         except Exception:
             logging.getLogger(__name__).warning("could not mark run %s %s", run.run_id, status, exc_info=True)
@@ -187,9 +198,25 @@ def train_model(
     return outcome
 
 
+def _recipe_of(contract: DataContract, resources: StackResources) -> bytes:
+    """The recipe the contract names, as `arrival contract put` uploaded it; the built-in marker if it
+    names none. `contract put` writes the recipe before the contract, so a contract naming one finds it
+    (a training starting between the two writes takes the new recipe with the contract before it)."""
+    if contract.training.recipe is None:
+        return recipes.BUILT_IN
+    found = s3.get_bytes(resources.config_bucket, recipe_key(contract.model))
+    if found is None:
+        raise recipes.RecipeError(
+            f"the contract of {contract.model!r} names the recipe {contract.training.recipe}, but the stack "
+            f"holds none (s3://{resources.config_bucket}/{recipe_key(contract.model)}): run "
+            f"`arrival contract put` with the contract beside its recipe"
+        )
+    return found[0]
+
+
 def _run_pipeline(workspace: Path, run: TrainingRun) -> None:
     started = time.monotonic()
-    write_workspace(workspace, run.contract_bytes, run.accepted, run.resources.processed_bucket)
+    write_workspace(workspace, run.contract_bytes, run.accepted, run.resources.processed_bucket, run.recipe)
     dvc_workspace.init(workspace, f"{run.resources.dvc_remote_url}/{run.model}")
     dvc_workspace.track(workspace, "data/accepted.json")
     try:
@@ -197,9 +224,9 @@ def _run_pipeline(workspace: Path, run: TrainingRun) -> None:
     except Exception as error:
         if run.speculation.superseded():  # its stages were ended on purpose
             raise SupersededError from None
-        cause = stage_failure(workspace)
-        if cause is not None:
-            raise StageFailedError(f"stage {cause}") from error
+        noted = stage_failure(workspace)
+        if noted is not None:
+            raise noted from error
         raise
     run.timings["timing.repro_seconds"] = time.monotonic() - started
     if not run.speculation.settle():
@@ -209,7 +236,7 @@ def _run_pipeline(workspace: Path, run: TrainingRun) -> None:
 
 
 def _judge(
-    run: TrainingRun, metrics: dict[str, float], holdout: pd.DataFrame
+    run: TrainingRun, metrics: dict[str, float], holdout: pd.DataFrame, export_problem: str | None = None
 ) -> tuple[training.GateDecision, tracking.ModelVersion | None, float | None]:
     """The gate; and a version it would promote is still rejected if its ONNX export cannot serve it."""
     if holdout.empty:  # neither model can be scored on no rows: scikit-learn refuses them
@@ -218,7 +245,9 @@ def _judge(
     # The evaluate stage leaves out a score that is not finite (worker/stages.py).
     challenger = metrics.get(run.contract.training.metric, float("nan"))
     decision = training.gate(run.contract.training, challenger, champion_metric)
-    if decision.promote and (problem := parity_problem(run.contract, metrics)):
+    if export_problem:  # whatever its score: it cannot be served, and that is what to fix
+        decision = training.GateDecision(False, f"not servable: {export_problem}")
+    elif decision.promote and (problem := parity_problem(run.contract, metrics)):
         decision = training.GateDecision(False, f"not servable: {problem}")
     return decision, champion, champion_metric
 
@@ -230,7 +259,8 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
     trained = json.loads((workspace / "model" / "train.json").read_text())
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     holdout = pd.read_parquet(workspace / "data" / "holdout.parquet")
-    decision, champion, champion_metric = _judge(run, metrics, holdout)
+    export_problem = json.loads((workspace / "model" / "export.json").read_text())["problem"]
+    decision, champion, champion_metric = _judge(run, metrics, holdout, export_problem)
     drifted = drift_report.training_report(run.contract, run.accepted, run.resources, run.run_id, workspace)
     logged_metrics = {
         **metrics,
@@ -250,7 +280,8 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
         params={
             "model": run.model,
             "task": run.contract.task.value,
-            "family": run.contract.training.family,
+            "family": run.contract.training.family if run.contract.training.recipe is None else "recipe",
+            "recipe": run.contract.training.recipe or "built-in",
             "metric": run.contract.training.metric,
             "holdout_fraction": params["holdout_fraction"],
             **{f"estimator.{key}": value for key, value in params["estimator_params"].items()},
@@ -266,6 +297,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
         ],
     )
     example = training.features_of(holdout.head(5), run.contract)
+    recipe_module = recipes.load(workspace / recipes.RECIPE_FILE)  # the pickle refers to its classes
     fitted = joblib.load(workspace / "model" / "model.joblib")
     version = tracking.log_and_register_model(
         run.run_id,
@@ -274,10 +306,12 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
         example,
         {
             "accepted_list_hash": run.tags["accepted_list_hash"],
+            "recipe_hash": run.tags["recipe_hash"],
             **gate_tags,
             "gate.champion_version": champion.version if champion else "",
             **drifted.version_tags,
         },
+        code_modules=[module for module in [recipe_module, sys.modules.get("worker.boosting")] if module],
     )
     if decision.promote:
         serving_bundle.publish_from_directory(

@@ -39,11 +39,26 @@ _FAMILIES: dict[tuple[Task, str], Any] = {
     (Task.regression, "gradient_boosting"): GradientBoostingRegressor,
     (Task.classification, "linear"): LogisticRegression,
     (Task.regression, "linear"): LinearRegression,
+    # worker/boosting.py's, imported only by a training that asks for them.
+    (Task.classification, "lightgbm"): "LGBMClassifier",
+    (Task.regression, "lightgbm"): "LGBMRegressor",
+    (Task.classification, "xgboost"): "XGBoostClassifier",
+    (Task.regression, "xgboost"): "XGBRegressor",
 }
 _DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "random_forest": {"n_estimators": 100, "n_jobs": 2},
     "gradient_boosting": {"n_estimators": 200},
     "linear": {},
+    # Deterministic: `arrival reproduce` must give the same model (LightGBM's threads may otherwise
+    # sum histograms in another order); quiet, or every fit logs its warnings to the trainer's log.
+    "lightgbm": {
+        "n_estimators": 100,
+        "n_jobs": 2,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbose": -1,
+    },
+    "xgboost": {"n_estimators": 100, "n_jobs": 2, "tree_method": "hist"},
 }
 
 
@@ -69,6 +84,10 @@ def build_model(contract: DataContract, params: dict[str, Any] | None = None) ->
     check_training_settings(contract)
     family = contract.training.family
     estimator_class = _FAMILIES[(contract.task, family)]
+    if isinstance(estimator_class, str):
+        from worker import boosting
+
+        estimator_class = getattr(boosting, estimator_class)
     settings = {**_DEFAULT_PARAMS[family], **contract.training.params, **(params or {})}
     if "random_state" in estimator_class().get_params():
         settings.setdefault("random_state", SEED)

@@ -20,6 +20,7 @@ WORKSPACE_FILES = [
     "params.yaml",
     "contract.yaml",
     "code.json",
+    "recipe.py",
     "data/accepted.json",
     "data/accepted.json.dvc",
 ]
@@ -32,12 +33,26 @@ STAGE_FAILURE_FILE = ".arrival-stage-failure"
 
 
 class StageFailedError(RuntimeError):
-    """A pipeline stage failed; the message carries the stage's own error."""
+    """A pipeline stage failed; the message carries the stage's own error. `deterministic` when the
+    recipe's code failed: a retry would fail the same way, so the job is dead-lettered at once."""
+
+    def __init__(self, message: str, deterministic: bool = False) -> None:
+        super().__init__(message)
+        self.deterministic = deterministic
 
 
-def stage_failure(workspace: Path) -> str | None:
-    note = workspace / STAGE_FAILURE_FILE
-    return note.read_text() if note.is_file() else None
+def note_stage_failure(workspace: Path, stage: str, message: str, deterministic: bool) -> None:
+    note = {"stage": stage, "message": message[:4000], "deterministic": deterministic}
+    (workspace / STAGE_FAILURE_FILE).write_text(json.dumps(note))
+
+
+def stage_failure(workspace: Path) -> StageFailedError | None:
+    """The error a failed stage noted, if it noted one."""
+    note_file = workspace / STAGE_FAILURE_FILE
+    if not note_file.is_file():
+        return None
+    note = json.loads(note_file.read_text())
+    return StageFailedError(f"stage {note['stage']}: {note['message']}", note["deterministic"])
 
 
 def pipeline_file(name: str) -> Path:
@@ -56,7 +71,10 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def write_workspace(workspace: Path, contract_bytes: bytes, accepted: dict[str, Any], bucket: str) -> None:
+def write_workspace(
+    workspace: Path, contract_bytes: bytes, accepted: dict[str, Any], bucket: str, recipe: bytes
+) -> None:
+    """`recipe`: the recipe's bytes, or worker/recipes.py's BUILT_IN marker."""
     params = yaml.safe_load(pipeline_file("params.yaml").read_text())
     contract = parse_contract(contract_bytes)
     params["estimator_params"] = {**params.get("estimator_params", {}), **contract.training.params}
@@ -65,6 +83,7 @@ def write_workspace(workspace: Path, contract_bytes: bytes, accepted: dict[str, 
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
     (workspace / "contract.yaml").write_bytes(contract_bytes)
     (workspace / "code.json").write_text(json.dumps({"fingerprint": code_fingerprint()}))
+    (workspace / "recipe.py").write_bytes(recipe)
     (workspace / "data" / "accepted.json").write_text(
         json.dumps({"bucket": bucket, **accepted}, indent=2, sort_keys=True)
     )

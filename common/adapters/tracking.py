@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,6 +25,8 @@ CHAMPION = "champion"
 # What loading the model needs, pinned to what trained it. Passed explicitly: inferring them costs
 # about 6 s per log_model (a subprocess that imports the model).
 _REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "cloudpickle")
+# Distribution -> module, for the families that need one more library.
+_BOOSTERS = {"lightgbm": "lightgbm", "xgboost-cpu": "xgboost"}
 
 
 class NoTrackingServerError(RuntimeError):
@@ -54,8 +59,8 @@ class ModelVersion:
     tags: dict[str, str]
 
 
-def pip_requirements() -> list[str]:
-    return [f"{package}=={version(package)}" for package in _REQUIREMENTS]
+def pip_requirements(extra: Sequence[str] = ()) -> list[str]:
+    return [f"{package}=={version(package)}" for package in (*_REQUIREMENTS, *extra)]
 
 
 def start_run(model_name: str, tags: dict[str, str]) -> str:
@@ -99,17 +104,30 @@ def log_run(
 
 
 def log_and_register_model(
-    run_id: str, name: str, model: Any, example: pd.DataFrame, version_tags: dict[str, str]
+    run_id: str,
+    name: str,
+    model: Any,
+    example: pd.DataFrame,
+    version_tags: dict[str, str],
+    code_modules: Sequence[ModuleType] = (),
 ) -> str:
     """Log the model with its signature and an input example, and register a new version. The tags go
     with the version's creation, in one request: a version never exists without them, so a trainer
-    that dies right after registering leaves a version its successor can recognise and finish."""
+    that dies right after registering leaves a version its successor can recognise and finish.
+    `code_modules` (a recipe, the trainer's own estimator classes) are pickled by value, so the
+    version loads without them: a later recipe may define the same names differently."""
+    import cloudpickle  # type: ignore[import-untyped]
+
+    for module in code_modules:
+        cloudpickle.register_pickle_by_value(module)
+    # The boosters' libraries, when the model holds one (their modules were imported to fit it).
+    boosters = [package for package, module in _BOOSTERS.items() if module in sys.modules]
     info = mlflow.sklearn.log_model(
         model,
         name="model",
         signature=infer_signature(example, model.predict(example)),
         input_example=example,
-        pip_requirements=pip_requirements(),
+        pip_requirements=pip_requirements(boosters),
         # cloudpickle, not skops: a skops load runs a trusted-types check that imports all of
         # scikit-learn (3-4 s). These models are our own trainer's output, not untrusted input.
         serialization_format="cloudpickle",

@@ -250,15 +250,18 @@ def test_a_job_that_always_fails_lands_in_the_dead_letter_queue_with_its_reason(
     chain: Chain, unique: str
 ) -> None:
     model = f"doomed-{unique}"
-    contract = datasets.contract_yaml("iris", model).replace(
-        b"family: random_forest", b"family: quantum_forest"
+    # A valid contract whose metric the trainer cannot compute for its task: every retry fails alike.
+    contract = (
+        datasets.contract_yaml("iris", model)
+        .replace(b"metric: f1_macro", b"metric: rmse")
+        .replace(b"direction: maximize", b"direction: minimize")
     )
     chain.put_contract(model, contract)
     chain.upload(f"{model}/data.csv", datasets.noisy_iris_csv(100, seed=8))
 
-    assert "quantum_forest" in chain.dead_letter_reason(model)
+    assert "does not fit a classification task" in chain.dead_letter_reason(model)
     failed = eventually(lambda: chain.events.of(("TrainingFailed", model)), 30, what="TrainingFailed")[0]
-    assert "quantum_forest" in failed["body"]["detail"]["failure_reason"]
+    assert "metric 'rmse'" in failed["body"]["detail"]["failure_reason"]
     assert chain.versions(model) == []
 
 

@@ -38,12 +38,44 @@ def test_the_hash_changes_with_any_rule() -> None:
         (("task: classification", "task: clustering"), "task"),
         (("{type: numeric, min: 0, max: 15}", "{type: number}"), "sepal_length"),
         (("model: iris", "model: Iris_Flowers"), "lowercase"),
+        (
+            ("family: random_forest", "family: xgboots"),
+            "unknown model family 'xgboots'; known: random_forest, ",
+        ),
+        (
+            ("[setosa, versicolor, virginica]", "[no, yes]"),
+            'quote each category, as in categories: \\["no", "yes"\\]',
+        ),
+        (("family: random_forest", "recipe: ../shared/recipe.py"), "relative to the contract file"),
+        (("family: random_forest", "recipe: recipe.txt"), "must be a .py file"),
+        (("family: random_forest", "family: lightgbm\n  recipe: mine.py"), "exclude each other"),
     ],
 )
 def test_a_bad_contract_is_refused_naming_what_is_wrong(change: tuple[str, str], message: str) -> None:
     text = (CONTRACTS / "iris.yaml").read_text().replace(*change, 1)
     with pytest.raises(ValidationError, match=message):
         parse_contract(text)
+
+
+def test_a_recipe_replaces_the_family() -> None:
+    text = (CONTRACTS / "iris.yaml").read_text().replace("family: random_forest", "recipe: recipes/iris.py")
+    assert parse_contract(text).training.recipe == "recipes/iris.py"
+
+
+def test_every_error_of_a_contract_is_reported() -> None:
+    """`[no, yes]` once hid the second of two errors behind the first."""
+    text = (
+        (CONTRACTS / "iris.yaml")
+        .read_text()
+        .replace("[setosa, versicolor, virginica]", "[no, yes]")
+        .replace("family: random_forest", "family: xgboots")
+    )
+    with pytest.raises(ValidationError) as refused:
+        parse_contract(text)
+    messages = [error["msg"] for error in refused.value.errors()]
+    assert len(messages) == 2
+    assert any("quote each category" in message for message in messages)
+    assert any("xgboots" in message for message in messages)
 
 
 def test_a_regression_target_must_be_numeric() -> None:

@@ -18,6 +18,7 @@ from common.layout import (
     accepted_list_key,
     contract_key,
     outcome_key,
+    recipe_key,
     trainer_heartbeat_key,
 )
 from common.reconcile import LEASE_KEY
@@ -266,6 +267,29 @@ def test_the_trainer_cannot_change_contracts_accepted_data_or_start_instances(
     action: str, resource: str
 ) -> None:
     assert not _allows(_identity_statements("TrainerRole"), action, resource)
+
+
+def _sam_bucket_grants(logical_id: str) -> list[str]:
+    """The buckets a SAM function's S3 policy templates grant (on every key)."""
+    policies = _listed(RESOURCES[logical_id]["Properties"].get("Policies", []))
+    return [
+        _render(policy[name]["BucketName"])
+        for policy in policies
+        if isinstance(policy, dict)
+        for name in ("S3ReadPolicy", "S3CrudPolicy")
+        if name in policy
+    ]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_only_the_trainer_reads_recipes_and_no_role_writes_them(role: str) -> None:
+    """A recipe is code the trainer runs: whoever could write one could run code as the trainer."""
+    recipe = f"${{ConfigBucket.Arn}}/{recipe_key('iris')}"
+    statements = _identity_statements(role)
+    for action in ("s3:PutObject", "s3:DeleteObject"):
+        assert not _allows(statements, action, recipe)
+    assert _allows(statements, "s3:GetObject", recipe) == (role == "TrainerRole")
+    assert "${ConfigBucket}" not in _sam_bucket_grants(role)
 
 
 def test_the_notifier_may_publish_to_its_topic_and_keep_what_fails_and_nothing_else() -> None:

@@ -7,8 +7,9 @@ from typing import Any, cast
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
-from common.contracts import DataContract, TrainingSettings, parse_contract
+from common.contracts import FAMILIES, DataContract, TrainingSettings, parse_contract
 from tests import datasets
 from worker import training
 from worker.onnx_export import parity, to_onnx_bytes
@@ -62,10 +63,13 @@ def test_the_same_data_trains_the_same_model(iris: DataContract) -> None:
     assert (first == second).all()
 
 
-def test_an_unknown_family_is_named(iris: DataContract) -> None:
-    broken = iris.model_copy(update={"training": TrainingSettings(family="quantum_forest")})
-    with pytest.raises(training.UnknownFamilyError, match="quantum_forest"):
-        training.build_model(broken)
+def test_an_unknown_family_is_refused_with_the_contract_naming_the_known_ones() -> None:
+    with pytest.raises(ValidationError, match="unknown model family 'quantum_forest'; known: random_forest"):
+        TrainingSettings(family="quantum_forest")
+
+
+def test_the_contracts_families_are_the_ones_the_trainer_builds() -> None:
+    assert {family for _, family in training._FAMILIES} == set(FAMILIES)
 
 
 MAXIMIZE = TrainingSettings(metric="f1_macro", direction="maximize", promotion_margin=0.01, floor=0.5)

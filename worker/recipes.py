@@ -1,0 +1,181 @@
+"""A model's recipe: the team's own preprocessing and estimator, a Python file that defines
+`build_pipeline(params)` (docs/training.md). It runs only on the trainer, and on the operator's
+machine for `arrival contract check`; never in a Lambda function or in serving, which take the ONNX
+export.
+
+Every training workspace holds `recipe.py`: the recipe's own bytes, or a line saying the built-in one
+(worker/training.py) builds the model. The train and evaluate stages depend on it, so a new recipe
+reruns them, and the run logs it, so `arrival reproduce` rebuilds with the same code.
+
+A recipe is imported as a module named after its content hash. The fitted pipeline is pickled twice:
+by joblib between the DVC stages (by reference: a stage imports the recipe again before it loads the
+model), and by MLflow with cloudpickle, by value for the recipe's module, so that a version loads
+without it (the trainer scores the champion, trained by an older recipe, beside the challenger)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from common.champion import BUILT_IN_RECIPE
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from common.contracts import DataContract
+
+_T = TypeVar("_T")
+
+RECIPE_FILE = "recipe.py"
+BUILT_IN = b"# No recipe: worker/training.py's built-in pipeline for the contract's training.family.\n"
+# The last lines of a recipe's traceback that a failure reports (dead letter, notification, status).
+TRACE_LINES = 12
+
+
+class RecipeError(Exception):
+    """The recipe cannot be used, or its own code raised: the same code would fail the same way on
+    every retry, so the job is dead-lettered at once (worker/main.py)."""
+
+    deterministic = True
+
+
+def recipe_hash(source: bytes) -> str:
+    """What a version records of its recipe: the file's SHA-256, or "built-in"."""
+    return BUILT_IN_RECIPE if is_built_in(source) else hashlib.sha256(source).hexdigest()
+
+
+def is_built_in(source: bytes) -> bool:
+    return source == BUILT_IN
+
+
+def load(path: Path) -> ModuleType | None:
+    """The recipe module at `path`, imported once per content; None for the built-in marker. Raises
+    RecipeError naming what is wrong: the file missing, its import raising, or no build_pipeline."""
+    try:
+        source = path.read_bytes()
+    except OSError as error:
+        raise RecipeError(f"cannot read the recipe {path}: {error.strerror}") from None
+    if is_built_in(source):
+        return None
+    name = f"arrival_recipe_{hashlib.sha256(source).hexdigest()[:16]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise RecipeError(f"cannot import the recipe {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[name]
+        raise RecipeError(f"importing the recipe raised {user_trace(error, path)}") from error
+    if not callable(getattr(module, "build_pipeline", None)):
+        del sys.modules[name]
+        raise RecipeError(f"the recipe {path.name} defines no build_pipeline(params) function")
+    return module
+
+
+def build(module: ModuleType, params: dict[str, Any], path: Path) -> Any:
+    """The recipe's unfitted estimator; RecipeError if build_pipeline raises or returns no estimator."""
+    try:
+        estimator = module.build_pipeline(dict(params))
+    except Exception as error:
+        raise RecipeError(f"build_pipeline raised {user_trace(error, path)}") from error
+    if not (callable(getattr(estimator, "fit", None)) and callable(getattr(estimator, "predict", None))):
+        raise RecipeError(
+            f"build_pipeline returned {type(estimator).__name__}, not an estimator with fit and predict "
+            "(a scikit-learn Pipeline, usually)"
+        )
+    return estimator
+
+
+def raised_in(error: BaseException, path: Path) -> bool:
+    """Whether the recipe's own code is on the error's traceback (its transformer's fit, say)."""
+    target = str(path.resolve())
+    return any(
+        str(Path(frame.filename).resolve()) == target for frame in traceback.extract_tb(error.__traceback__)
+    )
+
+
+def user_trace(error: BaseException, path: Path) -> str:
+    """`Type: message`, then the traceback's last lines, with the recipe's file named as the user
+    knows it rather than by the scratch workspace's path."""
+    lines = "".join(traceback.format_exception(error)).rstrip().splitlines()
+    shown = (
+        "\n".join(lines[-TRACE_LINES:]).replace(str(path.resolve()), path.name).replace(str(path), path.name)
+    )
+    return f"{type(error).__name__}: {error}\n{shown}"
+
+
+def estimator_for(
+    contract: DataContract, module: ModuleType | None, params: dict[str, Any], path: Path
+) -> Any:
+    """The unfitted estimator a training fits: the recipe's, or the built-in one for the family."""
+    from worker import training
+
+    return build(module, params, path) if module is not None else training.build_model(contract, params)
+
+
+def calling(module: ModuleType | None, path: Path, what: str, step: Callable[[], _T]) -> _T:
+    """Run a step that calls the estimator. With a recipe, whatever it raises is the recipe's
+    failure (its code, or its pipeline's choices on this data): a retry would fail the same way."""
+    if module is None:
+        return step()
+    try:
+        return step()
+    except Exception as error:
+        raise RecipeError(f"{what} raised {user_trace(error, path)}") from error
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A contract's pipeline fitted on one file, as the trainer would: its holdout scores, and why the
+    trainer would refuse to serve it (None: servable)."""
+
+    train_rows: int
+    holdout_rows: int
+    metrics: dict[str, float]
+    not_servable: str | None
+
+
+def try_on(frame: pd.DataFrame, contract: DataContract, recipe_path: Path | None) -> Trial:
+    """`arrival contract check` with a recipe: fit it on a file's rows (as ingest would store them),
+    split, score and export as the pipeline's stages do, without any AWS call or MLflow. Raises
+    RecipeError if the recipe cannot be loaded or its code raises."""
+    import yaml
+
+    from worker import training
+    from worker.onnx_export import export, parity_problem
+    from worker.splits import holdout_mask
+    from worker.workspace import pipeline_file
+
+    module = load(recipe_path) if recipe_path is not None else None
+    path = recipe_path or Path(RECIPE_FILE)
+    fraction = yaml.safe_load(pipeline_file("params.yaml").read_text())["holdout_fraction"]
+    in_holdout = holdout_mask(frame, fraction)
+    train, holdout = frame[~in_holdout], frame[in_holdout]
+    model = estimator_for(contract, module, dict(contract.training.params), path)
+    features = training.features_of(holdout, contract)
+    calling(
+        module,
+        path,
+        "fitting the recipe's pipeline",
+        lambda: model.fit(training.features_of(train, contract), train[contract.target]),
+    )
+    if holdout.empty:
+        return Trial(len(train), 0, {}, training.EMPTY_HOLDOUT.reason)
+    predicted = calling(
+        module, path, "predicting with the recipe's pipeline", lambda: model.predict(features)
+    )
+    metrics = training.score(contract, holdout[contract.target], predicted)
+    exported = export(model, holdout, features, contract)
+    problem = exported.problem or parity_problem(contract, exported.parity)
+    return Trial(len(train), len(holdout), metrics, problem)
