@@ -101,6 +101,11 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
 CMD ["arrival-serve"]
 
 FROM python312 AS trainer
+# LightGBM's library links the system's OpenMP runtime (libgomp.so.1), which the slim image lacks
+# (scikit-learn and XGBoost bundle their own). Pinned, as hadolint asks: trixie's version.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libgomp1=14.2.0-19 \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --no-log-init --uid 10001 --user-group --create-home --shell /usr/sbin/nologin arrival
 COPY --from=trainer-venv /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

@@ -125,7 +125,7 @@ def _checked_recipe(contract_path: Path, contract: DataContract) -> bytes | None
             "the path is relative to the contract file"
         )
     try:
-        module = recipes.load(path)
+        module = recipes.load(path, contract.training.recipe)
         assert module is not None  # a file the user wrote is never the built-in marker
         recipes.build(module, dict(contract.training.params), path)
     except recipes.RecipeError as error:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.contracts import MODEL_NAME, DataContract
+from common.contracts import BUILT_IN_RECIPE, MODEL_NAME, DataContract
 
 BUNDLE_FORMAT = 1
 POINTERS_PREFIX = "pointers/"
@@ -82,6 +82,9 @@ class Lineage(_Document):
     accepted_list_hash: str
     contract_hash: str
     dvc_lock: str = ""
+    # The recipe that built the pipeline (its path in the contract, and its SHA-256), or the built-in.
+    recipe: str = BUILT_IN_RECIPE
+    recipe_hash: str = BUILT_IN_RECIPE
 
 
 class BundleManifest(_Document):

@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from common.adapters import events, s3
 from common.adapters.stack import StackResources
 from common.bundles import ChampionChange, ChangeKind, ServingPointer, bundle_manifest_key, pointer_key
+from common.contracts import BUILT_IN_RECIPE
 
 if TYPE_CHECKING:
     from common.adapters.tracking import ModelVersion
@@ -66,7 +67,6 @@ PUBLISHED = "event.published"
 APPROVAL_MODE = "gate.approval"
 # A version's recipe (worker/recipes.py): its content hash, or BUILT_IN_RECIPE for the built-in one.
 RECIPE_HASH = "recipe_hash"
-BUILT_IN_RECIPE = "built-in"
 APPROVED_BY = "approved by "
 # The tag that marks each decision done, and the event that announces it. The first one a version
 # carries settles its state: a crash between tagging a person's decision and removing

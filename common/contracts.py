@@ -88,6 +88,8 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
 # keeps the two in step). Checked here so that `contract check` and `contract put` refuse a typo
 # before anything trains.
 FAMILIES = ("random_forest", "gradient_boosting", "linear", "lightgbm", "xgboost")
+# What a version records as its recipe's hash when the built-in pipeline made it (worker/recipes.py).
+BUILT_IN_RECIPE = "built-in"
 
 
 class TrainingSettings(_Frozen):

@@ -31,7 +31,8 @@ downloads=$root/downloads/$version
 python=python3.11
 uv_version=0.13.9
 
-dnf install -y -q "$python" "$python-pip" aws-cfn-bootstrap
+# libgomp: LightGBM's library links the system's OpenMP runtime (scikit-learn and XGBoost bundle theirs).
+dnf install -y -q "$python" "$python-pip" aws-cfn-bootstrap libgomp
 if [ ! -x "$root/uv/bin/uv" ]; then
   "$python" -m venv "$root/uv"
   "$root/uv/bin/pip" install -q "uv==$uv_version"

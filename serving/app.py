@@ -23,7 +23,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from common.bundle_loader import Predictions
 from serving import swagger
@@ -381,6 +381,8 @@ class ModelLineage(BaseModel):
     content_hashes: list[str]
     contract_hash: str
     dvc_lock: str
+    recipe: str = Field(description='the recipe the contract named, or "built-in"')
+    recipe_hash: str = Field(description='its SHA-256, or "built-in"')
 
 
 class ModelDescription(BaseModel):
@@ -412,6 +414,8 @@ def describe(model: LoadedModel, pending: PendingVersion | None = None) -> Model
             content_hashes=lineage.content_hashes,
             contract_hash=lineage.contract_hash,
             dvc_lock=lineage.dvc_lock,
+            recipe=lineage.recipe,
+            recipe_hash=lineage.recipe_hash,
         ),
         request_schema=model.schemas.record_json_schema,
         pending=pending,

@@ -15,8 +15,8 @@ from common.adapters import tracking
 from common.adapters.stack import StackResources
 from common.adapters.tracking import ModelVersion
 from common.bundles import Lineage
-from common.champion import BUILT_IN_RECIPE, Champions
-from common.contracts import parse_contract
+from common.champion import Champions
+from common.contracts import BUILT_IN_RECIPE, parse_contract
 from worker import serving_bundle
 
 
@@ -40,6 +40,8 @@ def lineage_of(run_id: str, accepted: dict[str, Any], tags: dict[str, str], dvc_
         accepted_list_hash=tags.get("accepted_list_hash", ""),
         contract_hash=tags.get("contract_hash", ""),
         dvc_lock=dvc_lock,
+        recipe=tags.get("recipe", BUILT_IN_RECIPE),
+        recipe_hash=tags.get("recipe_hash", BUILT_IN_RECIPE),
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from common.champion import BUILT_IN_RECIPE
+from common.contracts import BUILT_IN_RECIPE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,9 +55,16 @@ def is_built_in(source: bytes) -> bool:
     return source == BUILT_IN
 
 
-def load(path: Path) -> ModuleType | None:
+# How each loaded recipe file is named in errors: as the contract names it (`recipes/houses.py`), not
+# by the scratch workspace's `recipe.py`.
+_SHOWN_AS: dict[str, str] = {}
+
+
+def load(path: Path, shown_as: str | None = None) -> ModuleType | None:
     """The recipe module at `path`, imported once per content; None for the built-in marker. Raises
-    RecipeError naming what is wrong: the file missing, its import raising, or no build_pipeline."""
+    RecipeError naming what is wrong: the file missing, its import raising, or no build_pipeline.
+    `shown_as`: the name errors give the file (the contract's training.recipe)."""
+    _SHOWN_AS[str(path.resolve())] = shown_as or path.name
     try:
         source = path.read_bytes()
     except OSError as error:
@@ -79,7 +86,8 @@ def load(path: Path) -> ModuleType | None:
         raise RecipeError(f"importing the recipe raised {user_trace(error, path)}") from error
     if not callable(getattr(module, "build_pipeline", None)):
         del sys.modules[name]
-        raise RecipeError(f"the recipe {path.name} defines no build_pipeline(params) function")
+        shown = _SHOWN_AS[str(path.resolve())]
+        raise RecipeError(f"the recipe {shown} defines no build_pipeline(params) function")
     return module
 
 
@@ -109,9 +117,8 @@ def user_trace(error: BaseException, path: Path) -> str:
     """`Type: message`, then the traceback's last lines, with the recipe's file named as the user
     knows it rather than by the scratch workspace's path."""
     lines = "".join(traceback.format_exception(error)).rstrip().splitlines()
-    shown = (
-        "\n".join(lines[-TRACE_LINES:]).replace(str(path.resolve()), path.name).replace(str(path), path.name)
-    )
+    name = _SHOWN_AS.get(str(path.resolve()), path.name)
+    shown = "\n".join(lines[-TRACE_LINES:]).replace(str(path.resolve()), name).replace(str(path), name)
     return f"{type(error).__name__}: {error}\n{shown}"
 
 
@@ -157,7 +164,7 @@ def try_on(frame: pd.DataFrame, contract: DataContract, recipe_path: Path | None
     from worker.splits import holdout_mask
     from worker.workspace import pipeline_file
 
-    module = load(recipe_path) if recipe_path is not None else None
+    module = load(recipe_path, contract.training.recipe) if recipe_path is not None else None
     path = recipe_path or Path(RECIPE_FILE)
     fraction = yaml.safe_load(pipeline_file("params.yaml").read_text())["holdout_fraction"]
     in_holdout = holdout_mask(frame, fraction)

@@ -56,7 +56,7 @@ def _recipe(workspace: Path) -> Any:
     from worker import recipes
 
     path = workspace / recipes.RECIPE_FILE
-    return recipes.load(path) if path.exists() else None
+    return recipes.load(path, _contract(workspace).training.recipe) if path.exists() else None
 
 
 def _contract(workspace: Path) -> DataContract:

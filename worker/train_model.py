@@ -24,8 +24,8 @@ import yaml
 
 from common.adapters import s3, tracking
 from common.adapters.stack import StackResources
-from common.champion import APPROVAL_MODE, BUILT_IN_RECIPE, Champions
-from common.contracts import DataContract, parse_contract
+from common.champion import APPROVAL_MODE, Champions
+from common.contracts import BUILT_IN_RECIPE, DataContract, parse_contract
 from common.layout import accepted_list_hash, accepted_list_key, contract_key, recipe_key
 from common.settings import get_worker_settings
 from worker import drift_report, recipes, serving_bundle, training
@@ -108,6 +108,7 @@ def lineage_tags(
     return {
         "accepted_list_hash": list_hash,
         "recipe_hash": recipe_hash,
+        "recipe": contract.training.recipe or BUILT_IN_RECIPE,
         "contract_hash": contract.content_hash,
         "lineage.sources": newest_that_fit(sources),
         "lineage.content_hashes": newest_that_fit([entry["content_hash"] for entry in accepted["datasets"]]),

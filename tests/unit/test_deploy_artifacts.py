@@ -636,3 +636,15 @@ def test_the_deploy_role_trusts_only_the_repositorys_environment() -> None:
         "Fn::Sub": "repo:${GitHubRepository}:environment:${GitHubEnvironment}"
     }
     assert "StringLike" not in statement["Condition"], "no wildcard subject"
+
+
+def test_the_trainers_system_libraries_are_installed_wherever_a_trainer_runs() -> None:
+    """LightGBM's library links the system's OpenMP runtime, which neither a stock Amazon Linux 2023
+    image nor the slim Python image has: without it, `import lightgbm` fails on the instance."""
+    import lightgbm
+
+    library = next((Path(lightgbm.__file__).parent / "lib").glob("lib_lightgbm*.so"))
+    assert b"libgomp.so.1" in library.read_bytes()  # still linked: else this test can go
+    boot = (ROOT / "deploy" / "arrival-boot.sh").read_text()
+    assert re.search(r"^dnf install .*\blibgomp\b", boot, re.MULTILINE)
+    assert re.search(r"apt-get install .*\blibgomp1=", DOCKERFILE.read_text())

@@ -21,6 +21,8 @@ from tests.unit.test_worker import OUTPUTS, FakeClock
 from tests.unit.test_worker import aws as aws  # the fixture: moto with the stack's queues
 from worker import decision, main, train_model
 from worker.main import Trainer, TrainerHeartbeat, VisibilityHeartbeat
+from worker.recipes import RecipeError
+from worker.workspace import StageFailedError
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
 
@@ -170,6 +172,32 @@ def test_a_failed_event_publish_keeps_the_job_and_does_not_kill_the_worker(
     assert not _visible(aws, OUTPUTS["TrainingDeadLetterQueueUrl"]), "dead-lettered without its event"
     attributes = aws.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     assert int(attributes["ApproximateNumberOfMessagesNotVisible"]) == 1  # still there, to retry
+
+
+@pytest.mark.parametrize(
+    ("error", "dead_lettered"),
+    [
+        (ValueError("the tracking server answered 503"), False),
+        (StageFailedError("stage train: recipe: fitting raised ValueError: rooms", deterministic=True), True),
+        (RecipeError("the recipe recipe.py defines no build_pipeline(params) function"), True),
+    ],
+)
+def test_a_recipes_own_failure_is_dead_lettered_at_once_and_anything_else_retried(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, error: Exception, dead_lettered: bool
+) -> None:
+    """The same code on the same data fails the same way: five tries would only delay the report."""
+    queue_url = OUTPUTS["TrainingQueueUrl"]
+    aws.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"model": "recipe"}))
+    held = sqs.receive(queue_url, wait_seconds=0, visibility_seconds=30)
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(events, "publish", lambda bus, kind, detail: published.append(detail))
+
+    Trainer(WorkerSettings(max_attempts=5), OUTPUTS).failed("recipe", held, error)
+
+    letters = _visible(aws, OUTPUTS["TrainingDeadLetterQueueUrl"])
+    assert bool(letters) == dead_lettered
+    if dead_lettered:
+        assert str(error) in published[0]["failure_reason"] and published[0]["attempts"] == 1
 
 
 def test_retries_back_off_for_minutes() -> None:
