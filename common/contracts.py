@@ -15,7 +15,16 @@ from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -141,6 +150,15 @@ class TrainingSettings(_Frozen):
                 "inside its folder (no leading / and no ..)"
             )
         return recipe
+
+    @model_serializer(mode="wrap")
+    def _without_a_family_beside_a_recipe(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # With a recipe, the default family means nothing; written out, it would read as set when the
+        # document is validated again (a bundle's manifest carries its contract).
+        data = handler(self)
+        if self.recipe is not None and isinstance(data, dict):
+            data.pop("family", None)
+        return data
 
     @model_validator(mode="after")
     def _a_recipe_builds_its_own_estimator(self) -> Self:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from common.contracts import DataFormat, Task, data_format_of, parse_contract
+from common.contracts import DataContract, DataFormat, Task, data_format_of, parse_contract
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
 
@@ -57,9 +57,12 @@ def test_a_bad_contract_is_refused_naming_what_is_wrong(change: tuple[str, str],
         parse_contract(text)
 
 
-def test_a_recipe_replaces_the_family() -> None:
+def test_a_recipe_replaces_the_family_and_survives_a_round_trip() -> None:
+    """A bundle's manifest carries its contract as JSON, which serving validates again."""
     text = (CONTRACTS / "iris.yaml").read_text().replace("family: random_forest", "recipe: recipes/iris.py")
-    assert parse_contract(text).training.recipe == "recipes/iris.py"
+    contract = parse_contract(text)
+    assert contract.training.recipe == "recipes/iris.py"
+    assert DataContract.model_validate_json(contract.model_dump_json()) == contract
 
 
 def test_every_error_of_a_contract_is_reported() -> None:
