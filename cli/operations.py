@@ -81,6 +81,7 @@ def put_contract(path: Path, stack_name: str) -> ContractPut:
             f"rename the file to {contract.model}.yaml or declare model: {name}"
         )
     recipe = _checked_recipe(path, contract)
+    check_training(contract)
     outputs = outputs_of(stack_name)
     bucket = outputs["ConfigBucketName"]
     recipe_location, queued = None, False
@@ -106,6 +107,19 @@ def put_contract(path: Path, stack_name: str) -> ContractPut:
     key = contract_key(contract.model)
     s3.put_bytes(bucket, key, text, "application/yaml")
     return ContractPut(f"s3://{bucket}/{key}", recipe_location, queued)
+
+
+def check_training(contract: DataContract) -> None:
+    """The trainer's own checks of the training settings (the metric fits the task, the parameters
+    are the estimator's), before anything trains."""
+    from worker import training
+
+    try:
+        training.check_training_settings(contract)
+    except ValueError as error:
+        raise OperationError(
+            f"the trainer would refuse the contract of {contract.model!r}: {error}"
+        ) from None
 
 
 def _recipe_path(contract_path: Path, contract: DataContract) -> Path | None:
@@ -311,7 +325,10 @@ def contract_for_check(path_or_model: str, stack_name: str) -> DataContract:
     """A local contract file, read without any AWS call; otherwise the stack's contract of that model."""
     path = Path(path_or_model)
     if path.suffix in {".yaml", ".yml"} or path.exists():
-        return _parsed(_read_file(path, "contract"), str(path))
+        contract = _parsed(_read_file(path, "contract"), str(path))
+        check_training(contract)
+        _checked_recipe(path, contract)
+        return contract
     text, where = _contract_bytes(path_or_model, stack_name)
     return _parsed(text, where)
 

@@ -101,6 +101,42 @@ FAMILIES = ("random_forest", "gradient_boosting", "linear", "lightgbm", "xgboost
 BUILT_IN_RECIPE = "built-in"
 
 
+class SearchRange(_Frozen):
+    """A number between low and high: an integer when both are integers; `log` samples its scale."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> Self:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0; got {self.low}")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+
+class SearchChoice(_Frozen):
+    choices: list[int | float | str | bool] = Field(min_length=1)
+
+
+class Search(_Frozen):
+    """training.search: tune the estimator's parameters (Optuna, seeded) before the gate judges it.
+    Each trial fits on part of the training rows and is scored on the rest; the holdout the gate uses
+    is never seen. The best trial's parameters are then fitted on all the training rows."""
+
+    trials: int = Field(default=20, ge=1, le=1000)
+    # A time budget ends the search early: the model then depends on how fast the trainer was, so
+    # `arrival reproduce` matches it only when the trials, not the budget, ended the search.
+    timeout_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    space: dict[str, SearchRange | SearchChoice] = Field(min_length=1)
+
+
 class TrainingSettings(_Frozen):
     """How the trainer fits and judges this model (the training issue uses them)."""
 
@@ -118,6 +154,7 @@ class TrainingSettings(_Frozen):
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
     # manual: a version the gate passes waits for `arrival approve` instead of being promoted.
     approval: Literal["auto", "manual"] = "auto"
+    search: Search | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -10,7 +10,7 @@ import pandas as pd
 _HOLDOUT_HASH_KEY = "arrival-holdout"
 
 
-def holdout_mask(frame: pd.DataFrame, fraction: float) -> np.ndarray:
+def holdout_mask(frame: pd.DataFrame, fraction: float, key: str = _HOLDOUT_HASH_KEY) -> np.ndarray:
     """True for holdout rows, chosen by a hash of each row's content: the same row is in the same
     split in every training, so a challenger and the champion are judged on the same rows.
 
@@ -19,8 +19,9 @@ def holdout_mask(frame: pd.DataFrame, fraction: float) -> np.ndarray:
     accepted expects a model judged on something, not a failed job. Which row crosses depends on the
     whole small dataset, so it may change sides as data arrives; with so few rows, being judged at
     all matters more. A single row is fit on, and its empty holdout gets the version rejected with
-    a reason (worker/train_model.py's `_judge`)."""
-    hashes = pd.util.hash_pandas_object(frame, index=False, hash_key=_HOLDOUT_HASH_KEY.ljust(16)[:16])
+    a reason (worker/train_model.py's `_judge`). Another `key` splits another way (the tuning split
+    inside the training rows, worker/tuning.py)."""
+    hashes = pd.util.hash_pandas_object(frame, index=False, hash_key=key.ljust(16)[:16])
     values = hashes.to_numpy()
     buckets = values % 10_000
     mask: np.ndarray = buckets < int(fraction * 10_000)

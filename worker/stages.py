@@ -110,7 +110,23 @@ def train(workspace: Workspace = Path()) -> None:
     contract, params = _contract(workspace), _params(workspace)
     frame = pd.read_parquet(workspace / "data" / "train.parquet")
     recipe, path = _recipe(workspace), workspace / recipes.RECIPE_FILE
-    model = recipes.estimator_for(contract, recipe, params.get("estimator_params") or {}, path)
+    estimator_params = params.get("estimator_params") or {}
+    searched: dict[str, Any] = {"best_params": {}, "trials": []}
+    if (search := contract.training.search) is not None:
+        from worker import tuning
+
+        def build(trial_params: dict[str, Any]) -> Any:
+            return recipes.estimator_for(contract, recipe, trial_params, path)
+
+        found = recipes.calling(
+            recipe,
+            path,
+            "searching the recipe's parameters",
+            lambda: tuning.search(contract, search, frame, build, estimator_params),
+        )
+        searched = found.as_json()
+        estimator_params = {**estimator_params, **found.best_params}
+    model = recipes.estimator_for(contract, recipe, estimator_params, path)
     features = training.features_of(frame, contract)
     started = time.perf_counter()
     fitting = "fitting the recipe's pipeline"
@@ -126,6 +142,7 @@ def train(workspace: Workspace = Path()) -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     (workspace / "model" / "train.json").write_text(json.dumps(usage, indent=2))
+    (workspace / "model" / "trials.json").write_text(json.dumps(searched, indent=2, sort_keys=True))
     built = f"the recipe {contract.training.recipe}" if recipe is not None else contract.training.family
     typer.echo(f"trained {built} on {len(frame)} rows")
 

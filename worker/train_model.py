@@ -253,6 +253,26 @@ def _judge(
     return decision, champion, champion_metric
 
 
+def _log_trials(run: TrainingRun, trials: list[dict[str, Any]]) -> None:
+    """training.search's trials, each a run nested under the version's (worker/tuning.py)."""
+    metric = f"tuning.{run.contract.training.metric}"
+    tracking.log_nested_runs(
+        run.run_id,
+        [
+            tracking.NestedRun(
+                name=f"trial {trial['number']}",
+                params=trial["params"],
+                metrics={metric: trial["score"], "tuning.seconds": trial["seconds"]}
+                if trial["score"] is not None
+                else {"tuning.seconds": trial["seconds"]},
+                tags={"tuning.error": trial["error"]} if trial["error"] else {},
+                finished=trial["error"] is None,
+            )
+            for trial in trials
+        ],
+    )
+
+
 def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
     _run_pipeline(workspace, run)
     metrics = json.loads((workspace / "metrics.json").read_text())
@@ -260,6 +280,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
     trained = json.loads((workspace / "model" / "train.json").read_text())
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     holdout = pd.read_parquet(workspace / "data" / "holdout.parquet")
+    searched = json.loads((workspace / "model" / "trials.json").read_text())
     export_problem = json.loads((workspace / "model" / "export.json").read_text())["problem"]
     decision, champion, champion_metric = _judge(run, metrics, holdout, export_problem)
     drifted = drift_report.training_report(run.contract, run.accepted, run.resources, run.run_id, workspace)
@@ -286,6 +307,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
             "metric": run.contract.training.metric,
             "holdout_fraction": params["holdout_fraction"],
             **{f"estimator.{key}": value for key, value in params["estimator_params"].items()},
+            **{f"search.best.{key}": value for key, value in searched["best_params"].items()},
         },
         metrics={**logged_metrics, **run.timings, "timing.drift_seconds": drifted.seconds},
         tags={**run.tags, **gate_tags, **drifted.run_tags},
@@ -297,6 +319,7 @@ def _train_in(workspace: Path, run: TrainingRun) -> TrainingOutcome:
             *drifted.artifacts,
         ],
     )
+    _log_trials(run, searched["trials"])
     example = training.features_of(holdout.head(5), run.contract)
     recipe_module = recipes.load(workspace / recipes.RECIPE_FILE)  # the pickle refers to its classes
     fitted = joblib.load(workspace / "model" / "model.joblib")

@@ -78,6 +78,19 @@ def check_training_settings(contract: DataContract) -> None:
             f"metric {contract.training.metric!r} does not fit a {contract.task} task; "
             f"use one of {_TASK_METRICS[contract.task]}"
         )
+    estimator_class = _FAMILIES[(contract.task, family)]
+    # The boosters take any of their library's parameters (and aliases) as keywords: not checked.
+    if contract.training.recipe is None and not isinstance(estimator_class, str):
+        named = set(contract.training.params)
+        if contract.training.search is not None:
+            named |= set(contract.training.search.space)
+        unknown = sorted(named - set(estimator_class().get_params()))
+        if unknown:
+            takes = ", ".join(sorted(estimator_class().get_params()))
+            raise ValueError(
+                f"training.params or training.search.space name {unknown}, which {estimator_class.__name__} "
+                f"(family {family}) does not take; it takes: {takes}"
+            )
 
 
 def build_model(contract: DataContract, params: dict[str, Any] | None = None) -> Pipeline:

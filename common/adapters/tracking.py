@@ -29,6 +29,15 @@ _REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "cloudpickle")
 _BOOSTERS = {"lightgbm": "lightgbm", "xgboost-cpu": "xgboost"}
 
 
+@dataclass(frozen=True)
+class NestedRun:
+    name: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    finished: bool
+
+
 class NoTrackingServerError(RuntimeError):
     pass
 
@@ -101,6 +110,22 @@ def log_run(
     with ThreadPoolExecutor(max_workers=8) as pool:
         for finished in [pool.submit(upload, folder, path) for folder, path in artifacts or []]:
             finished.result()
+
+
+def log_nested_runs(parent_run_id: str, children: Sequence[NestedRun]) -> None:
+    """One run per child (a search's trial), nested under the parent in MLflow's UI; finished, with
+    FAILED for a child that failed."""
+    parent = client().get_run(parent_run_id)
+    for child in children:
+        tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": child.name, **child.tags}
+        run = client().create_run(parent.info.experiment_id, tags=tags)
+        now = int(time.time() * 1000)
+        client().log_batch(
+            run.info.run_id,
+            metrics=[Metric(key, value, now, 0) for key, value in child.metrics.items()],
+            params=[Param(key, str(value)) for key, value in child.params.items()],
+        )
+        client().set_terminated(run.info.run_id, status="FINISHED" if child.finished else "FAILED")
 
 
 def log_and_register_model(

@@ -164,13 +164,35 @@ def test_a_recipe_that_raises_fails_its_job_once_with_its_traceback_and_the_cham
     assert len(second_chain.versions(model)) == 1
 
 
-def test_the_xgboost_family_trains_and_serves_string_labels(second_chain: Chain, unique: str) -> None:
+def test_xgboost_with_a_search_promotes_the_best_trial_with_its_trials_nested(
+    second_chain: Chain, unique: str
+) -> None:
     model = f"xgb-{unique}"
-    second_chain.put_contract(
-        model, datasets.contract_yaml("iris", model).replace(b"family: random_forest", b"family: xgboost")
+    contract = datasets.contract_yaml("iris", model).replace(
+        b"  family: random_forest\n",
+        b"  family: xgboost\n"
+        b"  search:\n"
+        b"    trials: 3\n"
+        b"    space:\n"
+        b"      n_estimators: {low: 10, high: 60}\n"
+        b"      max_depth: {choices: [2, 4]}\n",
     )
+    assert b"search:" in contract
+    second_chain.put_contract(model, contract)
     second_chain.upload(f"{model}/iris.csv", datasets.noisy_iris_csv(300, seed=24, noise=0.3))
 
     version = second_chain.wait_versions(model, 1)[0]
     assert "promotion" in version.tags, version.tags
-    assert version.tags.get("gate.decision") == "promote"
+    run = second_chain.mlflow.get_run(version.run_id)
+    best = {
+        key.removeprefix("search.best."): value
+        for key, value in run.data.params.items()
+        if "search.best" in key
+    }
+    assert set(best) == {"n_estimators", "max_depth"}
+    trials = second_chain.mlflow.search_runs(
+        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{version.run_id}'"
+    )
+    assert len(trials) == 3
+    top = max(trials, key=lambda trial: trial.data.metrics["tuning.f1_macro"])
+    assert {name: top.data.params[name] for name in best} == best
