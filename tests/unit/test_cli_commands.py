@@ -265,19 +265,29 @@ def test_check_against_a_model_without_a_contract(cloud: FakeStack, tmp_path: Pa
     _one_line_error(result, "no contract for model 'tulips'")
 
 
-@pytest.mark.parametrize(
-    ("text", "phrase"),
-    [
-        (b"model: [broken", "is not a valid contract"),
-        (b"model: iris\ntask: classification\ntarget: species\ncolumns: {}\n", "is not a valid contract"),
-    ],
-)
-def test_an_invalid_contract_is_one_line(no_aws: Path, tmp_path: Path, text: bytes, phrase: str) -> None:
-    no_aws.write_bytes(text)
+def test_a_contract_that_is_not_yaml_is_one_line(no_aws: Path, tmp_path: Path) -> None:
+    no_aws.write_bytes(b"model: [broken")
 
     result = _arrival("contract", "check", str(_iris_csv(tmp_path)), "--contract", str(no_aws))
 
-    _one_line_error(result, str(no_aws), phrase, "fix it")
+    _one_line_error(result, str(no_aws), "is not valid YAML", "fix it")
+
+
+def test_an_invalid_contract_lists_every_problem_a_line_each(no_aws: Path, tmp_path: Path) -> None:
+    """Unquoted `[no, yes]` once hid the second of two errors: "2 validation errors", one shown."""
+    text = (datasets.CONTRACTS / "iris.yaml").read_bytes()
+    no_aws.write_bytes(
+        text.replace(b"[setosa, versicolor, virginica]", b"[no, yes]").replace(b"random_forest", b"xgboots")
+    )
+
+    result = _arrival("contract", "check", str(_iris_csv(tmp_path)), "--contract", str(no_aws))
+
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert "is not a valid contract, 2 problem(s):" in lines[0]
+    assert lines[1].startswith("  columns.species.type=categorical.categories: ") or "categories" in lines[1]
+    assert 'quote each category, as in categories: ["no", "yes"]' in result.output
+    assert "unknown model family 'xgboots'; known: random_forest, gradient_boosting" in result.output
 
 
 def test_a_missing_data_or_contract_file_is_one_line(no_aws: Path, tmp_path: Path) -> None:
@@ -288,6 +298,112 @@ def test_a_missing_data_or_contract_file_is_one_line(no_aws: Path, tmp_path: Pat
 
     _one_line_error(no_data, "no such data file", "absent.csv")
     _one_line_error(no_contract, "no such contract file", "absent.yaml")
+
+
+# --- recipes ------------------------------------------------------------------------------------------
+
+SERVABLE_RECIPE = """
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import PolynomialFeatures
+
+
+def build_pipeline(params):
+    columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    squares = ColumnTransformer([("squares", PolynomialFeatures(degree=2), columns)])
+    estimator = LogisticRegression(max_iter=params.get("max_iter", 500))
+    return Pipeline([("features", squares), ("estimator", estimator)])
+"""
+
+
+def _with_recipe(contract: Path, source: str) -> Path:
+    contract.write_bytes(contract.read_bytes().replace(b"family: random_forest", b"recipe: iris_recipe.py"))
+    (contract.parent / "iris_recipe.py").write_text(source)
+    return contract
+
+
+def test_check_fits_a_local_contracts_recipe_and_says_it_would_serve(no_aws: Path, tmp_path: Path) -> None:
+    _with_recipe(no_aws, SERVABLE_RECIPE)
+
+    result = _arrival("contract", "check", str(_iris_csv(tmp_path, rows=150)), "--contract", str(no_aws))
+
+    assert result.exit_code == 0, result.output
+    assert "the recipe iris_recipe.py fitted on" in result.output and "f1_macro" in result.output
+    assert "servable: its ONNX export gives the pipeline's answers" in result.output
+
+
+def test_check_exits_3_for_a_recipe_that_would_not_serve_naming_why(no_aws: Path, tmp_path: Path) -> None:
+    _with_recipe(
+        no_aws,
+        SERVABLE_RECIPE.replace("PolynomialFeatures(degree=2)", "FunctionTransformer(abs)").replace(
+            "import PolynomialFeatures", "import FunctionTransformer"
+        ),
+    )
+
+    result = _arrival("contract", "check", str(_iris_csv(tmp_path, rows=150)), "--contract", str(no_aws))
+
+    assert result.exit_code == 3, result.output
+    assert "not servable: the pipeline does not convert to ONNX" in result.output
+    assert "FunctionTransformer" in result.output
+
+
+@pytest.mark.parametrize(
+    ("source", "phrase"),
+    [
+        ("def build(params):\n    pass\n", "defines no build_pipeline(params) function"),
+        ("import not_installed_anywhere\n", "ModuleNotFoundError"),
+    ],
+)
+def test_check_refuses_a_recipe_the_trainer_could_not_use(
+    no_aws: Path, tmp_path: Path, source: str, phrase: str
+) -> None:
+    _with_recipe(no_aws, source)
+
+    result = _arrival("contract", "check", str(_iris_csv(tmp_path)), "--contract", str(no_aws))
+
+    assert result.exit_code == 1, result.output
+    assert "cannot be used" in result.output and phrase in result.output
+
+
+def test_put_uploads_the_recipe_first_and_a_changed_one_queues_a_training(
+    cloud: FakeStack, tmp_path: Path
+) -> None:
+    contract = tmp_path / "iris.yaml"
+    contract.write_bytes(datasets.contract_yaml("iris", "iris"))
+    _with_recipe(contract, SERVABLE_RECIPE)
+
+    first = _arrival("contract", "put", str(contract), "--stack-name", STACK)
+
+    assert first.exit_code == 0, first.output
+    assert "recipe uploaded to s3://unit-config/recipes/iris.py" in first.output
+    assert "queued" not in first.output  # the model has no data yet
+    stored = cloud.s3.get_object(Bucket="unit-config", Key="recipes/iris.py")["Body"].read()
+    assert stored == SERVABLE_RECIPE.encode()
+
+    # WHEN the model has data and only the recipe changes
+    accepted = {"model": "iris", "datasets": [{"content_hash": "a" * 64}]}
+    cloud.s3.put_object(Bucket="unit-processed", Key="iris/accepted.json", Body=json.dumps(accepted))
+    again = _arrival("contract", "put", str(contract), "--stack-name", STACK)
+    assert "queued" not in again.output  # the same recipe: nothing new to train
+    _with_recipe(contract, SERVABLE_RECIPE.replace("500", "800"))
+    changed = _arrival("contract", "put", str(contract), "--stack-name", STACK)
+
+    assert "a training on the model's data is queued" in changed.output, changed.output
+    jobs = cloud.sqs.receive_message(QueueUrl=OUTPUTS["TrainingQueueUrl"], MaxNumberOfMessages=10)["Messages"]
+    assert [json.loads(job["Body"]) for job in jobs] == [{"model": "iris"}]
+
+
+def test_put_refuses_a_contract_naming_a_recipe_that_is_not_there(cloud: FakeStack, tmp_path: Path) -> None:
+    contract = tmp_path / "iris.yaml"
+    contract.write_bytes(
+        datasets.contract_yaml("iris", "iris").replace(b"family: random_forest", b"recipe: gone.py")
+    )
+
+    result = _arrival("contract", "put", str(contract), "--stack-name", STACK)
+
+    _one_line_error(result, "names the recipe gone.py, but there is no file")
+    assert "Contents" not in cloud.s3.list_objects_v2(Bucket="unit-config", Prefix="recipes/")
 
 
 # --- upload -------------------------------------------------------------------------------------------
