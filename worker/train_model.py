@@ -7,6 +7,7 @@ trainer's (worker/decision.py), the bundle (worker/serving_bundle.py), `arrival 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -186,11 +187,11 @@ def train_model(
         # A trainer being stopped (SIGTERM's SystemExit) did not fail the training: its job goes back
         # to the queue, and the run ends KILLED, as a dead trainer's run does.
         status = "FAILED" if isinstance(error, Exception) else "KILLED"
+        if isinstance(error, Exception):  # the run says why it failed (a recipe's traceback)
+            reason = f"{type(error).__name__}: {error}"[:5000]
+            with contextlib.suppress(Exception):  # ending the run matters more
+                tracking.log_run(run.run_id, tags={"failure.reason": reason})
         try:
-            if isinstance(error, Exception):  # the run says why it failed (a recipe's traceback)
-                tracking.log_run(
-                    run.run_id, tags={"failure.reason": f"{type(error).__name__}: {error}"[-5000:]}
-                )
             tracking.end_run(run.run_id, status)
         except Exception:
             logging.getLogger(__name__).warning("could not mark run %s %s", run.run_id, status, exc_info=True)
