@@ -375,6 +375,15 @@ def _served_version(
     return str(answer.get("version")), pending if isinstance(pending, dict) else None
 
 
+def _failure_in_brief(reason: str) -> str:
+    """A dead letter's reason on one line: its first line, and for a recipe's failure, which carries
+    its traceback, the traceback's last lines too (where in the recipe, and the error)."""
+    lines = [" ".join(line.split()) for line in reason.splitlines() if line.strip()]
+    if len(lines) == 1:
+        return lines[0][:300]
+    return f"{lines[0][:300]} ... {' | '.join(lines[-3:])[:300]}"
+
+
 def _problems(status: dict[str, Any], registry_up: bool) -> list[str]:
     """What an operator should look at, each with what to do."""
     name, pointer, served = status["name"], status["serving"]["pointer"], status["serving"]["api"]
@@ -425,7 +434,7 @@ def _problems(status: dict[str, Any], registry_up: bool) -> list[str]:
         )
     if dead["training_dead_letters"]:
         reason = dead.get("training_failure")
-        because = f" ({' '.join(reason.split())[:300]})" if reason else ""
+        because = f" ({_failure_in_brief(reason)})" if reason else ""
         problems.append(
             f"{dead['training_dead_letters']} training job(s) dead-lettered{because}: "
             "`arrival logs trainer`, then `arrival redrive training`"

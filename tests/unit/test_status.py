@@ -164,3 +164,21 @@ def _pointer_to(version: str) -> None:
         model="iris", version=version, manifest_key=bundle_manifest_key("iris", version), promoted_at="t"
     )
     s3.put_bytes(OUTPUTS["ModelsBucketName"], pointer_key("iris"), pointer.model_dump_json().encode())
+
+
+def test_a_recipes_dead_letter_shows_where_in_the_recipe_it_raised() -> None:
+    reason = (
+        "StageFailedError: stage train: recipe: fitting the recipe's pipeline raised ValueError: no rooms\n"
+        + "".join(
+            f'  File "/opt/arrival/lib/sklearn/frame{index}.py", line {index}, in fit\n' for index in range(9)
+        )
+        + '  File "recipes/houses.py", line 9, in fit\n    raise ValueError("no rooms")\nValueError: no rooms'
+    )
+    line = status._failure_in_brief(reason)
+
+    assert "\n" not in line
+    assert line.startswith("StageFailedError: stage train: recipe: fitting the recipe's pipeline raised")
+    assert (
+        'File "recipes/houses.py", line 9, in fit | raise ValueError("no rooms") | ValueError: no rooms'
+        in line
+    )
