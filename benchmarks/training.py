@@ -4,7 +4,11 @@ features. Reports medians by stage, from the timestamps the ingest Lambda and th
 
 Starts its own local cloud on free ports with the product's default worker settings.
 
-    uv run python benchmarks/training.py [--runs 5] [--large-runs 3] [--skip-large]
+    uv run python benchmarks/training.py [--runs 5] [--large-runs 3] [--skip-large] [--skip-small]
+        [--family lightgbm] [--search-trials 20]
+
+With --family or --search-trials, the contract trains that family (LightGBM: 100 trees), or tunes it
+with that many trials, and the results go to benchmarks/results/training_<family>[_search<N>].md.
 """
 
 from __future__ import annotations
@@ -39,10 +43,34 @@ STACK = "arrival-chain-bench"
 STAGES = ["event delivery", "ingest", "boot", "queue", "train", "quiet period", "log and register", "promote"]
 
 
-def wide_contract(model: str) -> bytes:
-    """20 numeric features and a 3-class target, trained with a bounded random forest."""
+FAMILY_PARAMS: dict[str, dict[str, Any]] = {
+    "random_forest": {"n_estimators": 20, "max_depth": 12},
+    "lightgbm": {"n_estimators": 100},
+    "xgboost": {"n_estimators": 100},
+}
+SEARCH_SPACES: dict[str, dict[str, Any]] = {
+    "random_forest": {"n_estimators": {"low": 10, "high": 30}, "max_depth": {"low": 6, "high": 14}},
+    "lightgbm": {
+        "num_leaves": {"low": 15, "high": 63},
+        "learning_rate": {"low": 0.03, "high": 0.3, "log": True},
+    },
+    "xgboost": {"max_depth": {"low": 3, "high": 8}, "learning_rate": {"low": 0.03, "high": 0.3, "log": True}},
+}
+
+
+def wide_contract(model: str, family: str = "random_forest", search_trials: int = 0) -> bytes:
+    """20 numeric features and a 3-class target, trained with a bounded random forest (or `family`),
+    tuned with `search_trials` trials if any."""
     columns: dict[str, Any] = {f"x{index:02d}": {"type": "numeric"} for index in range(20)}
     columns["label"] = {"type": "categorical", "categories": ["a", "b", "c"]}
+    training: dict[str, Any] = {
+        "family": family,
+        "metric": "f1_macro",
+        "floor": 0.4,
+        "params": FAMILY_PARAMS[family],
+    }
+    if search_trials:
+        training["search"] = {"trials": search_trials, "space": SEARCH_SPACES[family]}
     return yaml.safe_dump(
         {
             "model": model,
@@ -50,12 +78,7 @@ def wide_contract(model: str) -> bytes:
             "target": "label",
             "columns": columns,
             "limits": {"min_rows": 10, "max_file_bytes": 400 * 2**20},
-            "training": {
-                "family": "random_forest",
-                "metric": "f1_macro",
-                "floor": 0.4,
-                "params": {"n_estimators": 20, "max_depth": 12},
-            },
+            "training": training,
         }
     ).encode()
 
@@ -94,10 +117,18 @@ def _stage_server_peak_mb(cloud_id: str) -> float:
 
 
 class Bench:
-    def __init__(self, outputs: dict[str, str], mlflow_url: str, cloud_id: str) -> None:
+    def __init__(
+        self,
+        outputs: dict[str, str],
+        mlflow_url: str,
+        cloud_id: str,
+        family: str = "random_forest",
+        trials: int = 0,
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         self.outputs, self.cloud_id = outputs, cloud_id
+        self.family, self.trials = family, trials
         self.s3, self.ec2 = boto3.client("s3"), boto3.client("ec2")
         self.mlflow = MlflowClient(mlflow_url)
 
@@ -130,7 +161,9 @@ class Bench:
     def one_run(self, rows: int, seed: int) -> dict[str, float]:
         model = f"bench-{uuid.uuid4().hex[:8]}"
         self.s3.put_object(
-            Bucket=self.outputs["ConfigBucketName"], Key=f"contracts/{model}.yaml", Body=wide_contract(model)
+            Bucket=self.outputs["ConfigBucketName"],
+            Key=f"contracts/{model}.yaml",
+            Body=wide_contract(model, self.family, self.trials),
         )
         body = wide_csv(rows, seed)
         uploaded = time.time()
@@ -162,10 +195,18 @@ class Bench:
             "log and register": metrics["timing.registered_at"] - metrics["timing.settled_at"],
             "promote": metrics["timing.decided_at"] - metrics["timing.registered_at"],
             "fit alone": metrics["train.fit_seconds"],
+            # With a search: its trials' own fits (each on the training rows outside the tuning split).
+            "trial fits": _trial_seconds(self.mlflow, champion.run_id),
             "fit peak MB": metrics["train.peak_rss_mb"],
             "worker peak MB": metrics["worker.peak_rss_mb"],
             "stage server peak MB": _stage_server_peak_mb(self.cloud_id),
         }
+
+
+def _trial_seconds(mlflow: Any, run_id: str) -> float:
+    experiment = mlflow.get_run(run_id).info.experiment_id
+    children = mlflow.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    return float(sum(child.data.metrics.get("tuning.seconds", 0.0) for child in children))
 
 
 def _row(label: str, runs: list[dict[str, float]]) -> str:
@@ -173,9 +214,15 @@ def _row(label: str, runs: list[dict[str, float]]) -> str:
     stages = " | ".join(f"{median[stage]:.2f}" for stage in STAGES)
     ratio = median["total"] / median["fit alone"]
     peak = max(run["fit peak MB"] + run["worker peak MB"] + run["stage server peak MB"] for run in runs)
+    # A search's measure: the whole chain against the bare fits it is made of (each trial's own fit, and
+    # the final fit), so what the search, MLflow and DVC add shows as the ratio.
+    fits = median["trial fits"] + median["fit alone"]
+    searched = (
+        f" {median['trial fits']:.2f} | {median['total'] / fits:.1f}x |" if median["trial fits"] else ""
+    )
     return (
         f"| {label} | {len(runs)} | **{median['total']:.2f}** | {stages} | {median['fit alone']:.2f} | "
-        f"{ratio:.1f}x | {peak:.0f} |"
+        f"{ratio:.1f}x | {peak:.0f} |{searched}"
     )
 
 
@@ -208,6 +255,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--large-runs", type=int, default=3)
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-small", action="store_true")
+    parser.add_argument("--family", default="random_forest", choices=sorted(FAMILY_PARAMS))
+    parser.add_argument("--search-trials", type=int, default=0)
     arguments = parser.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="arrival-chain-bench-"))
@@ -226,8 +276,10 @@ def main() -> None:
             },
             vendor_dependencies=False,
         )
-        bench = Bench(outputs, settings.mlflow_url, settings.cloud_id)
-        cases = [("5,000 rows", 5_000, arguments.runs)]
+        bench = Bench(
+            outputs, settings.mlflow_url, settings.cloud_id, arguments.family, arguments.search_trials
+        )
+        cases = [] if arguments.skip_small else [("5,000 rows", 5_000, arguments.runs)]
         if not arguments.skip_large:
             cases.append(("1 M rows x 20", 1_000_000, arguments.large_runs))
         for label, size, runs in cases:
@@ -247,9 +299,22 @@ def main() -> None:
 
 
 def _write(rows: list[str], arguments: argparse.Namespace) -> None:
+    variant = ""
+    if arguments.family != "random_forest" or arguments.search_trials:
+        variant = f"_{arguments.family}" + (
+            f"_search{arguments.search_trials}" if arguments.search_trials else ""
+        )
+    command = " ".join(sys.argv[1:])
+    searched = (
+        f"Each training tunes the contract's {arguments.family} with {arguments.search_trials} trials "
+        "(training.search): `trial fits` is the trials' own fits added up, and `total / fits` the whole "
+        "chain against those fits and the final one. "
+        if arguments.search_trials
+        else ""
+    )
     header = (
-        "# Chain benchmark: upload -> champion\n\n"
-        f"`uv run python benchmarks/training.py --runs {arguments.runs} --large-runs {arguments.large_runs}` "
+        f"# Chain benchmark: upload -> champion ({arguments.family})\n\n"
+        f"`uv run python benchmarks/training.py {command}` "
         f"on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, default worker settings "
         "(quiet period 2 s, counted from the last file's acceptance and run alongside the training: "
         "`quiet period` is what was left of it once the DVC pipeline was done). "
@@ -262,11 +327,12 @@ def _write(rows: list[str], arguments: argparse.Namespace) -> None:
         "evaluate); `log and register` includes `dvc push`. Peak memory: "
         "the fit stage's process plus the worker's plus its stage server's, each at its peak (they run at "
         "the same time; the fit stage is forked from the server and shares most of its pages, so this is "
-        "an upper bound).\n\n"
-        f"| case | runs | total | {' | '.join(STAGES)} | fit alone | total / fit | peak MB |\n"
-        f"|---|---|---|{'---|' * len(STAGES)}---|---|---|\n"
+        f"an upper bound). {searched}\n\n"
+        f"| case | runs | total | {' | '.join(STAGES)} | fit alone | total / fit | peak MB |"
+        f"{' trial fits | total / fits |' if arguments.search_trials else ''}\n"
+        f"|---|---|---|{'---|' * len(STAGES)}---|---|---|{'---|---|' if arguments.search_trials else ''}\n"
     )
-    output = ROOT / "benchmarks" / "results" / "training.md"
+    output = ROOT / "benchmarks" / "results" / f"training{variant}.md"
     output.write_text(header + "\n".join(rows) + "\n")
     print(f"wrote {output}")  # noqa: T201
 
