@@ -105,14 +105,6 @@ def build(module: ModuleType, params: dict[str, Any], path: Path) -> Any:
     return estimator
 
 
-def raised_in(error: BaseException, path: Path) -> bool:
-    """Whether the recipe's own code is on the error's traceback (its transformer's fit, say)."""
-    target = str(path.resolve())
-    return any(
-        str(Path(frame.filename).resolve()) == target for frame in traceback.extract_tb(error.__traceback__)
-    )
-
-
 def user_trace(error: BaseException, path: Path) -> str:
     """`Type: message`, then the traceback's last lines, with the recipe's file named as the user
     knows it rather than by the scratch workspace's path."""
