@@ -67,9 +67,6 @@ def put_contract(path: Path, stack_name: str) -> ContractPut:
     """Upload after validating, so a typo never reaches the pipeline; with the recipe it names, which
     goes first, so that a contract naming a recipe always finds it. A changed recipe queues a training
     on the model's data (if it has any): new code on the same data is a new version."""
-    from common.adapters import sqs
-    from worker import recipes
-
     text = _read_file(path, "contract")
     contract = _parsed(text, str(path))
     # Operators name the file after the prefix they upload data under; a contract declaring
@@ -84,29 +81,36 @@ def put_contract(path: Path, stack_name: str) -> ContractPut:
     check_training(contract)
     outputs = outputs_of(stack_name)
     bucket = outputs["ConfigBucketName"]
-    recipe_location, queued = None, False
+    recipe_location, changed = None, False
     if recipe is not None:
         key = recipe_key(contract.model)
         before = s3.get_bytes(bucket, key)
         s3.put_bytes(bucket, key, recipe, "text/x-python")
-        recipe_location = f"s3://{bucket}/{key}"
-        accepted = s3.get_bytes(outputs["ProcessedBucketName"], accepted_list_key(contract.model))
-        if (before is None or before[0] != recipe) and accepted is not None:
-            # The job names the model only; the trainer reads the contract and recipe it then finds.
-            # Its deduplication id is not the data list's alone, which a recent upload's job holds.
-            list_hash = accepted_list_hash(json.loads(accepted[0]))
-            sqs.send_fifo(
-                outputs["TrainingQueueUrl"],
-                {"model": contract.model},
-                group_id=contract.model,
-                deduplication_id=hashlib.sha256(
-                    f"{list_hash}:{recipes.recipe_hash(recipe)}".encode()
-                ).hexdigest(),
-            )
-            queued = True
+        recipe_location, changed = f"s3://{bucket}/{key}", before is None or before[0] != recipe
     key = contract_key(contract.model)
     s3.put_bytes(bucket, key, text, "application/yaml")
+    # Queued only once both are in place: a trainer taking the job at once reads the new pair.
+    queued = changed and recipe is not None and _queue_training(outputs, contract.model, recipe)
     return ContractPut(f"s3://{bucket}/{key}", recipe_location, queued)
+
+
+def _queue_training(outputs: dict[str, str], model: str, recipe: bytes) -> bool:
+    """A training of the model's data as it is (False if it has none), and a trainer asked for at once,
+    as ingest asks after queueing (otherwise the reconciler's schedule starts one)."""
+    from common.adapters import functions, sqs
+    from worker import recipes
+
+    accepted = s3.get_bytes(outputs["ProcessedBucketName"], accepted_list_key(model))
+    if accepted is None:
+        return False
+    # The job names the model only; the trainer reads the contract and recipe it then finds. Its
+    # deduplication id is not the data list's alone, which a recent upload's job holds.
+    list_hash = accepted_list_hash(json.loads(accepted[0]))
+    identity = hashlib.sha256(f"{list_hash}:{recipes.recipe_hash(recipe)}".encode()).hexdigest()
+    sqs.send_fifo(outputs["TrainingQueueUrl"], {"model": model}, group_id=model, deduplication_id=identity)
+    if "ReconcileFunctionName" in outputs:
+        functions.invoke_async(outputs["ReconcileFunctionName"], {"reason": "training queued"})
+    return True
 
 
 def check_training(contract: DataContract) -> None:
