@@ -185,3 +185,58 @@ def test_skl2onnx_still_cannot_convert_hist_gradient_boosting(estimator: str) ->
     model = getattr(ensemble, estimator)().fit(rows, target)
     with pytest.raises(ValueError, match="Unable to create node 'TreeEnsemble"):
         to_onnx(model, rows[:1], target_opset={"": 17, "ai.onnx.ml": 3})
+
+
+OWN_TRANSFORMER_WITH_CONVERTER = """
+import numpy as np
+from skl2onnx import update_registered_converter
+from skl2onnx.algebra.onnx_ops import OnnxMul
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline
+
+
+class AreaInSquareFeet(TransformerMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.asarray(X, dtype=np.float32) * 10.7639
+
+
+def _shape(operator):
+    operator.outputs[0].type = FloatTensorType([None, operator.inputs[0].get_second_dimension()])
+
+
+def _convert(scope, operator, container):
+    factor = np.array([10.7639], dtype=np.float32)
+    OnnxMul(
+        operator.inputs[0], factor, op_version=container.target_opset, output_names=operator.outputs[:1]
+    ).add_to(scope, container)
+
+
+# Registered at import: the evaluate stage imports the recipe before it exports the pipeline.
+update_registered_converter(AreaInSquareFeet, "AreaInSquareFeet", _shape, _convert)
+
+
+def build_pipeline(params):
+    features = ColumnTransformer([("square_feet", AreaInSquareFeet(), ["area_m2"])])
+    return Pipeline([("features", features), ("estimator", Ridge())])
+"""
+
+
+def test_a_recipe_may_register_a_converter_for_its_own_transformer(tmp_path: Path) -> None:
+    path = recipe_file(tmp_path, OWN_TRANSFORMER_WITH_CONVERTER)
+    trial = recipes.try_on(datasets.house_frame(300), house(), path)
+    assert trial.not_servable is None
+
+    # The same transformer unregistered (another module: another class, which skl2onnx does not know)
+    (tmp_path / "without").mkdir()
+    unregistered = OWN_TRANSFORMER_WITH_CONVERTER.replace("\nupdate_registered_converter(", "\nprint(")
+    without = recipes.try_on(
+        datasets.house_frame(300), house(), recipe_file(tmp_path / "without", unregistered)
+    )
+    assert without.not_servable is not None and "does not convert to ONNX" in without.not_servable
+    assert "AreaInSquareFeet" in without.not_servable
