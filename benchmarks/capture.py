@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import logging
 import os
 import platform
-import secrets
 import shutil
 import statistics
 import sys
@@ -39,18 +37,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.serving import (  # noqa: E402
     BIN,
-    FEATURES,
-    ROWS,
     Load,
-    contract_yaml,
+    arrival_serve_env,
     median,
-    point_serving_at,
+    publish_champion,
     running,
-    wide_frame,
+    s3_stand_in,
     wrk,
 )
-from common.bundles import Lineage  # noqa: E402
-from common.contracts import parse_contract  # noqa: E402
 from localcloud.processes import free_port  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "capture.md"
@@ -65,34 +59,9 @@ SERVING_BENCHMARK_RPS = 6902
 
 def publish_model(scratch: Path) -> list[dict[str, float]]:
     """bench-forest fitted, exported and checked as the trainer's stages do, published as its bundle."""
-    from worker import serving_bundle, training
-    from worker.onnx_export import serving_check, to_onnx_bytes
-
-    contract = parse_contract(contract_yaml(MODEL, "random_forest"))
-    frame = wide_frame(ROWS, seed=1)
-    in_holdout = training.holdout_mask(frame, 0.2)
-    train, holdout = frame[~in_holdout], frame[in_holdout]
-    pipeline = training.build_model(contract)
-    pipeline.fit(training.features_of(train, contract), train[contract.target])
-    features = training.features_of(holdout, contract)
-    metrics = training.score(contract, holdout[contract.target], pipeline.predict(features))
-    onnx = to_onnx_bytes(pipeline, contract)
-    check = json.loads(json.dumps(serving_check(pipeline, holdout, features, contract), default=str))
-    lineage = Lineage(
-        run_id="benchmark",
-        sources=["s3://bench-raw/bench-forest/data.csv"],
-        content_hashes=["0" * 64],
-        accepted_list_hash="0" * 64,
-        contract_hash=contract.content_hash,
-    )
-    manifest = serving_bundle.build_manifest(contract, "1", onnx, check, metrics, lineage)
-    serving_bundle.publish_bundle(MODELS_BUCKET, manifest, onnx)
-    point_serving_at(MODELS_BUCKET, MODEL, "1")
-    records = [
-        {key: float(value) for key, value in row.items()} for row in frame[FEATURES].to_dict("records")
-    ]
-    (scratch / "record.json").write_text(json.dumps(records[0]))
-    return records
+    fitted = publish_champion(MODELS_BUCKET, MODEL, "random_forest")
+    (scratch / "record.json").write_bytes(fitted.record_body)
+    return fitted.records
 
 
 def capture_counts(metrics_text: str) -> dict[str, float]:
@@ -188,78 +157,59 @@ def main() -> None:
     options = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: install it (Debian/Ubuntu: `sudo apt-get install wrk`) and rerun")
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
-
     started = time.monotonic()
-    moto_port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
-    moto.start()
-    aws = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    os.environ.update(aws)
-    # The servers require an API key; wrk (benchmarks/serving.lua) sends ARRIVAL_API_KEY.
-    os.environ["ARRIVAL_API_KEY"] = secrets.token_urlsafe(30)
-    s3 = boto3.client("s3")
-    for bucket in (MODELS_BUCKET, CAPTURE_BUCKET, IN_PROCESS_BUCKET):
-        s3.create_bucket(Bucket=bucket)
-    with tempfile.TemporaryDirectory(prefix="arrival-capture-bench-") as scratch_name, ExitStack() as stack:
-        scratch = Path(scratch_name)
-        records = publish_model(scratch)
-        costs = in_process_costs(records)
-        servers: dict[str, tuple[str, int]] = {}
-        for name, rate in (("off", "0"), ("on", options.on_rate)):
-            port = free_port()
-            env = {
-                **os.environ,
-                "ARRIVAL_SERVING_MODELS_BUCKET": MODELS_BUCKET,
-                "ARRIVAL_SERVING_CAPTURE_BUCKET": CAPTURE_BUCKET,
-                "ARRIVAL_SERVING_HOST": "127.0.0.1",
-                "ARRIVAL_SERVING_PORT": str(port),
-                "ARRIVAL_SERVING_API_KEY": os.environ["ARRIVAL_API_KEY"],
-            }
-            if rate is not None:
-                env["ARRIVAL_SERVING_CAPTURE_RATE"] = rate
-            else:
-                env.pop("ARRIVAL_SERVING_CAPTURE_RATE", None)
-            process = stack.enter_context(
-                running([str(BIN / "arrival-serve")], scratch / f"server-{name}.log", env)
+    with s3_stand_in(MODELS_BUCKET, CAPTURE_BUCKET, IN_PROCESS_BUCKET):
+        s3 = boto3.client("s3")
+        with (
+            tempfile.TemporaryDirectory(prefix="arrival-capture-bench-") as scratch_name,
+            ExitStack() as stack,
+        ):
+            scratch = Path(scratch_name)
+            records = publish_model(scratch)
+            costs = in_process_costs(records)
+            servers: dict[str, tuple[str, int]] = {}
+            for name, rate in (("off", "0"), ("on", options.on_rate)):
+                port = free_port()
+                env = arrival_serve_env(
+                    port, MODELS_BUCKET, {"ARRIVAL_SERVING_CAPTURE_BUCKET": CAPTURE_BUCKET}
+                )
+                if rate is not None:
+                    env["ARRIVAL_SERVING_CAPTURE_RATE"] = rate
+                else:
+                    env.pop("ARRIVAL_SERVING_CAPTURE_RATE", None)
+                process = stack.enter_context(
+                    running([str(BIN / "arrival-serve")], scratch / f"server-{name}.log", env)
+                )
+                servers[name] = (f"http://127.0.0.1:{port}", process.pid)
+            for url, _ in servers.values():
+                wait_ready(url)
+            body = scratch / "record.json"
+            for url, pid in servers.values():
+                wrk(f"{url}/models/{MODEL}/predict", body, CONNECTIONS, options.warmup, pid)
+            warmed = capture_counts(
+                httpx.get(
+                    f"{servers['on'][0]}/metrics", headers={"x-api-key": os.environ["ARRIVAL_API_KEY"]}
+                ).text
             )
-            servers[name] = (f"http://127.0.0.1:{port}", process.pid)
-        for url, _ in servers.values():
-            wait_ready(url)
-        body = scratch / "record.json"
-        for url, pid in servers.values():
-            wrk(f"{url}/models/{MODEL}/predict", body, CONNECTIONS, options.warmup, pid)
-        warmed = capture_counts(
-            httpx.get(
-                f"{servers['on'][0]}/metrics", headers={"x-api-key": os.environ["ARRIVAL_API_KEY"]}
-            ).text
-        )
-        loads: dict[str, list[Load]] = {"off": [], "on": []}
-        order_of_rounds = []
-        for round_number in range(options.rounds):
-            order = ("off", "on") if round_number % 2 == 0 else ("on", "off")
-            order_of_rounds.append(order)
-            for name in order:
-                url, pid = servers[name]
-                load = wrk(f"{url}/models/{MODEL}/predict", body, CONNECTIONS, options.seconds, pid)
-                loads[name].append(load)
-                print(f"round {round_number + 1} {name}: {load.requests_per_second:,.0f} req/s", flush=True)  # noqa: T201
-        counted = capture_counts(
-            httpx.get(
-                f"{servers['on'][0]}/metrics", headers={"x-api-key": os.environ["ARRIVAL_API_KEY"]}
-            ).text
-        )
-        requests_on = sum(load.requests_per_second * options.seconds for load in loads["on"])
-        # Stopping the servers (ExitStack) ends their lifespans: the "on" server writes what it holds.
-    objects, captured, stored = captured_objects(s3)
-    moto.stop()
+            loads: dict[str, list[Load]] = {"off": [], "on": []}
+            order_of_rounds = []
+            for round_number in range(options.rounds):
+                order = ("off", "on") if round_number % 2 == 0 else ("on", "off")
+                order_of_rounds.append(order)
+                for name in order:
+                    url, pid = servers[name]
+                    load = wrk(f"{url}/models/{MODEL}/predict", body, CONNECTIONS, options.seconds, pid)
+                    loads[name].append(load)
+                    done = f"round {round_number + 1} {name}: {load.requests_per_second:,.0f} req/s"
+                    print(done, flush=True)  # noqa: T201
+            counted = capture_counts(
+                httpx.get(
+                    f"{servers['on'][0]}/metrics", headers={"x-api-key": os.environ["ARRIVAL_API_KEY"]}
+                ).text
+            )
+            requests_on = sum(load.requests_per_second * options.seconds for load in loads["on"])
+            # Stopping the servers (ExitStack) ends their lifespans: the "on" server writes what it holds.
+        objects, captured, stored = captured_objects(s3)
     stored_in_s3 = (objects, captured, stored)
     write_results(options, loads, order_of_rounds, counted, warmed, requests_on, stored_in_s3, costs, started)
 

@@ -23,12 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import platform
 import random
 import re
 import resource
+import secrets
 import shutil
 import signal
 import statistics
@@ -199,15 +202,14 @@ class Fitted:
         return json.dumps({"records": self.records[:BATCH]}).encode()
 
 
-def fit_and_register(name: str, family: str, scratch: Path, seed: int) -> Fitted:
-    """Fitted, exported and checked as the trainer's stages do; logged and registered with its calls."""
-    from common.adapters import tracking
+def fit_for_serving(name: str, family: str, seed: int) -> Fitted:
+    """Fitted, exported and checked as the trainer's stages do (`worker.onnx_export.export`: the ONNX
+    export, its parity with scikit-learn on the holdout, the bundle's check rows), refused if the gate
+    would call it not servable. Not registered: `run_id` and `registered` stay empty."""
     from worker import training
-    from worker.onnx_export import parity, serving_check, to_onnx_bytes
+    from worker.onnx_export import export
 
-    contract_path = scratch / f"{name}.yaml"
-    contract_path.write_bytes(contract_yaml(name, family))
-    contract = parse_contract(contract_path.read_bytes())
+    contract = parse_contract(contract_yaml(name, family))
     frame = wide_frame(ROWS, seed)
     in_holdout = training.holdout_mask(frame, 0.2)
     train, holdout = frame[~in_holdout], frame[in_holdout]
@@ -215,21 +217,99 @@ def fit_and_register(name: str, family: str, scratch: Path, seed: int) -> Fitted
     pipeline.fit(training.features_of(train, contract), train[contract.target])
     features = training.features_of(holdout, contract)
     metrics = training.score(contract, holdout[contract.target], pipeline.predict(features))
-    onnx_bytes = to_onnx_bytes(pipeline, contract)
-    metrics.update(parity(pipeline, onnx_bytes, features, contract))
+    exported = export(pipeline, holdout, features, contract)
+    if exported.problem is not None:
+        raise RuntimeError(f"{name} ({family}) is not servable: {exported.problem}")
+    metrics.update(exported.parity)
     # Through JSON, as the evaluate stage writes it: plain lists and strings.
-    check = json.loads(json.dumps(serving_check(pipeline, holdout, features, contract), default=str))
-    run_id = tracking.start_run(name, {"benchmark": "serving"})
-    tracking.log_run(run_id, metrics=metrics)
-    registered = tracking.log_and_register_model(
-        run_id, name, pipeline, features.head(5), {"benchmark": "serving"}
-    )
-    tracking.end_run(run_id)
-    tracking.move_champion(name, registered)
+    check = json.loads(json.dumps(exported.check, default=str))
     records = [
         {key: float(value) for key, value in row.items()} for row in frame[FEATURES].to_dict("records")
     ]
-    return Fitted(name, contract, pipeline, onnx_bytes, check, metrics, run_id, registered, records)
+    return Fitted(name, contract, pipeline, exported.onnx_bytes, check, metrics, "", "", records)
+
+
+def fit_and_register(name: str, family: str, seed: int) -> Fitted:
+    """fit_for_serving's model, logged and registered with the trainer's calls."""
+    from common.adapters import tracking
+
+    fitted = fit_for_serving(name, family, seed)
+    run_id = tracking.start_run(name, {"benchmark": "serving"})
+    tracking.log_run(run_id, metrics=fitted.metrics)
+    features = pd.DataFrame(fitted.records[:5])
+    registered = tracking.log_and_register_model(
+        run_id, name, fitted.pipeline, features, {"benchmark": "serving"}
+    )
+    tracking.end_run(run_id)
+    tracking.move_champion(name, registered)
+    return dataclasses.replace(fitted, run_id=run_id, registered=registered)
+
+
+def publish_fitted(bucket: str, fitted: Fitted, version: str) -> None:
+    """The fitted model's serving bundle under `version`, as the trainer's publish stage writes it."""
+    lineage = Lineage(
+        run_id=fitted.run_id or "benchmark",
+        sources=["benchmark:synthetic"],
+        content_hashes=[],
+        accepted_list_hash="",
+        contract_hash=fitted.contract.content_hash,
+    )
+    manifest = serving_bundle.build_manifest(
+        fitted.contract, version, fitted.onnx, fitted.check, fitted.metrics, lineage
+    )
+    serving_bundle.publish_bundle(bucket, manifest, fitted.onnx)
+
+
+def publish_champion(bucket: str, name: str, family: str, seed: int = 1) -> Fitted:
+    """A model fitted for serving (fit_for_serving), published as version 1 with the serving pointer at
+    it: what a server measured without a registry loads."""
+    fitted = fit_for_serving(name, family, seed)
+    publish_fitted(bucket, fitted, "1")
+    point_serving_at(bucket, name, "1")
+    return fitted
+
+
+@contextlib.contextmanager
+def s3_stand_in(*buckets: str) -> Iterator[None]:
+    """moto's S3 server in this process on a free port, holding these buckets, for servers measured
+    without the local cloud: the SDKs pointed at it through AWS_* in os.environ (which the servers
+    started inside inherit), and a new API key in ARRIVAL_API_KEY (the servers require one; wrk sends
+    it, benchmarks/serving.lua)."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    try:
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "ARRIVAL_API_KEY": secrets.token_urlsafe(30),
+            }
+        )
+        client = boto3.client("s3")
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        yield
+    finally:
+        moto.stop()
+
+
+def arrival_serve_env(port: int, models_bucket: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an `arrival-serve` on 127.0.0.1:`port` that serves `models_bucket`'s
+    champions and requires ARRIVAL_API_KEY (s3_stand_in's), with `extra` variables over it."""
+    return {
+        **os.environ,
+        "ARRIVAL_SERVING_MODELS_BUCKET": models_bucket,
+        "ARRIVAL_SERVING_HOST": "127.0.0.1",
+        "ARRIVAL_SERVING_PORT": str(port),
+        "ARRIVAL_SERVING_API_KEY": os.environ["ARRIVAL_API_KEY"],
+        **(extra or {}),
+    }
 
 
 @contextlib.contextmanager
@@ -485,7 +565,7 @@ class Bench:
     def prepare_models(self) -> None:
         for seed, (name, family) in enumerate(MODELS.items()):
             started = time.monotonic()
-            fitted = self.models[name] = fit_and_register(name, family, self.scratch, seed)
+            fitted = self.models[name] = fit_and_register(name, family, seed)
             self.next_version[name] = int(fitted.registered) + 1
             self.publish(fitted, fitted.registered)
             self.promote(name, fitted.registered)
@@ -494,17 +574,7 @@ class Bench:
             print(f"{name} v{fitted.registered}: {size:.1f} MB ONNX, {seconds:.1f} s", flush=True)  # noqa: T201
 
     def publish(self, fitted: Fitted, version: str) -> None:
-        lineage = Lineage(
-            run_id=fitted.run_id,
-            sources=["benchmark:synthetic"],
-            content_hashes=[],
-            accepted_list_hash="",
-            contract_hash=fitted.contract.content_hash,
-        )
-        manifest = serving_bundle.build_manifest(
-            fitted.contract, version, fitted.onnx, fitted.check, fitted.metrics, lineage
-        )
-        serving_bundle.publish_bundle(self.bucket, manifest, fitted.onnx)
+        publish_fitted(self.bucket, fitted, version)
 
     def new_versions(self, name: str, count: int) -> list[str]:
         """Bundles of new versions, published ahead so only the promotion is timed: the same fitted model
@@ -1330,7 +1400,7 @@ def _http_times(base_url: str, path: str, body: bytes, runs: int) -> tuple[list[
     return totals, own
 
 
-def _timed(runs: int, call: Callable[[], Any], clock: Callable[[], float] = time.thread_time) -> float:
+def timed(runs: int, call: Callable[[], Any], clock: Callable[[], float] = time.thread_time) -> float:
     """The median of `runs` calls, by default in the CPU time of this thread: what the call costs, not
     what other programs on the machine made it wait."""
     times = []
@@ -1371,12 +1441,12 @@ def _where_time_goes(model: Any, fitted: Fitted, count: int, runs: int) -> tuple
     body = fitted.record_body if count == 1 else json.dumps({"records": fitted.records[:count]}).encode()
     records = model.schemas.decode_predict_body(body).records
     inputs = model.build_inputs(records)
-    validate = _timed(runs, lambda: model.schemas.decode_predict_body(body))
-    tensors = _timed(runs, lambda: model.build_inputs(records))
-    onnx_run = _timed(runs, lambda: model.session.run(None, inputs))
-    whole = _timed(runs, lambda: answer_predict(model, body))
+    validate = timed(runs, lambda: model.schemas.decode_predict_body(body))
+    tensors = timed(runs, lambda: model.build_inputs(records))
+    onnx_run = timed(runs, lambda: model.session.run(None, inputs))
+    whole = timed(runs, lambda: answer_predict(model, body))
     one_input = _one_input_session(fitted)
-    flat = _timed(
+    flat = timed(
         runs,
         lambda: one_input.run(
             None, {"X": np.array([[r[f] for f in FEATURES] for r in records], dtype=np.float32)}
@@ -1385,11 +1455,11 @@ def _where_time_goes(model: Any, fitted: Fitted, count: int, runs: int) -> tuple
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 2
     two_threads = onnxruntime.InferenceSession(fitted.onnx, options, providers=["CPUExecutionProvider"])
-    onnx_two = _timed(runs, lambda: two_threads.run(None, inputs), time.perf_counter)  # 2 threads: wall
+    onnx_two = timed(runs, lambda: two_threads.run(None, inputs), time.perf_counter)  # 2 threads: wall
     if "n_jobs" in fitted.pipeline[-1].get_params():
         fitted.pipeline[-1].set_params(n_jobs=1)  # one request's worth of work, as a server would run it
     frame = pd.DataFrame(fitted.records[:count])
-    sklearn = _timed(max(5, runs // 5), lambda: fitted.pipeline.predict_proba(frame))
+    sklearn = timed(max(5, runs // 5), lambda: fitted.pipeline.predict_proba(frame))
     rest = max(0.0, whole - validate - tensors - onnx_run)
     figures = [validate, tensors, onnx_run, rest, whole, flat, onnx_two, sklearn]
     unit = 1e6 if count == 1 else 1e3

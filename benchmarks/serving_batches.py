@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import logging
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -34,7 +32,6 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 
@@ -44,15 +41,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.capture import wait_ready  # noqa: E402
 from benchmarks.serving import (  # noqa: E402
     FEATURES,
-    ROWS,
-    contract_yaml,
+    arrival_serve_env,
     machine,
-    point_serving_at,
+    publish_champion,
     running,
-    wide_frame,
+    s3_stand_in,
 )
-from common.bundles import Lineage  # noqa: E402
-from common.contracts import parse_contract  # noqa: E402
 from localcloud.processes import free_port  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "serving_batches.md"
@@ -68,31 +62,8 @@ TARGET_BATCH_MS = {"bench-linear": 5.0, "bench-forest": 12.0}
 
 def publish_models() -> list[dict[str, float]]:
     """Both models fitted, exported and checked as the trainer's stages do, published as bundles."""
-    from worker import serving_bundle, training
-    from worker.onnx_export import serving_check, to_onnx_bytes
-
-    frame = wide_frame(ROWS, seed=1)
-    in_holdout = training.holdout_mask(frame, 0.2)
-    train, holdout = frame[~in_holdout], frame[in_holdout]
-    for name, family in MODELS.items():
-        contract = parse_contract(contract_yaml(name, family))
-        pipeline = training.build_model(contract)
-        pipeline.fit(training.features_of(train, contract), train[contract.target])
-        features = training.features_of(holdout, contract)
-        metrics = training.score(contract, holdout[contract.target], pipeline.predict(features))
-        onnx = to_onnx_bytes(pipeline, contract)
-        check = json.loads(json.dumps(serving_check(pipeline, holdout, features, contract), default=str))
-        lineage = Lineage(
-            run_id="benchmark",
-            sources=[f"s3://bench-raw/{name}/data.csv"],
-            content_hashes=["0" * 64],
-            accepted_list_hash="0" * 64,
-            contract_hash=contract.content_hash,
-        )
-        manifest = serving_bundle.build_manifest(contract, "1", onnx, check, metrics, lineage)
-        serving_bundle.publish_bundle(MODELS_BUCKET, manifest, onnx)
-        point_serving_at(MODELS_BUCKET, name, "1")
-    return [{key: float(value) for key, value in row.items()} for row in frame[FEATURES].to_dict("records")]
+    fitted = [publish_champion(MODELS_BUCKET, name, family) for name, family in MODELS.items()]
+    return fitted[0].records  # both models' data: the same rows (seed 1)
 
 
 def checkout_of(ref: str, into: Path) -> Path:
@@ -248,74 +219,55 @@ def main() -> None:
     if options.ping:
         ping(options.ping[0], float(options.ping[1]), options.ping[2])
         return
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
     started = time.monotonic()
-    moto_port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
-    moto.start()
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "ARRIVAL_API_KEY": secrets.token_urlsafe(30),
-        }
-    )
-    boto3.client("s3").create_bucket(Bucket=MODELS_BUCKET)
-    records = publish_models()
-    health_body = json.dumps({"records": (records * 2)[:HEALTH_BATCH]}).encode()
-    batch_body = json.dumps({"records": records[:BATCH]}).encode()
-    size_bodies = {size: json.dumps({"records": records[:size]}).encode() for size in SIZES}
-    pieces = where_time_goes(records)
-    servers: dict[str, tuple[str, dict[str, str]]] = {}
-    with tempfile.TemporaryDirectory(prefix="arrival-batches-bench-") as scratch_name, ExitStack() as stack:
-        scratch = Path(scratch_name)
-        before = checkout_of(options.before, scratch / "before")
-        variants = {
-            "before": {"PYTHONPATH": str(before)},
-            "after": {},
-            "inline": {"ARRIVAL_SERVING_OFFLOAD_BODY_BYTES": str(10**9)},
-            "offloaded": {"ARRIVAL_SERVING_OFFLOAD_BODY_BYTES": "0"},
-        }
-        for name, extra in variants.items():
-            port = free_port()
-            env = {
-                **os.environ,
-                "ARRIVAL_SERVING_MODELS_BUCKET": MODELS_BUCKET,
-                "ARRIVAL_SERVING_HOST": "127.0.0.1",
-                "ARRIVAL_SERVING_PORT": str(port),
-                "ARRIVAL_SERVING_API_KEY": os.environ["ARRIVAL_API_KEY"],
-                "ARRIVAL_SERVING_MAX_BATCH": str(HEALTH_BATCH),
-                **extra,
+    with s3_stand_in(MODELS_BUCKET):
+        records = publish_models()
+        health_body = json.dumps({"records": (records * 2)[:HEALTH_BATCH]}).encode()
+        batch_body = json.dumps({"records": records[:BATCH]}).encode()
+        size_bodies = {size: json.dumps({"records": records[:size]}).encode() for size in SIZES}
+        pieces = where_time_goes(records)
+        servers: dict[str, tuple[str, dict[str, str]]] = {}
+        with (
+            tempfile.TemporaryDirectory(prefix="arrival-batches-bench-") as scratch_name,
+            ExitStack() as stack,
+        ):
+            scratch = Path(scratch_name)
+            before = checkout_of(options.before, scratch / "before")
+            variants = {
+                "before": {"PYTHONPATH": str(before)},
+                "after": {},
+                "inline": {"ARRIVAL_SERVING_OFFLOAD_BODY_BYTES": str(10**9)},
+                "offloaded": {"ARRIVAL_SERVING_OFFLOAD_BODY_BYTES": "0"},
             }
-            # -P: the working directory (this checkout) must not come before *before*'s PYTHONPATH.
-            command = [sys.executable, "-P", "-c", "from serving.main import main; main()"]
-            stack.enter_context(running(command, scratch / f"{name}.log", env))
-            servers[name] = (f"http://127.0.0.1:{port}", extra)
-        for url, _ in servers.values():
-            wait_ready(url)
-        measured: dict[str, list[Any]] = {}
-        for round_number in range(options.rounds):
-            order = list(servers) if round_number % 2 == 0 else list(reversed(servers))
-            for name in order:
-                url = servers[name][0]
-                print(f"round {round_number + 1}: {name}", flush=True)  # noqa: T201
-                measured.setdefault("load", []).append(os.getloadavg()[0])
-                if name in ("before", "after"):
-                    measured.setdefault(f"{name} health alone", []).append(health_alone(url, 3, scratch))
-                    under = health_under_batches(url, health_body, options.seconds, scratch)
-                    measured.setdefault(f"{name} health", []).append(under)
-                    for model in MODELS:
-                        times = server_times(url, model, batch_body, options.requests)
-                        measured.setdefault(f"{name} {model}", []).append(times)
-                if name in ("inline", "offloaded"):
-                    for size, body in size_bodies.items():
-                        times = server_times(url, "bench-forest", body, options.requests)
-                        measured.setdefault(f"{name} {size}", []).append(times)
-    moto.stop()
+            for name, extra in variants.items():
+                port = free_port()
+                env = arrival_serve_env(
+                    port, MODELS_BUCKET, {"ARRIVAL_SERVING_MAX_BATCH": str(HEALTH_BATCH), **extra}
+                )
+                # -P: the working directory (this checkout) must not come before *before*'s PYTHONPATH.
+                command = [sys.executable, "-P", "-c", "from serving.main import main; main()"]
+                stack.enter_context(running(command, scratch / f"{name}.log", env))
+                servers[name] = (f"http://127.0.0.1:{port}", extra)
+            for url, _ in servers.values():
+                wait_ready(url)
+            measured: dict[str, list[Any]] = {}
+            for round_number in range(options.rounds):
+                order = list(servers) if round_number % 2 == 0 else list(reversed(servers))
+                for name in order:
+                    url = servers[name][0]
+                    print(f"round {round_number + 1}: {name}", flush=True)  # noqa: T201
+                    measured.setdefault("load", []).append(os.getloadavg()[0])
+                    if name in ("before", "after"):
+                        measured.setdefault(f"{name} health alone", []).append(health_alone(url, 3, scratch))
+                        under = health_under_batches(url, health_body, options.seconds, scratch)
+                        measured.setdefault(f"{name} health", []).append(under)
+                        for model in MODELS:
+                            times = server_times(url, model, batch_body, options.requests)
+                            measured.setdefault(f"{name} {model}", []).append(times)
+                    if name in ("inline", "offloaded"):
+                        for size, body in size_bodies.items():
+                            times = server_times(url, "bench-forest", body, options.requests)
+                            measured.setdefault(f"{name} {size}", []).append(times)
     write_results(options, measured, pieces, time.monotonic() - started)
 
 
