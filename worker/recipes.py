@@ -175,6 +175,6 @@ def try_on(frame: pd.DataFrame, contract: DataContract, recipe_path: Path | None
         module, path, "predicting with the recipe's pipeline", lambda: model.predict(features)
     )
     metrics = training.score(contract, holdout[contract.target], predicted)
-    exported = export(model, holdout, features, contract)
+    exported = export(model, holdout, features, contract, predicted)
     problem = exported.problem or parity_problem(contract, exported.parity)
     return Trial(len(train), len(holdout), metrics, problem)

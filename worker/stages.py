@@ -171,7 +171,7 @@ def evaluate(workspace: Workspace = Path()) -> None:
         else np.empty(0)
     )
     metrics = training.score(contract, frame[contract.target], predicted) if len(frame) else {}
-    exported = export(model, frame, features, contract)
+    exported = export(model, frame, features, contract, predicted if len(frame) else None)
     (workspace / "model" / "model.onnx").write_bytes(exported.onnx_bytes)
     (workspace / "model" / "export.json").write_text(json.dumps({"problem": exported.problem}, indent=2))
     metrics.update(exported.parity)
