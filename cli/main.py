@@ -12,12 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from localcloud import control
+from localcloud.settings import get_local_cloud_settings
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from common.contracts import DataContract
-from localcloud.settings import get_local_cloud_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
@@ -301,7 +301,8 @@ def contract_check(
     ],
     stack_name: Annotated[str, typer.Option(help="the deployed stack (for a model's name)")] = "arrival",
 ) -> None:
-    """Would ingest accept this file? Exit 0 if so; 4 with the quarantine's report if not."""
+    """Would ingest accept this file? Exit 0 if so; 4 with the quarantine's report if not. A local
+    contract's recipe is then fitted on the file and its ONNX export checked: 3 if it would not serve."""
     from cli import operations
 
     if not Path(contract).is_file():  # a model of the stack: its contract is in the cloud
