@@ -301,8 +301,9 @@ def contract_check(
     ],
     stack_name: Annotated[str, typer.Option(help="the deployed stack (for a model's name)")] = "arrival",
 ) -> None:
-    """Would ingest accept this file? Exit 0 if so; 4 with the quarantine's report if not. A local
-    contract's recipe is then fitted on the file and its ONNX export checked: 3 if it would not serve."""
+    """Would ingest accept this file? Exit 0 if so; 4 with the quarantine's report if not. The
+    contract's recipe, if it names one, is then fitted on the file and its ONNX export checked: 3 if
+    it would not serve."""
     from cli import operations
 
     if not Path(contract).is_file():  # a model of the stack: its contract is in the cloud
@@ -312,8 +313,8 @@ def contract_check(
     rows: list[pd.DataFrame] = []
     try:
         parsed = operations.contract_for_check(contract, stack_name)
-        # A local contract's recipe is fitted on the file too, as ingest would store its rows.
-        with_recipe = parsed.training.recipe is not None and Path(contract).is_file()
+        # The contract's recipe is fitted on the file too, as ingest would store its rows.
+        with_recipe = parsed.training.recipe is not None
         keep = (lambda processed: rows.append(pd.read_parquet(processed))) if with_recipe else None
         report = operations.check_file(file, parsed, on_accepted=keep)
     except operations.OperationError as error:
@@ -321,19 +322,19 @@ def contract_check(
     if report is None:
         console.print(f"{file}: would be accepted for model {parsed.model}", highlight=False)
         if rows:
-            _check_recipe(rows[0], parsed, Path(contract))
+            _check_recipe(rows[0], parsed, contract, stack_name)
         return
     _print_quarantine(report, "(below; nothing was uploaded)")
     typer.echo(json.dumps(report, indent=2))
     raise typer.Exit(EXIT_QUARANTINED)
 
 
-def _check_recipe(rows: pd.DataFrame, contract: DataContract, contract_path: Path) -> None:
+def _check_recipe(rows: pd.DataFrame, contract: DataContract, contract_source: str, stack_name: str) -> None:
     """What the trainer would decide about the recipe's servability, fitted on this file here."""
     from cli import operations
 
     try:
-        trial = operations.try_recipe(rows, contract, contract_path)
+        trial = operations.try_recipe(rows, contract, contract_source, stack_name)
     except operations.OperationError as error:
         raise _fail(error, EXIT_REJECTED) from error
     scores = ", ".join(f"{name} {value:.4g}" for name, value in trial.metrics.items()) or "no holdout"

@@ -356,19 +356,41 @@ def _hashes(path: Path) -> tuple[str, str]:
     return sha256.hexdigest(), md5.hexdigest()
 
 
-def try_recipe(frame: pd.DataFrame, contract: DataContract, contract_path: Path) -> Trial:
-    """The contract's recipe fitted on a file's rows (as ingest stores them), as the trainer would."""
+def try_recipe(
+    frame: pd.DataFrame, contract: DataContract, contract_path_or_model: str, stack_name: str
+) -> Trial:
+    """The contract's recipe fitted on a file's rows (as ingest stores them), as the trainer would: the
+    recipe beside a local contract file, or the one the stack holds for a model of the stack."""
     from worker import recipes
 
-    recipe = _recipe_path(contract_path, contract)
-    if recipe is not None and not recipe.is_file():
-        raise OperationError(
-            f"{contract_path} names the recipe {contract.training.recipe}, but there is no file {recipe}"
-        )
+    local = Path(contract_path_or_model)
     try:
-        return recipes.try_on(frame, contract, recipe)
+        if local.is_file():
+            recipe = _recipe_path(local, contract)
+            if recipe is not None and not recipe.is_file():
+                raise OperationError(
+                    f"{local} names the recipe {contract.training.recipe}, but there is no file {recipe}"
+                )
+            return recipes.try_on(frame, contract, recipe)
+        with tempfile.TemporaryDirectory(prefix="arrival-recipe-") as scratch:
+            return recipes.try_on(frame, contract, _stack_recipe(contract, stack_name, Path(scratch)))
     except recipes.RecipeError as error:
         raise OperationError(f"the trainer's job would fail: the recipe {error}") from None
+
+
+def _stack_recipe(contract: DataContract, stack_name: str, scratch: Path) -> Path:
+    """The recipe the stack holds for the model, written under `scratch` by the name its contract gives."""
+    bucket = outputs_of(stack_name)["ConfigBucketName"]
+    found = s3.get_bytes(bucket, recipe_key(contract.model))
+    if found is None or contract.training.recipe is None:
+        raise OperationError(
+            f"the contract of {contract.model!r} names the recipe {contract.training.recipe}, but the stack "
+            f"holds none (s3://{bucket}/{recipe_key(contract.model)}): put the contract with its recipe"
+        )
+    path = scratch / contract.training.recipe
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(found[0])
+    return path
 
 
 def check_file(

@@ -394,6 +394,23 @@ def test_put_uploads_the_recipe_first_and_a_changed_one_queues_a_training(
     assert [json.loads(job["Body"]) for job in jobs] == [{"model": "iris"}]
 
 
+def test_check_against_a_model_of_the_stack_fits_the_recipe_the_stack_holds(
+    cloud: FakeStack, tmp_path: Path
+) -> None:
+    contract = tmp_path / "iris.yaml"
+    contract.write_bytes(datasets.contract_yaml("iris", "iris"))
+    _with_recipe(contract, SERVABLE_RECIPE)
+    assert _arrival("contract", "put", str(contract), "--stack-name", STACK).exit_code == 0
+    (tmp_path / "iris_recipe.py").unlink()  # only the stack's copy is left
+
+    result = _arrival(
+        "contract", "check", str(_iris_csv(tmp_path, rows=150)), "--contract", "iris", "--stack-name", STACK
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "the recipe iris_recipe.py fitted on" in result.output and "servable" in result.output
+
+
 def test_put_refuses_a_contract_naming_a_recipe_that_is_not_there(cloud: FakeStack, tmp_path: Path) -> None:
     contract = tmp_path / "iris.yaml"
     contract.write_bytes(
