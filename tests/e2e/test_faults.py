@@ -135,10 +135,22 @@ def test_the_tracking_server_killed_mid_training_comes_back_and_the_training_com
             60,
             what="the tracking server restarted",
         )
+        # Its process runs before it listens: the other lane's tests wait for it to answer, not only
+        # to run (a login test once met "connection refused" in that gap).
+        eventually(
+            lambda: _answers(f"{chain.cloud.settings.mlflow_url}/health"), 60, what="the server answering"
+        )
     versions = chain.wait_versions(model, 1, timeout=300)
     assert len(versions) == 1
     assert chain.champion(model) == versions[0].version
     assert eventually(lambda: _promoted_events(chain, model), 30, what="ModelPromoted")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 class ServerProcess:
