@@ -135,6 +135,46 @@ def calling(module: ModuleType | None, path: Path, what: str, step: Callable[[],
 
 
 @dataclass(frozen=True)
+class Fitted:
+    model: Any
+    fit_seconds: float
+    searched: dict[str, Any]  # training.search's best parameters and trials (worker/tuning.py)
+
+
+def fit(
+    contract: DataContract, module: ModuleType | None, path: Path, params: dict[str, Any], frame: pd.DataFrame
+) -> Fitted:
+    """What the train stage fits on its rows: the contract's search first, if it has one, then the
+    estimator with the best parameters. `arrival contract check` fits the same way."""
+    import time
+
+    from worker import training
+
+    searched: dict[str, Any] = {"best_params": {}, "trials": []}
+    if (search := contract.training.search) is not None:
+        from worker import tuning
+
+        def build(trial_params: dict[str, Any]) -> Any:
+            return estimator_for(contract, module, trial_params, path)
+
+        found = calling(
+            module,
+            path,
+            "searching the recipe's parameters",
+            lambda: tuning.search(contract, search, frame, build, params),
+        )
+        searched = found.as_json()
+        params = {**params, **found.best_params}
+    model = estimator_for(contract, module, params, path)
+    features = training.features_of(frame, contract)
+    started = time.perf_counter()
+    calling(
+        module, path, "fitting the recipe's pipeline", lambda: model.fit(features, frame[contract.target])
+    )
+    return Fitted(model, time.perf_counter() - started, searched)
+
+
+@dataclass(frozen=True)
 class Trial:
     """A contract's pipeline fitted on one file, as the trainer would: its holdout scores, and why the
     trainer would refuse to serve it (None: servable)."""
@@ -143,6 +183,7 @@ class Trial:
     holdout_rows: int
     metrics: dict[str, float]
     not_servable: str | None
+    best_params: dict[str, Any]  # training.search's choice, if the contract has one
 
 
 def try_on(frame: pd.DataFrame, contract: DataContract, recipe_path: Path | None) -> Trial:
@@ -161,20 +202,15 @@ def try_on(frame: pd.DataFrame, contract: DataContract, recipe_path: Path | None
     fraction = yaml.safe_load(pipeline_file("params.yaml").read_text())["holdout_fraction"]
     in_holdout = holdout_mask(frame, fraction)
     train, holdout = frame[~in_holdout], frame[in_holdout]
-    model = estimator_for(contract, module, dict(contract.training.params), path)
+    fitted = fit(contract, module, path, dict(contract.training.params), train)
+    model, best = fitted.model, fitted.searched["best_params"]
     features = training.features_of(holdout, contract)
-    calling(
-        module,
-        path,
-        "fitting the recipe's pipeline",
-        lambda: model.fit(training.features_of(train, contract), train[contract.target]),
-    )
     if holdout.empty:
-        return Trial(len(train), 0, {}, training.EMPTY_HOLDOUT.reason)
+        return Trial(len(train), 0, {}, training.EMPTY_HOLDOUT.reason, best)
     predicted = calling(
         module, path, "predicting with the recipe's pipeline", lambda: model.predict(features)
     )
     metrics = training.score(contract, holdout[contract.target], predicted)
     exported = export(model, holdout, features, contract, predicted)
     problem = exported.problem or parity_problem(contract, exported.parity)
-    return Trial(len(train), len(holdout), metrics, problem)
+    return Trial(len(train), len(holdout), metrics, problem, best)

@@ -8,7 +8,6 @@ import functools
 import json
 import math
 import resource
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -105,33 +104,13 @@ def prepare(workspace: Workspace = Path()) -> None:
 @_noting_failure
 def train(workspace: Workspace = Path()) -> None:
     """Fit the model family the contract names, with fixed seeds."""
-    from worker import recipes, training
+    from worker import recipes
 
     contract, params = _contract(workspace), _params(workspace)
     frame = pd.read_parquet(workspace / "data" / "train.parquet")
     recipe, path = _recipe(workspace), workspace / recipes.RECIPE_FILE
-    estimator_params = params.get("estimator_params") or {}
-    searched: dict[str, Any] = {"best_params": {}, "trials": []}
-    if (search := contract.training.search) is not None:
-        from worker import tuning
-
-        def build(trial_params: dict[str, Any]) -> Any:
-            return recipes.estimator_for(contract, recipe, trial_params, path)
-
-        found = recipes.calling(
-            recipe,
-            path,
-            "searching the recipe's parameters",
-            lambda: tuning.search(contract, search, frame, build, estimator_params),
-        )
-        searched = found.as_json()
-        estimator_params = {**estimator_params, **found.best_params}
-    model = recipes.estimator_for(contract, recipe, estimator_params, path)
-    features = training.features_of(frame, contract)
-    started = time.perf_counter()
-    fitting = "fitting the recipe's pipeline"
-    recipes.calling(recipe, path, fitting, lambda: model.fit(features, frame[contract.target]))
-    fit_seconds = time.perf_counter() - started
+    fitted = recipes.fit(contract, recipe, path, params.get("estimator_params") or {}, frame)
+    model, fit_seconds, searched = fitted.model, fitted.fit_seconds, fitted.searched
     (workspace / "model").mkdir(exist_ok=True)
     import joblib
 

@@ -85,3 +85,12 @@ def test_a_parameter_the_estimator_does_not_take_is_refused_before_training() ->
     contract = iris(family="random_forest", space={"n_trees": {"low": 10, "high": 20}})
     with pytest.raises(ValueError, match=r"\['n_trees'\], which RandomForestClassifier .* does not take"):
         training.check_training_settings(contract)
+
+
+def test_contract_check_searches_as_the_train_stage_does() -> None:
+    """`arrival contract check` fits what the trainer would: the searched parameters, not the defaults."""
+    from worker import recipes
+
+    trial = recipes.try_on(datasets.noisy_iris_frame(300, seed=4, noise=1.0), iris(), None)
+
+    assert set(trial.best_params) == set(SPACE) and trial.not_servable is None
