@@ -354,20 +354,6 @@ class BatchResult:
     seconds: float
 
 
-class _TextInNumericColumnError(Exception):
-    """The fast reader met a value that is not a number: the file is read again as text."""
-
-
-def _numeric_csv_chunks(stream: BinaryIO, contract: DataContract, rows: int) -> Iterator[pd.DataFrame]:
-    """The CSV with its numeric columns read as numbers (tabular.csv_chunks, `numbers`). Anything it
-    cannot read stops it; the caller then starts over with the text reader, which says exactly what
-    is wrong, file-wide or row by row."""
-    try:
-        yield from tabular.csv_chunks(stream, contract, rows, numbers=True)
-    except (ValueError, DatasetRejectedError) as error:
-        raise _TextInNumericColumnError(str(error)) from None
-
-
 def _chunks(
     path: Path, stream: BinaryIO, data_format: DataFormat, contract: DataContract, rows: int, *, fast: bool
 ) -> Iterator[pd.DataFrame]:
@@ -375,7 +361,7 @@ def _chunks(
         return tabular.parquet_chunks(path, contract, rows)
     plain = tabular.decompressed(stream, data_format, contract.limits.max_file_bytes)
     if fast:
-        return _numeric_csv_chunks(plain, contract, rows)
+        return tabular.numeric_csv_chunks(plain, contract, rows)
     return tabular.csv_chunks(plain, contract, rows)
 
 
@@ -425,7 +411,7 @@ def score_file(
             return _score_chunks(
                 model, contract, source, data_format, scratch, chunk_rows, deadline, started, True
             )
-        except _TextInNumericColumnError as error:
+        except tabular.TextInNumericColumnError as error:
             logger.info(
                 "text in a numeric column: reading the file again as text", extra={"reason": str(error)}
             )

@@ -186,6 +186,23 @@ def csv_chunks(
         raise reject(Rule.unreadable, f"not a readable CSV: {error}") from None
 
 
+class TextInNumericColumnError(Exception):
+    """The fast reader met a value it does not read as a number (or a file it cannot read at all):
+    the file is read again as text."""
+
+
+def numeric_csv_chunks(stream: BinaryIO, contract: DataContract, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The CSV with its numeric columns read as numbers (csv_chunks, `numbers`). Anything it cannot
+    read stops it, as TextInNumericColumnError; the caller then starts over with the text reader,
+    which says exactly what is wrong. The C parser reads fewer spellings of a number than Python's
+    float() does ('1_000', 'nan', Arabic-Indic digits) and none that float() refuses, and the same
+    digits to the same double: a file it reads is one the text reader would read the same way."""
+    try:
+        yield from csv_chunks(stream, contract, chunk_rows, numbers=True)
+    except (ValueError, DatasetRejectedError) as error:
+        raise TextInNumericColumnError(str(error)) from None
+
+
 # Parquet is read and written with fastparquet, not pyarrow, which alone took the ingest function
 # past Lambda's 250 MiB limit (pyproject.toml, the `lambda` group). fastparquet's decoder is compiled
 # without bounds checks, and a damaged footer or page crashes the process: random byte flips of a

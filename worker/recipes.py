@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from common.contracts import DataContract
+    from worker.onnx_export import Exported
 
 _T = TypeVar("_T")
 
@@ -175,6 +176,32 @@ def fit(
 
 
 @dataclass(frozen=True)
+class Evaluated:
+    predicted: Any  # the model's predictions for the holdout's rows
+    scores: dict[str, float]  # the task's metrics (worker/training.py), none on an empty holdout
+    exported: Exported  # the ONNX export, run on the holdout and checked against the model
+
+
+def evaluate(
+    contract: DataContract, module: ModuleType | None, path: Path, model: Any, holdout: pd.DataFrame
+) -> Evaluated:
+    """What the evaluate stage judges a fitted model by: its scores on the holdout, and its ONNX export
+    run on the same rows. `arrival contract check` judges the same way."""
+    from worker import training
+    from worker.onnx_export import export
+
+    features = training.features_of(holdout, contract)
+    answers = calling(
+        module,
+        path,
+        "predicting with the recipe's pipeline",
+        lambda: training.answers(model, features, contract.task),
+    )
+    scores = training.score(contract, holdout[contract.target], answers.predicted) if len(holdout) else {}
+    return Evaluated(answers.predicted, scores, export(model, holdout, features, contract, answers))
+
+
+@dataclass(frozen=True)
 class Trial:
     """A contract's pipeline fitted on one file, as the trainer would: its holdout scores, and why the
     trainer would refuse to serve it (None: servable)."""
@@ -193,7 +220,7 @@ def try_on(frame: pd.DataFrame, contract: DataContract, recipe_path: Path | None
     import yaml
 
     from worker import training
-    from worker.onnx_export import export, parity_problem
+    from worker.onnx_export import parity_problem
     from worker.splits import holdout_mask
     from worker.workspace import pipeline_file
 
@@ -204,13 +231,9 @@ def try_on(frame: pd.DataFrame, contract: DataContract, recipe_path: Path | None
     train, holdout = frame[~in_holdout], frame[in_holdout]
     fitted = fit(contract, module, path, dict(contract.training.params), train)
     model, best = fitted.model, fitted.searched["best_params"]
-    features = training.features_of(holdout, contract)
     if holdout.empty:
         return Trial(len(train), 0, {}, training.EMPTY_HOLDOUT.reason, best)
-    predicted = calling(
-        module, path, "predicting with the recipe's pipeline", lambda: model.predict(features)
-    )
-    metrics = training.score(contract, holdout[contract.target], predicted)
-    exported = export(model, holdout, features, contract, predicted)
+    evaluated = evaluate(contract, module, path, model, holdout)
+    exported = evaluated.exported
     problem = exported.problem or parity_problem(contract, exported.parity)
-    return Trial(len(train), len(holdout), metrics, problem, best)
+    return Trial(len(train), len(holdout), evaluated.scores, problem, best)

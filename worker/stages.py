@@ -8,17 +8,17 @@ import functools
 import json
 import math
 import resource
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import numpy as np
 import pandas as pd
 import typer
 import yaml
 
 from common.contracts import DataContract, Task, parse_contract
-from worker.workspace import note_stage_failure
+from worker.workspace import note_stage_failure, note_stage_seconds
 
 # Each stage is its own process: each imports only what it uses (scikit-learn alone takes ~2 s).
 
@@ -29,15 +29,18 @@ _Stage = TypeVar("_Stage", bound=Callable[..., None])
 
 def _noting_failure(stage: _Stage) -> _Stage:
     """Leave the stage's error in the workspace for the worker's dead-letter reason, then fail. A
-    recipe's failure is noted as deterministic, with its traceback's last lines."""
+    recipe's failure is noted as deterministic, with its traceback's last lines. A stage that
+    succeeds notes how long it took."""
 
     @functools.wraps(stage)
     def run(*args: Any, **kwargs: Any) -> None:
         from worker.recipes import RecipeError
 
         workspace = Path(kwargs.get("workspace", Path()))
+        started = time.monotonic()
         try:
             stage(*args, **kwargs)
+            note_stage_seconds(workspace, stage.__name__, time.monotonic() - started)
         except RecipeError as error:
             note_stage_failure(workspace, stage.__name__, f"recipe: {error}", deterministic=True)
             raise
@@ -84,7 +87,10 @@ def prepare(workspace: Workspace = Path()) -> None:
         info = s3.head_object(accepted["bucket"], entry["processed_key"])
         s3.download(info, local)
         frames.append(pd.read_parquet(local))
-    dataset = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+    # Ingest drops a file's repeated rows; only rows repeated across files are left (1 s a million).
+    dataset = pd.concat(frames, ignore_index=True)
+    if len(frames) > 1:
+        dataset = dataset.drop_duplicates(ignore_index=True)
     in_holdout = holdout_mask(dataset, params["holdout_fraction"])
     dataset[~in_holdout].to_parquet(workspace / "data" / "train.parquet", index=False)
     dataset[in_holdout].to_parquet(workspace / "data" / "holdout.parquet", index=False)
@@ -130,8 +136,7 @@ def train(workspace: Workspace = Path()) -> None:
 @_noting_failure
 def evaluate(workspace: Workspace = Path()) -> None:
     """Score the model on the holdout, export it to ONNX and check ONNX agrees with it."""
-    from worker import recipes, training
-    from worker.onnx_export import export
+    from worker import recipes
 
     contract = _contract(workspace)
     frame = pd.read_parquet(workspace / "data" / "holdout.parquet")
@@ -139,18 +144,11 @@ def evaluate(workspace: Workspace = Path()) -> None:
 
     recipe = _recipe(workspace)  # the pickled pipeline refers to the recipe's classes
     model = joblib.load(workspace / "model" / "model.joblib")
-    features = training.features_of(frame, contract)
-    # The holdout is empty only when the data holds a single distinct row (worker/splits.py), which
-    # scikit-learn refuses to predict: the version then has no metrics, and the gate rejects it for
-    # that, instead of the training failing until its job is dead-lettered.
-    path, predicting = workspace / recipes.RECIPE_FILE, "predicting with the recipe's pipeline"
-    predicted = (
-        recipes.calling(recipe, path, predicting, lambda: model.predict(features))
-        if len(frame)
-        else np.empty(0)
-    )
-    metrics = training.score(contract, frame[contract.target], predicted) if len(frame) else {}
-    exported = export(model, frame, features, contract, predicted if len(frame) else None)
+    # The holdout is empty only when the data holds a single distinct row (worker/splits.py): the
+    # version then has no metrics, and the gate rejects it for that, instead of the training failing
+    # until its job is dead-lettered.
+    evaluated = recipes.evaluate(contract, recipe, workspace / recipes.RECIPE_FILE, model, frame)
+    predicted, metrics, exported = evaluated.predicted, dict(evaluated.scores), evaluated.exported
     (workspace / "model" / "model.onnx").write_bytes(exported.onnx_bytes)
     (workspace / "model" / "export.json").write_text(json.dumps({"problem": exported.problem}, indent=2))
     metrics.update(exported.parity)

@@ -33,7 +33,7 @@ from worker import drift_report, recipes, serving_bundle, training
 from worker.adapters import dvc_workspace
 from worker.decision import TrainingOutcome, finish_interrupted, lineage_of, source_uris
 from worker.onnx_export import parity_problem
-from worker.workspace import logged_files, stage_failure, write_workspace
+from worker.workspace import logged_files, stage_failure, stage_seconds, write_workspace
 
 __all__ = ["Speculation", "TrainingOutcome", "train_model"]
 
@@ -231,6 +231,8 @@ def _run_pipeline(workspace: Path, run: TrainingRun) -> None:
             raise noted from error
         raise
     run.timings["timing.repro_seconds"] = time.monotonic() - started
+    stages = stage_seconds(workspace)
+    run.timings.update({f"timing.stage.{name}_seconds": seconds for name, seconds in stages.items()})
     if not run.speculation.settle():
         raise SupersededError
     run.timings["timing.settled_at"] = time.time()

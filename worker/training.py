@@ -4,6 +4,7 @@ the champion/challenger gate. No I/O here; the DVC stages and the worker do that
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +137,35 @@ def features_of(frame: pd.DataFrame, contract: DataContract) -> pd.DataFrame:
     return features
 
 
+@dataclass(frozen=True)
+class Answers:
+    """A model's answers on some rows: its predictions, and a classifier's class probabilities."""
+
+    predicted: np.ndarray
+    probabilities: np.ndarray | None
+
+
+def answers(model: Any, features: pd.DataFrame, task: Task) -> Answers:
+    """What the model predicts for `features`, and a classifier's probabilities, each computed once:
+    on 200,000 holdout rows a LightGBM's take 0.7 s a call. A Pipeline whose last step is a
+    classifier whose own predict() is the argmax of its predict_proba() (scikit-learn's random forest,
+    LightGBM's classifier: their code says so) gets its labels from the probabilities; any other
+    model, a recipe's subclass included, is asked for both."""
+    if task is not Task.classification or features.empty:
+        return Answers(model.predict(features) if not features.empty else np.empty(0), None)
+    probabilities = model.predict_proba(features)
+    if isinstance(model, Pipeline) and type(model.steps[-1][1]) in _argmax_classifiers():
+        return Answers(model.classes_[np.argmax(probabilities, axis=1)], probabilities)
+    return Answers(model.predict(features), probabilities)
+
+
+def _argmax_classifiers() -> set[type]:
+    classifiers: set[type] = {RandomForestClassifier}
+    if (lightgbm := sys.modules.get("lightgbm")) is not None:  # a model holding one has imported it
+        classifiers.add(lightgbm.LGBMClassifier)
+    return classifiers
+
+
 METRICS = {
     "accuracy": lambda truth, predicted: accuracy_score(truth, predicted),
     "f1_macro": lambda truth, predicted: f1_score(truth, predicted, average="macro"),
@@ -152,7 +182,19 @@ def score(contract: DataContract, truth: pd.Series, predicted: np.ndarray) -> di
         raise ValueError(
             f"metric {contract.training.metric!r} does not fit a {contract.task} task; use one of {names}"
         )
+    if contract.task is Task.classification:
+        truth_codes, predicted_codes = _as_codes(truth, predicted)
+        return {name: float(METRICS[name](truth_codes, predicted_codes)) for name in names}
     return {name: float(METRICS[name](truth, predicted)) for name in names}
+
+
+def _as_codes(truth: pd.Series, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as integers in the labels' sorted order: scikit-learn's metrics sort the labels of both
+    arrays first, which on 200,000 string labels took 0.6 s against 0.05 s for integers, and the
+    same order gives the same per-class sums, so the same scores to the last bit."""
+    labels = np.concatenate([np.asarray(truth, dtype=object), np.asarray(predicted, dtype=object)])
+    codes, _ = pd.factorize(labels, sort=True)
+    return codes[: len(truth)], codes[len(truth) :]
 
 
 @dataclass(frozen=True)

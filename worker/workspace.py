@@ -46,6 +46,24 @@ def note_stage_failure(workspace: Path, stage: str, message: str, deterministic:
     (workspace / STAGE_FAILURE_FILE).write_text(json.dumps(note))
 
 
+# Each stage notes how long its own body took, here, so the run can say where a training's time goes:
+# the stages themselves, or DVC's bookkeeping between them (hashing, the lock, each command's start).
+STAGE_SECONDS_FILE = ".arrival-stage-seconds"
+
+
+def note_stage_seconds(workspace: Path, stage: str, seconds: float) -> None:
+    path = workspace / STAGE_SECONDS_FILE
+    noted = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**noted, stage: seconds}))
+
+
+def stage_seconds(workspace: Path) -> dict[str, float]:
+    """{stage: seconds} for every stage that ran to its end in this workspace."""
+    path = workspace / STAGE_SECONDS_FILE
+    noted: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+    return noted
+
+
 def stage_failure(workspace: Path) -> StageFailedError | None:
     """The error a failed stage noted, if it noted one."""
     note_file = workspace / STAGE_FAILURE_FILE

@@ -334,3 +334,68 @@ def test_a_holdout_of_only_tied_rows_proves_nothing_about_the_onnx_export(iris: 
     problem = parity_problem(iris, measured)
     assert problem is not None and "nothing checked the ONNX export" in problem
     assert np.isclose(measured["onnx_tied_rows"], len(tied))
+
+
+def _fitted(contract: DataContract, family: str, frame: pd.DataFrame) -> Any:
+    contract = contract.model_copy(
+        update={"training": contract.training.model_copy(update={"family": family, "params": {}})}
+    )
+    model = training.build_model(contract, {"n_estimators": 10})
+    return model.fit(training.features_of(frame, contract), frame[contract.target])
+
+
+@pytest.mark.parametrize("family", ["random_forest", "lightgbm", "gradient_boosting", "xgboost"])
+def test_a_classifiers_labels_and_probabilities_are_what_it_predicts(iris: DataContract, family: str) -> None:
+    frame = datasets.iris_frame(600, seed=3)
+    model = _fitted(iris, family, frame)
+    features = training.features_of(datasets.iris_frame(3000, seed=4), iris)
+
+    answers = training.answers(model, features, iris.task)
+
+    assert answers.predicted.tolist() == model.predict(features).tolist()
+    assert answers.probabilities is not None
+    assert (answers.probabilities == model.predict_proba(features)).all()
+
+
+def test_a_classifier_whose_predict_is_its_own_is_asked_for_it(iris: DataContract) -> None:
+    import numpy as np
+    from sklearn.ensemble import RandomForestClassifier
+
+    class Cautious(RandomForestClassifier):  # type: ignore[misc]  # a rule of its own, not the argmax
+        def predict(self, X: Any) -> Any:  # noqa: N803 (scikit-learn's)
+            return np.full(len(X), self.classes_[0], dtype=object)
+
+    frame = datasets.iris_frame(300)
+    model = _fitted(iris, "random_forest", frame)
+    model.steps[-1] = ("estimator", Cautious(n_estimators=5, random_state=0))
+    features = training.features_of(frame, iris)
+    model.fit(features, frame[iris.target])
+
+    assert set(training.answers(model, features, iris.task).predicted) == {model.classes_[0]}
+
+
+def test_classification_scores_are_scikit_learns_on_the_labels_to_the_last_bit(iris: DataContract) -> None:
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score
+
+    generator = np.random.default_rng(7)
+    truth = pd.Series(generator.choice(["virginica", "setosa", "versicolor"], 5001)).astype("str")
+    predicted = generator.choice(["setosa", "versicolor", "virginica", "unseen"], 5001).astype(object)
+
+    scores = training.score(iris, truth, predicted)
+
+    assert scores == {
+        "accuracy": accuracy_score(truth, predicted),
+        "f1_macro": f1_score(truth, predicted, average="macro"),
+    }
+
+
+def test_each_stage_notes_how_long_it_took(iris: DataContract, tmp_path: Path) -> None:
+    from worker.workspace import stage_seconds
+
+    frame = datasets.iris_frame(200)
+    result = _evaluate(tmp_path, iris, frame, frame.iloc[:50])
+
+    assert result.exit_code == 0, result.output
+    assert set(stage_seconds(tmp_path)) == {"evaluate"}
+    assert 0 < stage_seconds(tmp_path)["evaluate"] < 600
