@@ -97,7 +97,8 @@ def put_contract(path: Path, stack_name: str) -> ContractPut:
 def _queue_training(outputs: dict[str, str], model: str, recipe: bytes) -> bool:
     """A training of the model's data as it is (False if it has none), and a trainer asked for at once,
     as ingest asks after queueing (otherwise the reconciler's schedule starts one)."""
-    from common.adapters import functions, sqs
+    from common.adapters import functions
+    from common.reconcile import queue_training
     from worker import recipes
 
     accepted = s3.get_bytes(outputs["ProcessedBucketName"], accepted_list_key(model))
@@ -107,7 +108,7 @@ def _queue_training(outputs: dict[str, str], model: str, recipe: bytes) -> bool:
     # deduplication id is not the data list's alone, which a recent upload's job holds.
     list_hash = accepted_list_hash(json.loads(accepted[0]))
     identity = hashlib.sha256(f"{list_hash}:{recipes.recipe_hash(recipe)}".encode()).hexdigest()
-    sqs.send_fifo(outputs["TrainingQueueUrl"], {"model": model}, group_id=model, deduplication_id=identity)
+    queue_training(outputs["ProcessedBucketName"], outputs["TrainingQueueUrl"], model, identity)
     if "ReconcileFunctionName" in outputs:
         functions.invoke_async(outputs["ReconcileFunctionName"], {"reason": "training queued"})
     return True

@@ -54,7 +54,7 @@ def stack_status(stack_name: str, api_url: str | None) -> dict[str, Any]:
             "training": _queue_counts(outputs["TrainingQueueUrl"], outputs["TrainingDeadLetterQueueUrl"]),
         },
         "release": stack_parameter(stack_name, "ReleaseVersion"),
-        "trainers": _trainers(stack_name),
+        "trainers": _trainers(stack_name, outputs["ProcessedBucketName"]),
         "server": _server(outputs.get("ServingInstanceId"), api_url),
         "api": api_url,
     }
@@ -152,19 +152,24 @@ def _dead_letter_models(queue_url: str, model_of: Any) -> dict[str, list[str | N
     return reasons
 
 
-def _trainers(stack_name: str) -> list[dict[str, Any]]:
+def _trainers(stack_name: str, processed_bucket: str) -> list[dict[str, Any]]:
+    """Every live trainer, with the model its heartbeat says it trains (None: none now)."""
     from common.adapters import ec2
-    from common.reconcile import TRAINER_ROLE
+    from common.reconcile import TRAINER_ROLE, read_heartbeat
 
     now = time.time()
-    return [
-        {
-            "instance_id": instance.instance_id,
-            "running_seconds": round(now - instance.launched_at),
-            "release": ec2.instance_release(instance.instance_id),
-        }
-        for instance in ec2.live_instances_launched(TRAINER_ROLE, stack_name)
-    ]
+    trainers = []
+    for instance in ec2.live_instances_launched(TRAINER_ROLE, stack_name):
+        heartbeat = read_heartbeat(processed_bucket, instance.instance_id)
+        trainers.append(
+            {
+                "instance_id": instance.instance_id,
+                "running_seconds": round(now - instance.launched_at),
+                "release": ec2.instance_release(instance.instance_id),
+                "training": heartbeat.model if heartbeat else None,
+            }
+        )
+    return trainers
 
 
 def _server(instance_id: str | None, api_url: str | None) -> dict[str, Any] | None:

@@ -48,10 +48,11 @@ def print_stack(console: Console, stack: dict[str, Any]) -> None:
     if release:
         console.print(f"  release: {release}")
     trainers = ", ".join(
-        f"{t['instance_id']} ({_age(t['running_seconds'])}, {_release_of(t, release)})"
+        f"{t['instance_id']} ({_age(t['running_seconds'])}, {_release_of(t, release)}, "
+        f"{'training ' + escape(t['training']) if t.get('training') else 'idle'})"
         for t in stack["trainers"]
     )
-    console.print(f"  trainers: {trainers or 'none running'}")
+    console.print(f"  trainers: {trainers or 'none running'}", soft_wrap=True)
     if stack.get("server"):
         console.print(f"  server: {stack['server']['instance_id']} ({_release_of(stack['server'], release)})")
     for problem in stack.get("problems", []):

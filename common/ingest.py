@@ -28,7 +28,7 @@ from common.contracts import MODEL_NAME, DataContract, DataFormat, data_format_o
 from common.layout import accepted_list_hash, accepted_list_key, contract_key
 from common.observability import logger
 from common.outcomes import Outcome, Pending, RawObject
-from common.reconcile import request_trainer
+from common.reconcile import queue_training, request_trainer
 from common.settings import PipelineSettings, get_pipeline_settings
 from common.validation import DatasetRejectedError, Rule, reject, validate
 
@@ -325,9 +325,7 @@ def accept_dataset(
 
     accepted = s3.update_json(settings.processed_bucket, accepted_list_key(model), add)
     list_hash = accepted_list_hash(accepted)
-    message_id = sqs.send_fifo(
-        settings.training_queue_url, {"model": model}, group_id=model, deduplication_id=list_hash
-    )
+    message_id = queue_training(settings.processed_bucket, settings.training_queue_url, model, list_hash)
     return {
         "attempt": dataset["attempt"],
         "list_hash": list_hash,

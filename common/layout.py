@@ -47,6 +47,18 @@ def trainer_heartbeat_key(instance_id: str) -> str:
     return f"{TRAINER_HEARTBEAT_PREFIX}{instance_id}.json"
 
 
+# Under the heartbeats' prefix, so the roles that beat and read heartbeats reach them, and the same
+# lifecycle rule sweeps them.
+QUEUED_TRAINING_PREFIX = f"{TRAINER_HEARTBEAT_PREFIX}queued/"
+
+
+def queued_training_key(model: str) -> str:
+    """In the processed bucket: the model has a training job no trainer has taken up yet. Written
+    before the job is sent, deleted by the trainer that takes up one of the model's jobs: the
+    reconciler counts these models, which SQS's message counts cannot tell apart."""
+    return f"{QUEUED_TRAINING_PREFIX}{model}.json"
+
+
 OUTCOME_PREFIX = "_arrival/outcomes/"
 
 

@@ -1,8 +1,17 @@
-"""Making sure a trainer runs whenever training work is queued, and only one.
+"""Making sure trainers run whenever training work is queued: one for each job no trainer is free to
+take, up to the stack's MaxTrainers.
 
 Runs after every enqueue and on a schedule. Concurrent runs serialise on a lease kept in S3 with
-conditional writes, so ten simultaneous ingests start one instance, not ten. A trainer counts as
-running only while it renews its heartbeat; one that stopped is terminated and replaced.
+conditional writes, so ten simultaneous ingests start the trainers the queue needs once, not ten times
+over. A trainer counts as running only while it renews its heartbeat; one that stopped is terminated
+and replaced. The heartbeat also says which model a trainer is training: a trainer that trains none (or
+has not beaten yet: it is booting) will take the next waiting job, so it counts against them.
+
+The training queue is FIFO, grouped by model, and SQS counts waiting jobs, not the groups they are in:
+ten files for one model queue ten jobs that one trainer works through in order. So whoever queues a
+job first marks its model (common/layout.py `queued_training_key`), and the trainer that takes up one
+of the model's jobs clears the mark: the reconciler starts a trainer for each marked model that no
+trainer is training, and for none of the jobs waiting behind a model in training.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from typing import Any, Literal
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from common.adapters import ec2, functions, s3, sqs
-from common.layout import trainer_heartbeat_key
+from common.layout import QUEUED_TRAINING_PREFIX, queued_training_key, trainer_heartbeat_key
 from common.observability import logger
 from common.settings import PipelineSettings
 
@@ -35,8 +44,15 @@ HEARTBEAT_LOST_METRIC = "TrainerHeartbeatLost"
 @dataclass(frozen=True)
 class ReconcileOutcome:
     action: Literal["launched", "already_running", "no_work", "lease_busy", "lease_lost", "requested"]
-    instance_id: str | None = None
+    instance_id: str | None = None  # the first trainer launched, or one already running
     terminated: tuple[str, ...] = ()
+    launched: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LiveTrainer:
+    instance_id: str
+    model: str | None  # what its heartbeat says it trains; None: nothing now, or no heartbeat yet
 
 
 class LeaseLostError(Exception):
@@ -101,8 +117,18 @@ class Lease:
         return f"{self.document['epoch']}-{self.document['launches']}"
 
     def record_launch(self, instance_id: str) -> None:
-        launch = {"instance_id": instance_id, "at": time.time(), "token": self.launch_token()}
-        self.document = {**self.document, "launches": self.document["launches"] + 1, "last_launch": launch}
+        now = time.time()
+        launch = {"instance_id": instance_id, "at": now, "token": self.launch_token()}
+        recent = [
+            earlier
+            for earlier in self.document.get("recent_launches", [])
+            if now - earlier.get("at", 0) < LAUNCH_GRACE_SECONDS
+        ]
+        self.document = {
+            **self.document,
+            "launches": self.document["launches"] + 1,
+            "recent_launches": [*recent, launch],
+        }
 
     def release(self) -> None:
         document = {**self.document, "holder": None, "expires_at": 0}
@@ -112,13 +138,17 @@ class Lease:
             logger.warning("reconciler lease was taken over before release; it had expired")
 
 
-def _recent_launch(lease: Lease) -> str | None:
-    """The instance launched moments ago, if DescribeInstances may simply not list it yet."""
-    launch = lease.document.get("last_launch") or {}
-    if not launch or time.time() - launch.get("at", 0) >= LAUNCH_GRACE_SECONDS:
-        return None
-    state = ec2.instance_state(str(launch["instance_id"]))
-    return str(launch["instance_id"]) if state is None or state in ec2.LIVE_STATES else None
+def _unlisted_launches(lease: Lease, listed: set[str]) -> list[str]:
+    """Trainers launched moments ago that DescribeInstances may simply not list yet."""
+    unlisted = []
+    for launch in lease.document.get("recent_launches", []):
+        instance_id = str(launch["instance_id"])
+        if instance_id in listed or time.time() - launch.get("at", 0) >= LAUNCH_GRACE_SECONDS:
+            continue
+        state = ec2.instance_state(instance_id)
+        if state is None or state in ec2.LIVE_STATES:
+            unlisted.append(instance_id)
+    return unlisted
 
 
 def _count(metric_name: str, settings: PipelineSettings, value: int = 1) -> None:
@@ -127,30 +157,46 @@ def _count(metric_name: str, settings: PipelineSettings, value: int = 1) -> None
         metric.add_dimension(name="stack", value=settings.stack_name)
 
 
-def _heartbeat_renewed_at(settings: PipelineSettings, instance_id: str) -> float | None:
-    found = s3.get_bytes(settings.processed_bucket, trainer_heartbeat_key(instance_id))
+@dataclass(frozen=True)
+class Heartbeat:
+    renewed_at: float
+    model: str | None  # the model the trainer trains now
+
+
+def read_heartbeat(bucket: str, instance_id: str) -> Heartbeat | None:
+    """A trainer's last heartbeat (worker/main.py writes it), or None if it has none readable."""
+    found = s3.get_bytes(bucket, trainer_heartbeat_key(instance_id))
     if found is None:
         return None
     try:
-        return float(json.loads(found[0])["renewed_at"])
-    except (ValueError, KeyError, TypeError):
+        document = json.loads(found[0])
+        model = document.get("model")
+        return Heartbeat(float(document["renewed_at"]), str(model) if model else None)
+    except (ValueError, KeyError, TypeError, AttributeError):
         logger.warning("unreadable trainer heartbeat; taken as none", extra={"instance_id": instance_id})
         return None
 
 
-def _is_alive(settings: PipelineSettings, instance: ec2.Instance, now: float) -> bool:
-    renewed_at = _heartbeat_renewed_at(settings, instance.instance_id)
-    if renewed_at is None:
+def _is_alive(
+    settings: PipelineSettings, instance: ec2.Instance, heartbeat: Heartbeat | None, now: float
+) -> bool:
+    if heartbeat is None:
         return now - instance.launched_at < settings.trainer_boot_grace_seconds
-    return now - renewed_at <= settings.trainer_heartbeat_stale_seconds
+    return now - heartbeat.renewed_at <= settings.trainer_heartbeat_stale_seconds
 
 
-def _end_stopped_trainers(settings: PipelineSettings, now: float) -> tuple[list[str], tuple[str, ...]]:
+def _end_stopped_trainers(
+    settings: PipelineSettings, now: float
+) -> tuple[list[LiveTrainer], tuple[str, ...]]:
     """The stack's trainers that are alive; those whose heartbeat stopped are terminated."""
-    alive: list[str] = []
+    alive: list[LiveTrainer] = []
     stopped: list[str] = []
     for instance in ec2.live_instances_launched(TRAINER_ROLE, settings.stack_name):
-        (alive if _is_alive(settings, instance, now) else stopped).append(instance.instance_id)
+        heartbeat = read_heartbeat(settings.processed_bucket, instance.instance_id)
+        if _is_alive(settings, instance, heartbeat, now):
+            alive.append(LiveTrainer(instance.instance_id, heartbeat.model if heartbeat else None))
+        else:
+            stopped.append(instance.instance_id)
     for instance_id in stopped:
         logger.warning(
             "trainer stopped renewing its heartbeat; terminating it", extra={"instance_id": instance_id}
@@ -186,7 +232,41 @@ def _launch(lease: Lease, settings: PipelineSettings) -> str:
     raise RuntimeError("EC2 answered two launch tokens with ended instances")
 
 
-def ensure_trainer(settings: PipelineSettings, wait_seconds: float = 20.0) -> ReconcileOutcome:
+def queue_training(bucket: str, queue_url: str, model: str, deduplication_id: str) -> str:
+    """Queue a training of the model, marked first for the reconciler (the module's docstring): a job
+    can then never be taken up before its mark exists, which would leave the mark behind."""
+    s3.put_json(bucket, queued_training_key(model), {"model": model, "queued_at": time.time()})
+    return sqs.send_fifo(queue_url, {"model": model}, group_id=model, deduplication_id=deduplication_id)
+
+
+def taken_up(bucket: str, model: str) -> None:
+    """A trainer took up one of the model's jobs: its later ones wait for it, not for a new trainer."""
+    s3.delete(bucket, queued_training_key(model))
+
+
+def _marked_models(bucket: str) -> set[str]:
+    return {
+        key.removeprefix(QUEUED_TRAINING_PREFIX).removesuffix(".json")
+        for key, _ in s3.list_objects(bucket, QUEUED_TRAINING_PREFIX)
+    }
+
+
+def trainers_to_launch(
+    max_trainers: int, live: list[LiveTrainer], unlisted: int, waiting_models: int, pending: int
+) -> int:
+    """How many trainers to start: one for each model waiting for a trainer that no free trainer will
+    take (a trainer that trains nothing now, or is still booting), up to `max_trainers` running. With
+    none running, one for any job at all: a job in flight belongs to a trainer that died, and comes
+    back to the queue; a job queued without a mark (a redriven one) is work too."""
+    running = len(live) + unlisted
+    free = sum(1 for trainer in live if trainer.model is None) + unlisted
+    wanted = min(max_trainers - running, waiting_models - free)
+    if running == 0 and pending > 0:
+        wanted = max(wanted, 1)
+    return max(0, wanted)
+
+
+def ensure_trainers(settings: PipelineSettings, wait_seconds: float = 20.0) -> ReconcileOutcome:
     lease = Lease(settings.processed_bucket, LEASE_KEY, settings.reconcile_lease_seconds)
     if not lease.acquire(wait_seconds):
         # Another reconciler is at work; it, or the scheduled run, will see our job.
@@ -194,16 +274,26 @@ def ensure_trainer(settings: PipelineSettings, wait_seconds: float = 20.0) -> Re
         return ReconcileOutcome("lease_busy")
     terminated: tuple[str, ...] = ()
     try:
-        alive, terminated = _end_stopped_trainers(settings, time.time())
-        if alive:
-            return ReconcileOutcome("already_running", alive[0], terminated)
-        if sqs.pending_messages(settings.training_queue_url) == 0:
+        live, terminated = _end_stopped_trainers(settings, time.time())
+        unlisted = _unlisted_launches(lease, {trainer.instance_id for trainer in live})
+        running = [trainer.instance_id for trainer in live] + unlisted
+        pending = sqs.pending_messages(settings.training_queue_url)
+        busy = {trainer.model for trainer in live if trainer.model}
+        # A mark left by a queueing that failed after it (its job never sent) counts only while
+        # other work keeps the queue from being empty.
+        waiting_models = len(_marked_models(settings.processed_bucket) - busy) if pending else 0
+        count = trainers_to_launch(settings.max_trainers, live, len(unlisted), waiting_models, pending)
+        if count == 0:
+            if running:
+                return ReconcileOutcome("already_running", running[0], terminated)
             return ReconcileOutcome("no_work", terminated=terminated)
-        if recent := _recent_launch(lease):
-            return ReconcileOutcome("already_running", recent, terminated)
-        instance_id = _launch(lease, settings)
-        logger.info("started a trainer", extra={"instance_id": instance_id})
-        return ReconcileOutcome("launched", instance_id, terminated)
+        launched = []
+        for _ in range(count):
+            launched.append(_launch(lease, settings))
+            logger.info(
+                "started a trainer", extra={"instance_id": launched[-1], "waiting_models": waiting_models}
+            )
+        return ReconcileOutcome("launched", launched[0], terminated, tuple(launched))
     except LeaseLostError as lost:
         # Whoever holds it now sees the same queue and instances, and launches with the same token.
         logger.warning("reconciler lease lost mid-run; leaving it to its holder", extra={"reason": str(lost)})
@@ -217,6 +307,6 @@ def request_trainer(settings: PipelineSettings) -> ReconcileOutcome:
     start instances (its role cannot) and need not wait for the lease, so it asks the reconcile
     function to run and returns. Without one (ingest run by hand, the unit tests) it reconciles here."""
     if settings.reconcile_function_name is None:
-        return ensure_trainer(settings)
+        return ensure_trainers(settings)
     functions.invoke_async(settings.reconcile_function_name, {"reason": "training queued"})
     return ReconcileOutcome("requested")

@@ -27,6 +27,8 @@ class PipelineSettings(BaseSettings):
     trainer_launch_template_id: str = Field(validation_alias="TRAINER_LAUNCH_TEMPLATE_ID")
     event_bus_name: str = Field(validation_alias="EVENT_BUS_NAME")
     reconcile_lease_seconds: float = Field(default=30.0, validation_alias="RECONCILE_LEASE_SECONDS")
+    # The stack's MaxTrainers: trainers running at once, each training one model at a time.
+    max_trainers: int = Field(default=4, ge=1, validation_alias="MAX_TRAINERS")
     # Unset where ingest runs without a deployed stack (a developer's process, the unit tests): it
     # then reconciles in-process.
     reconcile_function_name: str | None = Field(default=None, validation_alias="RECONCILE_FUNCTION_NAME")

@@ -26,6 +26,7 @@ import typer
 from common.adapters import ec2, events, instance, s3, secrets, sqs
 from common.adapters.stack import StackResources, stack_outputs, stack_parameter
 from common.layout import accepted_list_key, trainer_heartbeat_key
+from common.reconcile import taken_up
 from common.settings import WorkerSettings, get_worker_settings
 from common.tracking_login import login_from_environment, login_from_secret
 from worker.stage_server import StageServer, stage_server
@@ -82,21 +83,35 @@ class TrainerHeartbeat:
 
     def __init__(self, bucket: str, instance_id: str, seconds: float) -> None:
         self.bucket, self.instance_id, self.seconds = bucket, instance_id, seconds
-        self.model: str | None = None
+        self._model: str | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
+    @property
+    def model(self) -> str | None:
+        return self._model
+
+    @model.setter
+    def model(self, model: str | None) -> None:
+        """The model this trainer trains now (None: none). Beaten at once: the reconciler counts a
+        trainer that trains nothing as free to take the next job, and starts trainers for the rest."""
+        self._model = model
+        self._wake.set()
+
     def _renew(self) -> None:
-        document = {"instance_id": self.instance_id, "renewed_at": time.time(), "model": self.model}
+        document = {"instance_id": self.instance_id, "renewed_at": time.time(), "model": self._model}
         s3.put_json(self.bucket, trainer_heartbeat_key(self.instance_id), document)
 
     def _beat(self) -> None:
         while True:
+            self._wake.clear()  # before renewing: a change made during the renewal beats again
             try:
                 self._renew()
             except Exception:  # transient: the next beat renews it, long before it counts as stale
                 LOG.warning("could not renew the trainer heartbeat", exc_info=True)
-            if self._stop.wait(self.seconds):
+            # Stopping sets _stop, then _wake: a wake cleared above came after _stop was set.
+            if self._stop.is_set() or (self._wake.wait(self.seconds) and self._stop.is_set()):
                 return
 
     def __enter__(self) -> TrainerHeartbeat:
@@ -105,6 +120,7 @@ class TrainerHeartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join()
         with contextlib.suppress(Exception):  # the instance is going away; a stale object is harmless
             s3.delete(self.bucket, trainer_heartbeat_key(self.instance_id))
@@ -245,6 +261,8 @@ class Trainer:
         deadline = self.wait_deadline(messages)
         if self.heartbeat is not None:
             self.heartbeat.model = model
+        with contextlib.suppress(Exception):  # the mark only spares a trainer: the job matters more
+            taken_up(self.resources.processed_bucket, model)
         try:
             use_tracking_login(self.settings)
             outcome, speculative = None, True
@@ -347,9 +365,16 @@ class Trainer:
         LOG.error("job for %s moved to the dead-letter queue after %d attempts: %s", model, attempts, reason)
 
     def receive(self, wait_seconds: int) -> dict[str, list[dict[str, Any]]]:
+        """One job at a time, so one model at a time: SQS fills a larger receive with other models'
+        jobs, which this trainer would then hold while other trainers stand idle; handing them back
+        would count as receives against the queue's redrive limit. A model's later jobs wait in its
+        FIFO group meanwhile, and once its training has covered their list they finish at once."""
         by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.held = sqs.receive(
-            self.queue_url, wait_seconds=wait_seconds, visibility_seconds=self.settings.visibility_seconds
+            self.queue_url,
+            wait_seconds=wait_seconds,
+            visibility_seconds=self.settings.visibility_seconds,
+            max_messages=1,
         )
         for message in self.held:
             by_model[json.loads(message["Body"])["model"]].append(message)

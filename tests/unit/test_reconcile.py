@@ -53,7 +53,12 @@ class FakeStack:
     def settings(self) -> PipelineSettings:
         return get_pipeline_settings()
 
-    def queue_job(self, model: str = "iris") -> None:
+    def queue_job(self, model: str = "iris", *, marked: bool = True) -> None:
+        """A training job, queued as ingest queues one (its model marked first), or, not `marked`, as
+        a job replayed from the dead-letter queue comes back."""
+        if marked:
+            reconcile.queue_training(PROCESSED, self.queue_url, model, f"{model}-{time.time_ns()}")
+            return
         self.sqs.send_message(
             QueueUrl=self.queue_url,
             MessageBody=json.dumps({"model": model}),
@@ -79,8 +84,8 @@ class FakeStack:
         )["Instances"][0]
         return str(instance["InstanceId"])
 
-    def heartbeat(self, instance_id: str, seconds_ago: float) -> None:
-        document = {"instance_id": instance_id, "renewed_at": self.clock.time() - seconds_ago, "model": None}
+    def heartbeat(self, instance_id: str, seconds_ago: float, model: str | None = None) -> None:
+        document = {"instance_id": instance_id, "renewed_at": self.clock.time() - seconds_ago, "model": model}
         self.s3.put_object(
             Bucket=PROCESSED, Key=trainer_heartbeat_key(instance_id), Body=json.dumps(document)
         )
@@ -166,7 +171,7 @@ def _another_reconciler_takes_over(event: str, stack: FakeStack) -> list[reconci
             return
         other.append(reconcile.ReconcileOutcome("lease_busy"))  # guards the nested run's own calls
         stack.clock.advance(stack.settings.reconcile_lease_seconds + 1)
-        other[0] = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+        other[0] = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     ec2.ec2_client().meta.events.register(event, take_over)
     return other
@@ -179,7 +184,7 @@ def test_a_lease_that_lapses_while_instances_are_listed_starts_one_trainer(stack
     other = _another_reconciler_takes_over("after-call.ec2.DescribeInstances", stack)
 
     # WHEN the first reconciler's call returns (listing no trainer: it was sent before the launch)
-    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     # THEN only the other one started a trainer
     assert [o.action for o in other] == ["launched"]
@@ -195,7 +200,7 @@ def test_a_lease_that_lapses_during_the_launch_call_starts_one_trainer(stack: Fa
     _emulate_client_token_idempotency()  # after: the first call reaches EC2 after the other's
 
     # WHEN the first reconciler's call reaches EC2 after all
-    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     # THEN both asked for the same launch, and one trainer runs
     assert [o.action for o in other] == ["launched"]
@@ -209,18 +214,18 @@ def test_a_launch_token_whose_instance_ended_is_not_reused(stack: FakeStack) -> 
     # has ended since
     stack.queue_job()
     _emulate_client_token_idempotency()
-    first = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    first = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
     assert first.instance_id is not None
     lease = stack.lease()
     stack.s3.put_object(
         Bucket=PROCESSED,
         Key=reconcile.LEASE_KEY,
-        Body=json.dumps({**lease, "launches": 0, "last_launch": None}),
+        Body=json.dumps({**lease, "launches": 0, "recent_launches": []}),
     )
     stack.ec2.terminate_instances(InstanceIds=[first.instance_id])
 
     # WHEN the next reconciler launches (with the token EC2 already answered)
-    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     # THEN it starts a new trainer instead of taking the ended one for it
     assert outcome.action == "launched"
@@ -235,7 +240,7 @@ def test_a_lease_too_short_for_a_launch_call_launches_nothing(
     monkeypatch.setenv("RECONCILE_LEASE_SECONDS", str(ec2.WORST_CASE_CALL_SECONDS - 1))
     stack.queue_job()
 
-    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     assert outcome.action == "lease_lost"
     assert stack.trainers() == []
@@ -259,7 +264,7 @@ def test_a_trainer_with_a_fresh_heartbeat_is_left_running(stack: FakeStack) -> N
     trainer = stack.start_trainer()
     stack.heartbeat(trainer, seconds_ago=20)
 
-    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     assert outcome == reconcile.ReconcileOutcome("already_running", trainer)
     assert stack.trainers() == [trainer]
@@ -272,7 +277,7 @@ def test_a_trainer_whose_heartbeat_went_stale_is_terminated_and_replaced(stack: 
     stack.heartbeat(stuck, seconds_ago=stack.settings.trainer_heartbeat_stale_seconds + 1)
 
     # WHEN the reconciler runs
-    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     # THEN the stuck one is terminated and a new one launched
     assert outcome.action == "launched"
@@ -285,7 +290,7 @@ def test_a_stuck_trainer_is_terminated_even_without_work(stack: FakeStack) -> No
     stuck = stack.start_trainer()
     stack.heartbeat(stuck, seconds_ago=stack.settings.trainer_heartbeat_stale_seconds + 1)
 
-    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     assert outcome == reconcile.ReconcileOutcome("no_work", terminated=(stuck,))
     assert stack.trainers() == []
@@ -296,7 +301,7 @@ def test_a_booting_trainer_without_a_heartbeat_yet_is_left_running(stack: FakeSt
     booting = stack.start_trainer()
     stack.clock.advance(stack.settings.trainer_boot_grace_seconds - 60)
 
-    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     assert outcome == reconcile.ReconcileOutcome("already_running", booting)
     assert stack.trainers() == [booting]
@@ -307,7 +312,7 @@ def test_a_trainer_that_never_sent_a_heartbeat_is_replaced_after_the_boot_grace(
     never_started = stack.start_trainer()
     stack.clock.advance(stack.settings.trainer_boot_grace_seconds + 1)
 
-    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     assert outcome.action == "launched"
     assert outcome.terminated == (never_started,)
@@ -319,9 +324,9 @@ def test_an_unreadable_heartbeat_counts_as_none(stack: FakeStack) -> None:
     trainer = stack.start_trainer()
     stack.s3.put_object(Bucket=PROCESSED, Key=trainer_heartbeat_key(trainer), Body=b"{not json")
 
-    assert reconcile.ensure_trainer(stack.settings, wait_seconds=0).action == "already_running"
+    assert reconcile.ensure_trainers(stack.settings, wait_seconds=0).action == "already_running"
     stack.clock.advance(stack.settings.trainer_boot_grace_seconds + 1)
-    assert reconcile.ensure_trainer(stack.settings, wait_seconds=0).terminated == (trainer,)
+    assert reconcile.ensure_trainers(stack.settings, wait_seconds=0).terminated == (trainer,)
 
 
 def test_ingest_asks_the_reconcile_function_and_starts_nothing_itself(
@@ -354,7 +359,8 @@ def test_the_reconcile_function_reconciles_whatever_invoked_it(
 
     response = handle_reconcile.handler(load_event(event), lambda_context)
 
-    assert response == asdict(reconcile.ReconcileOutcome("launched", stack.trainers()[0]))
+    trainer = stack.trainers()[0]
+    assert response == asdict(reconcile.ReconcileOutcome("launched", trainer, launched=(trainer,)))
 
 
 def _metrics_printed(printed: str, name: str) -> list[dict[str, Any]]:
@@ -376,7 +382,7 @@ def test_a_launch_ec2_refuses_is_counted_for_the_stacks_alarm_and_fails_the_run(
 
     # WHEN the reconciler runs, THEN it fails (the function's errors alarm sees it too)
     with pytest.raises(RuntimeError, match="InsufficientInstanceCapacity"):
-        reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+        reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     # AND the launch that failed is one datapoint of the metric the stack's alarm watches
     (document,) = _metrics_printed(capsys.readouterr().out, reconcile.LAUNCH_FAILED_METRIC)
@@ -393,7 +399,7 @@ def test_trainers_ended_for_a_lost_heartbeat_are_counted_for_the_stacks_alarm(
     stack.clock.advance(stack.settings.trainer_boot_grace_seconds + 1)
     stack.heartbeat(stuck, seconds_ago=stack.settings.trainer_heartbeat_stale_seconds + 1)
 
-    outcome = reconcile.ensure_trainer(stack.settings, wait_seconds=0)
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
 
     assert sorted(outcome.terminated) == sorted([stuck, never_started])
     (document,) = _metrics_printed(capsys.readouterr().out, reconcile.HEARTBEAT_LOST_METRIC)
@@ -404,8 +410,109 @@ def test_trainers_ended_for_a_lost_heartbeat_are_counted_for_the_stacks_alarm(
 def test_a_healthy_reconcile_counts_no_failure(stack: FakeStack, capsys: pytest.CaptureFixture[str]) -> None:
     stack.queue_job()
 
-    assert reconcile.ensure_trainer(stack.settings, wait_seconds=0).action == "launched"
+    assert reconcile.ensure_trainers(stack.settings, wait_seconds=0).action == "launched"
 
     printed = capsys.readouterr().out
     assert not _metrics_printed(printed, reconcile.LAUNCH_FAILED_METRIC)
     assert not _metrics_printed(printed, reconcile.HEARTBEAT_LOST_METRIC)
+
+
+def test_jobs_of_several_models_start_a_trainer_each_up_to_max_trainers(
+    stack: FakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_TRAINERS", "4")
+    for model in ["a", "b", "c", "d", "e", "f"]:
+        stack.queue_job(model)
+
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
+
+    assert outcome.action == "launched"
+    assert len(set(outcome.launched)) == 4
+    assert sorted(stack.trainers()) == sorted(outcome.launched)
+    assert outcome.instance_id == outcome.launched[0]
+
+
+def test_trainers_still_booting_count_for_the_jobs_they_will_take(
+    stack: FakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_TRAINERS", "4")
+    stack.queue_job("a")
+    stack.queue_job("b")
+    first = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
+    assert len(first.launched) == 2
+
+    # WHEN ingest asks again before either trainer has beaten, then a third model's job arrives
+    again = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
+    stack.queue_job("c")
+    third = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
+
+    # THEN the booting ones cover the first two jobs, and the third gets a trainer of its own
+    assert again.action == "already_running" and again.launched == ()
+    assert len(third.launched) == 1
+    assert len(stack.trainers()) == 3
+
+
+def test_a_free_trainer_takes_the_next_job_and_busy_ones_do_not(
+    stack: FakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_TRAINERS", "4")
+    busy, idle = stack.start_trainer(), stack.start_trainer()
+    stack.heartbeat(busy, seconds_ago=1, model="a")
+    stack.heartbeat(idle, seconds_ago=1)
+    for model in ["b", "c", "d"]:
+        stack.queue_job(model)
+
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
+
+    # 3 waiting jobs, 1 free trainer: 2 more, and 4 in all
+    assert len(outcome.launched) == 2
+    assert len(stack.trainers()) == 4
+    stack.queue_job("e")
+    assert reconcile.ensure_trainers(stack.settings, wait_seconds=0).launched == ()  # MaxTrainers
+
+
+def test_ten_jobs_of_one_model_start_one_trainer_and_its_later_jobs_wait_for_it(
+    stack: FakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_TRAINERS", "4")
+    for _ in range(10):
+        stack.queue_job("burst")
+    first = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
+    assert len(first.launched) == 1
+
+    # WHEN the trainer takes up a job of the model, and more files for it queue more jobs
+    (trainer,) = first.launched
+    stack.heartbeat(trainer, seconds_ago=0, model="burst")
+    reconcile.taken_up(PROCESSED, "burst")
+    stack.queue_job("burst")
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
+
+    # THEN they wait for that trainer, in their model's FIFO group: no second trainer
+    assert outcome.action == "already_running" and outcome.launched == ()
+    assert stack.trainers() == [trainer]
+
+
+def test_a_job_queued_without_a_mark_still_gets_a_trainer_when_none_runs(stack: FakeStack) -> None:
+    stack.queue_job("replayed", marked=False)
+
+    outcome = reconcile.ensure_trainers(stack.settings, wait_seconds=0)
+
+    assert outcome.action == "launched" and len(outcome.launched) == 1
+
+
+@pytest.mark.parametrize(
+    ("max_trainers", "models", "unlisted", "waiting", "pending", "expected"),
+    [
+        (4, [], 0, 0, 0, 0),  # nothing to do
+        (4, [], 0, 0, 1, 1),  # a dead trainer's job in flight: it comes back, someone must take it
+        (4, ["a"], 0, 0, 1, 0),  # the busy trainer holds the job in flight
+        (4, [None], 0, 1, 1, 0),  # an idle trainer takes it
+        (4, ["a", None], 1, 5, 5, 1),  # 5 waiting, 2 free (idle, booting): 3, but only 1 slot left
+        (1, ["a"], 0, 3, 4, 0),  # MaxTrainers 1: the one trainer works through the queue
+    ],
+)
+def test_trainers_to_launch(
+    max_trainers: int, models: list[str | None], unlisted: int, waiting: int, pending: int, expected: int
+) -> None:
+    live = [reconcile.LiveTrainer(f"i-{index}", model) for index, model in enumerate(models)]
+    assert reconcile.trainers_to_launch(max_trainers, live, unlisted, waiting, pending) == expected

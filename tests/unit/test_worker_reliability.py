@@ -87,7 +87,7 @@ def test_the_visibility_heartbeat_survives_failing_calls(aws: Any, monkeypatch: 
             time.sleep(0.2)
 
 
-def test_other_models_jobs_stay_leased_while_one_model_trains(
+def test_a_trainer_holds_one_models_job_and_leaves_the_others_to_other_trainers(
     aws: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue_url = OUTPUTS["TrainingQueueUrl"]
@@ -98,13 +98,18 @@ def test_other_models_jobs_stay_leased_while_one_model_trains(
         **{**WorkerSettings().model_dump(), "visibility_seconds": 1, "idle_seconds": 0, "poll_seconds": 0}
     )
     trainer = Trainer(settings, OUTPUTS)
-    seen_while_training: list[int] = []
+    seen_while_training: list[list[str]] = []
+    handled: list[str] = []
 
     def slow_handle(model: str, messages: list[dict[str, Any]], lease: VisibilityHeartbeat) -> None:
+        handled.append(model)
         if model == "first":
             deadline = time.monotonic() + 2.5  # more than twice the lease
             while time.monotonic() < deadline:
-                seen_while_training.append(len(_visible(aws, queue_url)))
+                visible = aws.receive_message(QueueUrl=queue_url, VisibilityTimeout=0, MaxNumberOfMessages=10)
+                seen_while_training.append(
+                    [json.loads(m["Body"])["model"] for m in visible.get("Messages", [])]
+                )
                 time.sleep(0.1)
         lease.forget(messages)
         for message in messages:
@@ -112,7 +117,9 @@ def test_other_models_jobs_stay_leased_while_one_model_trains(
 
     monkeypatch.setattr(trainer, "handle", slow_handle)
     trainer.run()
-    assert seen_while_training and max(seen_while_training) == 0
+    # The job in training stays leased past its 1 s lease; the other model's waits for any trainer.
+    assert seen_while_training and all(visible == ["second"] for visible in seen_while_training)
+    assert handled == ["first", "second"]
 
 
 def test_the_worker_terminates_its_instance_when_it_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,6 +157,22 @@ def test_the_trainer_heartbeat_is_renewed_through_errors(aws: Any, monkeypatch: 
     assert written[0]["instance_id"] == "i-0abc" and written[0]["renewed_at"] > time.time() - 5
     # A trainer that exits cleanly leaves no heartbeat behind.
     assert s3.get_bytes("unit-processed", "_arrival/trainers/i-0abc.json") is None
+
+
+def test_the_heartbeat_tells_at_once_which_model_the_trainer_took_up(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reconciler counts a trainer without a model as free for the next job: the heartbeat must
+    # not wait for its period (an hour here) to say the trainer is busy, nor to say it is free again.
+    written: list[Any] = []
+    monkeypatch.setattr(s3, "put_json", lambda bucket, key, document: written.append(document))
+    with TrainerHeartbeat("unit-processed", "i-0abc", seconds=3600) as heartbeat:
+        for model in ["iris", None]:
+            heartbeat.model = model
+            deadline = time.monotonic() + 5
+            while not written or written[-1]["model"] != model:
+                assert time.monotonic() < deadline, f"the heartbeat never said {model!r}"
+                time.sleep(0.01)
 
 
 # Hole 4: TrainingFailed goes out before the job leaves the queue, and a failure there is survived.
