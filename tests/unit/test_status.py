@@ -182,3 +182,28 @@ def test_a_recipes_dead_letter_shows_where_in_the_recipe_it_raised() -> None:
         'File "recipes/houses.py", line 9, in fit | raise ValueError("no rooms") | ValueError: no rooms'
         in line
     )
+
+
+def test_each_trainer_is_shown_with_the_model_it_trains_or_as_idle() -> None:
+    from rich.console import Console
+
+    from cli.status_view import print_stack
+
+    console = Console(record=True, width=100)
+    print_stack(
+        console,
+        {
+            "stack": "unit",
+            "queues": {},
+            "release": None,
+            "trainers": [
+                {"instance_id": "i-1", "running_seconds": 5, "release": None, "training": "churn"},
+                {"instance_id": "i-2", "running_seconds": 9, "release": None, "training": None},
+            ],
+            "server": None,
+            "models": [],
+        },
+    )
+    printed = console.export_text()
+    assert "i-1 (" in printed and "training churn)" in printed
+    assert "i-2 (" in printed and "idle)" in printed
