@@ -314,6 +314,8 @@ def _write(rows: list[str], arguments: argparse.Namespace) -> None:
         variant = f"_{arguments.family}" + (
             f"_search{arguments.search_trials}" if arguments.search_trials else ""
         )
+    if arguments.skip_large and variant == "":  # the 5,000-row chain alone: its own file
+        variant = "_5000_rows"
     command = " ".join(sys.argv[1:])
     searched = (
         f"Each training tunes the contract's {arguments.family} with {arguments.search_trials} trials "

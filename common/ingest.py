@@ -144,8 +144,9 @@ def convert(
     """Stream the file chunk by chunk through cleaning, validation and de-duplication into Parquet,
     so memory stays bounded whatever the file's size.
 
-    A CSV is read first with its numbers parsed as numbers by the C parser: on 20 numeric columns,
-    turning text into numbers was 1.8 of 7.6 s a million rows (benchmarks/results/ingest.md). A file
+    A CSV is read first with its numbers parsed as numbers by the C parser: on a million rows of 20
+    numbers, turning text into numbers took most of the ingest function's 10 s, and the function now
+    takes about 3.4 s (the `ingest` column of benchmarks/results/training_lightgbm.md). A file
     that pass cannot read, or that breaks the contract, is read again as text from the start, so
     that whatever is quarantined is judged, and reported, by the text reader alone, cell by cell;
     only such a file pays for the second pass."""
