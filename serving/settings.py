@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 from pydantic import Field, SecretStr, model_validator
@@ -24,6 +25,17 @@ class ServingSettings(BaseSettings):
     )
     reload_queue_url: str | None = Field(
         default=None, description="an SQS queue whose messages say 'a pointer moved: refresh now'"
+    )
+    reload_signal_file: str | None = Field(
+        default=None,
+        description="set by arrival-serve for its workers: the file its one reader of the reload queue "
+        "bumps on each message (serving/reload.py); each worker refreshes when it changes",
+    )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="arrival-serve's uvicorn worker processes, each holding every model; unset: one per "
+        "core the process may run on",
     )
     poll_seconds: float = Field(default=10, gt=0, description="refresh this often even without a message")
     lambda_check_seconds: float = Field(
@@ -85,6 +97,14 @@ class ServingSettings(BaseSettings):
         description="the API key itself, instead of a secret (tests, benchmarks); the template passes "
         "the secret",
     )
+
+
+def cores_available() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one (a container or
+    `taskset` may give it fewer than the machine's), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class ServerSettings(ServingSettings):

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+import uvicorn
 from pydantic import ValidationError
 
+from serving import main as serving_main
+from serving.main import worker_count
 from serving.settings import ServingSettings, get_serving_settings
 
 
@@ -31,3 +37,33 @@ def test_the_models_bucket_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(ValidationError, match="models_bucket"):
         ServingSettings()  # type: ignore[call-arg]
+
+
+def test_arrival_serve_runs_a_worker_per_core_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+
+    assert worker_count(ServingSettings(models_bucket="models")) == 3
+    assert worker_count(ServingSettings(models_bucket="models", workers=1)) == 1
+    with pytest.raises(ValidationError, match="workers"):
+        ServingSettings(models_bucket="models", workers=0)
+
+
+def test_arrival_serve_runs_its_workers_from_the_factory_with_their_reload_signal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, object] = {}
+
+    def run(app: str, **options: object) -> None:
+        signal_file = os.environ[serving_main.SIGNAL_FILE_VARIABLE]
+        seen.update(options, app=app, signal_directory_exists=Path(signal_file).parent.is_dir())
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    # serve sets it for its workers: set here first, so that the test's end puts back what was
+    monkeypatch.setenv(serving_main.SIGNAL_FILE_VARIABLE, "")
+
+    serving_main.serve(ServingSettings(models_bucket="models", workers=2), serving_main.KEYED_APP)
+
+    assert seen["app"] == "serving.worker:keyed_app" and seen["factory"] is True
+    assert seen["workers"] == 2 and seen["signal_directory_exists"] is True
+    # The signal's directory is the process's own, and goes with it.
+    assert not Path(os.environ[serving_main.SIGNAL_FILE_VARIABLE]).parent.exists()
