@@ -19,7 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from common.adapters.secrets import secret_string
-from serving.reload import QueueListener, ReloadSignal
+from serving.reload import QueueListener, ReloadSignal, ReloadSubscription
 from serving.settings import (
     MIN_API_KEY_LENGTH,
     ServerSettings,
@@ -95,16 +95,20 @@ def serve(settings: ServingSettings, app_factory: str) -> None:
 
 @contextlib.contextmanager
 def reload_fan_out(settings: ServingSettings) -> Iterator[ReloadSignal]:
-    """The instance's reload signal, in a directory of this process's own, and its queue's one reader
-    bumping it (none without a queue: the workers then refresh on their poll alone)."""
+    """The instance's reload signal, in a directory of this process's own, and the one reader of the
+    instance's own reload queue bumping it; the queue and its subscription go when the server stops.
+    Without a topic there is no queue: the workers then refresh on their poll alone."""
     with tempfile.TemporaryDirectory(prefix="arrival-serve-") as directory:
         signal = ReloadSignal(Path(directory) / "reload")
-        queue_url = settings.reload_queue_url
-        listener = QueueListener(queue_url, signal.bump) if queue_url else None
-        if listener is not None:
+        subscription, listener = None, None
+        if settings.reload_topic_arn:
+            subscription = ReloadSubscription(settings.reload_topic_arn)
+            listener = QueueListener(subscription.open, signal.bump)
             listener.start()
         try:
             yield signal
         finally:
             if listener is not None:
                 listener.stop(timeout=READER_JOIN_SECONDS)
+            if subscription is not None:
+                subscription.close()

@@ -23,8 +23,10 @@ class ServingSettings(BaseSettings):
         validation_alias="ARRIVAL_RELEASE_VERSION",
         description="the release this server runs, reported by /health",
     )
-    reload_queue_url: str | None = Field(
-        default=None, description="an SQS queue whose messages say 'a pointer moved: refresh now'"
+    reload_topic_arn: str | None = Field(
+        default=None,
+        description="the stack's reload topic (SNS): the server subscribes a queue of its own to it, "
+        "whose messages say 'a pointer moved: refresh now'",
     )
     reload_signal_file: str | None = Field(
         default=None,

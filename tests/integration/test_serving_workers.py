@@ -1,6 +1,6 @@
-"""`arrival-serve` with several worker processes (real uvicorn, LocalStack's S3 and SQS): every worker
-answers, and one message on the instance's reload queue reaches each of them, not just the one SQS
-would hand it to (serving/reload.py)."""
+"""`arrival-serve` with several worker processes, on several instances (real uvicorn, LocalStack's S3,
+SNS and SQS): every worker answers, and one event on the stack's reload topic reaches each worker of
+each instance, through a queue of each instance's own (serving/reload.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from localcloud.instance_agent import MetadataStub
 from localcloud.processes import free_port
 from tests import serving_bundles
 from tests.conftest import LocalCloud
@@ -22,7 +24,18 @@ from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
-API_KEY = "k" * 32  # pragma: allowlist secret  # this test's own server
+API_KEY = "k" * 32  # pragma: allowlist secret  # this test's own servers
+
+
+@contextlib.contextmanager
+def instance_metadata(instance_id: str) -> Iterator[str]:
+    """The instance metadata service of one instance, as the local cloud's agent gives it."""
+    stub = MetadataStub({"instance-id": instance_id})
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        yield stub.url
+    finally:
+        stub.shutdown()
 
 
 @contextlib.contextmanager
@@ -47,7 +60,7 @@ def arrival_serve(environment: dict[str, str], log: Path) -> Iterator[subprocess
             process.wait()
 
 
-def answers(client: httpx.Client) -> tuple[int, str] | None:
+def answer(client: httpx.Client) -> tuple[int, str] | None:
     """(the worker's pid, the version it answers for iris), on a connection of its own, so that the
     kernel may hand it to any worker."""
     try:
@@ -59,53 +72,68 @@ def answers(client: httpx.Client) -> tuple[int, str] | None:
     return int(response.headers["x-arrival-worker"]), response.json()["version"]
 
 
-def test_every_worker_answers_and_one_queue_message_reloads_them_all(
+def test_one_event_reaches_every_worker_of_every_instance_through_queues_of_their_own(
     local_cloud: LocalCloud, unique: str, tmp_path: Path
 ) -> None:
-    # GIVEN a models bucket with version 1, and a reload queue
-    s3 = local_cloud.client("s3")
-    sqs = local_cloud.client("sqs")
+    # GIVEN a models bucket with version 1, and the stack's reload topic
+    s3, sns, sqs = (local_cloud.client(name) for name in ("s3", "sns", "sqs"))
     bucket = f"workers-{unique}"
     s3.create_bucket(Bucket=bucket)
     trained = serving_bundles.trained("iris", "iris")
     serving_bundles.publish(s3, trained, "1", bucket=bucket)
-    queue_url = sqs.create_queue(QueueName=f"workers-{unique}")["QueueUrl"]
-    port = free_port()
-    environment = {
-        **os.environ,
-        "ARRIVAL_SERVING_MODELS_BUCKET": bucket,
-        "ARRIVAL_SERVING_RELOAD_QUEUE_URL": queue_url,
-        "ARRIVAL_SERVING_HOST": "127.0.0.1",
-        "ARRIVAL_SERVING_PORT": str(port),
-        "ARRIVAL_SERVING_API_KEY": API_KEY,
-        "ARRIVAL_SERVING_WORKERS": "2",
-        # Only the queue can bring version 2 in time: the poll is an hour away.
-        "ARRIVAL_SERVING_POLL_SECONDS": "3600",
-    }
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"x-api-key": API_KEY}, timeout=5)
+    topic_name = f"w{unique}-serving-reload"
+    topic = sns.create_topic(Name=topic_name)["TopicArn"]
+    instance_ids = [f"i-0{unique}a", f"i-0{unique}b"]
+    clients: list[httpx.Client] = []
+    seen: dict[str, dict[int, str]] = {}  # instance -> worker pid -> version
 
-    with arrival_serve(environment, tmp_path / "serve.log") as server:
-        # WHEN arrival-serve runs two workers: both answer, each with version 1
-        seen: dict[int, str] = {}
+    with contextlib.ExitStack() as running:
+        # ...and two instances of arrival-serve with two workers each
+        for instance_id in instance_ids:
+            port = free_port()
+            environment = {
+                **os.environ,
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": running.enter_context(instance_metadata(instance_id)),
+                "ARRIVAL_SERVING_MODELS_BUCKET": bucket,
+                "ARRIVAL_SERVING_RELOAD_TOPIC_ARN": topic,
+                "ARRIVAL_SERVING_HOST": "127.0.0.1",
+                "ARRIVAL_SERVING_PORT": str(port),
+                "ARRIVAL_SERVING_API_KEY": API_KEY,
+                "ARRIVAL_SERVING_WORKERS": "2",
+                # Only the topic can bring version 2 in time: the poll is an hour away.
+                "ARRIVAL_SERVING_POLL_SECONDS": "3600",
+            }
+            running.enter_context(arrival_serve(environment, tmp_path / f"{instance_id}.log"))
+            client = httpx.Client(
+                base_url=f"http://127.0.0.1:{port}", headers={"x-api-key": API_KEY}, timeout=5
+            )
+            clients.append(client)
+            seen[instance_id] = {}
 
-        def two_workers_seen() -> bool:
-            if (answer := answers(client)) is not None:
-                seen[answer[0]] = answer[1]
-            return len(seen) == 2
+        def every_worker_answers(version: str) -> bool:
+            for instance_id, client in zip(instance_ids, clients, strict=True):
+                if (found := answer(client)) is not None:
+                    seen[instance_id][found[0]] = found[1]
+            return all(len(workers) == 2 and set(workers.values()) == {version} for workers in seen.values())
 
-        eventually(two_workers_seen, 60, interval=0.05, what="two workers answering")
-        assert set(seen.values()) == {"1"}
-        assert server.pid not in seen  # the workers, not the supervisor, answer
+        # WHEN both run: each instance has its own queue on the topic, and two workers answer version 1
+        queue_names = {f"{topic_name}-{instance_id}" for instance_id in instance_ids}
 
-        # WHEN version 2 is promoted and its event is one message on the queue
+        def subscribed() -> bool:
+            listed = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+            return {found["Endpoint"].rsplit(":", 1)[-1] for found in listed} == queue_names
+
+        eventually(subscribed, 60, what="a queue of each instance's own on the topic")
+        eventually(lambda: every_worker_answers("1"), 60, interval=0.05, what=f"every worker on 1 ({seen})")
+
+        # WHEN version 2 is promoted and its event is published once on the topic
         serving_bundles.publish(s3, trained, "2", bucket=bucket)
-        sqs.send_message(QueueUrl=queue_url, MessageBody='{"detail-type": "ModelPromoted"}')
+        sns.publish(TopicArn=topic, Message='{"detail-type": "ModelPromoted"}')
 
-        # THEN each worker answers with version 2
-        def every_worker_on_2() -> bool:
-            if (answer := answers(client)) is not None:
-                seen[answer[0]] = answer[1]
-            return len(seen) == 2 and set(seen.values()) == {"2"}
+        # THEN each worker of each instance answers with version 2
+        eventually(lambda: every_worker_answers("2"), 30, interval=0.05, what=f"every worker on 2 ({seen})")
 
-        eventually(every_worker_on_2, 30, interval=0.05, what=f"version 2 in every worker (seen {seen})")
-        assert len(seen) == 2
+    # AND the instances' queues and subscriptions went with them
+    assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+    left = sqs.list_queues(QueueNamePrefix=topic_name).get("QueueUrls", [])
+    assert left == []

@@ -15,7 +15,7 @@ from serving.settings import ServingSettings, get_serving_settings
 def test_settings_come_from_arrival_serving_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {
         "ARRIVAL_SERVING_MODELS_BUCKET": "models",
-        "ARRIVAL_SERVING_RELOAD_QUEUE_URL": "https://sqs.example/reload",
+        "ARRIVAL_SERVING_RELOAD_TOPIC_ARN": "arn:aws:sns:eu-west-1:1:prod-serving-reload",
         "ARRIVAL_SERVING_POLL_SECONDS": "2.5",
         "ARRIVAL_SERVING_MAX_BATCH": "100",
         "ARRIVAL_SERVING_PORT": "9000",
@@ -25,7 +25,8 @@ def test_settings_come_from_arrival_serving_variables(monkeypatch: pytest.Monkey
 
     settings = get_serving_settings()
 
-    assert (settings.models_bucket, settings.reload_queue_url) == ("models", "https://sqs.example/reload")
+    assert settings.models_bucket == "models"
+    assert settings.reload_topic_arn == "arn:aws:sns:eu-west-1:1:prod-serving-reload"
     assert (settings.poll_seconds, settings.max_batch, settings.port) == (2.5, 100, 9000)
     assert (settings.lambda_check_seconds, settings.max_body_bytes) == (2, 6 * 1024 * 1024)
     assert get_serving_settings() is settings
