@@ -33,11 +33,11 @@ class ServingSettings(BaseSettings):
         description="set by arrival-serve for its workers: the file its one reader of the reload queue "
         "bumps on each message (serving/reload.py); each worker refreshes when it changes",
     )
-    workers: int | None = Field(
-        default=None,
-        ge=1,
-        description="arrival-serve's uvicorn worker processes, each holding every model; unset: one per "
-        "core the process may run on",
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="arrival-serve's uvicorn worker processes, each holding every model; 0: one per core "
+        "the process may run on (the template's ServingWorkers)",
     )
     poll_seconds: float = Field(default=10, gt=0, description="refresh this often even without a message")
     lambda_check_seconds: float = Field(

@@ -44,9 +44,10 @@ def test_arrival_serve_runs_a_worker_per_core_unless_told(monkeypatch: pytest.Mo
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
 
     assert worker_count(ServingSettings(models_bucket="models")) == 3
+    assert worker_count(ServingSettings(models_bucket="models", workers=0)) == 3  # the template's default
     assert worker_count(ServingSettings(models_bucket="models", workers=1)) == 1
     with pytest.raises(ValidationError, match="workers"):
-        ServingSettings(models_bucket="models", workers=0)
+        ServingSettings(models_bucket="models", workers=-1)
 
 
 def test_arrival_serve_runs_its_workers_from_the_factory_with_their_reload_signal(
