@@ -35,7 +35,7 @@ from serving.capture import CaptureWriter
 from serving.mlflow_format import invocation_records
 from serving.offload import Budget, Offloaded
 from serving.openapi import ModelPaths
-from serving.reload import ReloadSignal
+from serving.reload_signal import ReloadSignal
 from serving.schemas import MAX_PROBLEMS, Decoded, Problem, Record, RequestError
 from serving.settings import ServingSettings, get_serving_settings
 from serving.shared_runs import SharedRuns

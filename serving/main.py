@@ -19,7 +19,8 @@ from pathlib import Path
 import uvicorn
 
 from common.adapters.secrets import secret_string
-from serving.reload import QueueListener, ReloadSignal, ReloadSubscription
+from serving.reload import QueueListener, ReloadSubscription
+from serving.reload_signal import ReloadSignal
 from serving.settings import (
     MIN_API_KEY_LENGTH,
     ServerSettings,

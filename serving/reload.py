@@ -11,8 +11,9 @@ reload queue, a promotion would reach one worker at once and the others at their
 exactly one
 process per instance reads the queue: arrival-serve's parent, uvicorn's supervisor, which holds no
 model and answers no request. On each message it bumps a generation number in a small file
-(`ReloadSignal`), and every worker reads that file every `SIGNAL_CHECK_SECONDS` and refreshes when it
-changed (ModelStore.start_background).
+(serving/reload_signal.py), and every worker reads that file every `SIGNAL_CHECK_SECONDS` and
+refreshes when it changed (ModelStore.start_background). This module is the supervisor's side, and
+the only one that talks to SNS and SQS: the workers, and the Lambda function, import only the signal.
 
 Why the parent, and a file:
 - the parent exists once per instance whatever the number of workers, and outlives them (uvicorn
@@ -36,69 +37,17 @@ import os
 import random
 import re
 import socket
-import tempfile
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from common.adapters import sns, sqs
 from common.adapters.instance import own_instance_id
 
 LOG = logging.getLogger("arrival.serving")
-# How often a worker looks at the signal file: a promotion waits for this at most, on top of the
-# queue's delivery and the worker's own refresh.
-SIGNAL_CHECK_SECONDS = 0.05
 MAX_BACKOFF_SECONDS = 30.0
 # A server that was down reads every pointer when it starts: older events are of no use to it.
 RELOAD_QUEUE_RETENTION_SECONDS = 3600
 MAX_QUEUE_NAME = 80  # SQS's limit
-
-
-class ReloadSignal:
-    """A generation number in a file: bumped by the one process that reads the reload queue, watched
-    by every worker. Written whole and renamed into place, so a reader sees the old number or the new
-    one, never half a write."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._generation = 0
-        self._lock = threading.Lock()
-
-    def bump(self) -> int:
-        with self._lock:
-            self._generation += 1
-            generation = self._generation
-            descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".reload-")
-            try:
-                with os.fdopen(descriptor, "w") as file:
-                    file.write(f"{os.getpid()} {generation}\n")
-                Path(temporary).replace(self.path)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
-        return generation
-
-    def read(self) -> str | None:
-        """The current generation as written (None before the first bump)."""
-        try:
-            return self.path.read_text()
-        except FileNotFoundError:
-            return None
-
-
-class ReloadSignalWatch:
-    """A worker's side: `changed()` says whether the signal moved since the last call."""
-
-    def __init__(self, signal: ReloadSignal) -> None:
-        self.signal = signal
-        self._seen = signal.read()
-
-    def changed(self) -> bool:
-        current = self.signal.read()
-        if current == self._seen:
-            return False
-        self._seen = current
-        return True
 
 
 def reload_queue_name(topic_arn: str, member: str) -> str:

@@ -37,7 +37,7 @@ from common.adapters import s3
 from common.bundle_loader import BundleMissingError, BundleRejectedError, fetch_bundle
 from common.bundles import POINTERS_PREFIX, ServingPointer, model_of_pointer_key, pointer_key
 from serving.bundle import LoadedModel
-from serving.reload import SIGNAL_CHECK_SECONDS, ReloadSignal, ReloadSignalWatch
+from serving.reload_signal import SIGNAL_CHECK_SECONDS, ReloadSignal, ReloadSignalWatch
 
 LOG = logging.getLogger("arrival.serving")
 # A missing bundle is looked for again after 1 s, then 2, 4, ... up to a minute: soon enough for a

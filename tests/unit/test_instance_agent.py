@@ -54,6 +54,8 @@ SERVING_VALUES = {
     "ModelsBucket": "prod-models-1-eu-west-1",
     "ServingReloadTopic": "arn:aws:sns:eu-west-1:1:prod-serving-reload",
     "ServingPort": "8080",
+    "ServingWorkers": "0",
+    "ServingPollSeconds": "10",
     "ServingLogGroup": "/arrival/prod/serving",
     "CaptureBucket": "prod-capture-1-eu-west-1",
     "ServingApiKeySecret": "arn:aws:secretsmanager:eu-west-1:1:secret:prod-api-key-AbCdEf",
@@ -143,6 +145,8 @@ def test_the_template_user_data_starts_the_server_with_its_bucket_and_reload_top
         "ARRIVAL_SERVING_MODELS_BUCKET": "prod-models-1-eu-west-1",
         "ARRIVAL_SERVING_RELOAD_TOPIC_ARN": "arn:aws:sns:eu-west-1:1:prod-serving-reload",
         "ARRIVAL_SERVING_PORT": "8080",
+        "ARRIVAL_SERVING_WORKERS": "0",  # one per core
+        "ARRIVAL_SERVING_POLL_SECONDS": "10",
         "ARRIVAL_LOG_GROUP": "/arrival/prod/serving",
         "ARRIVAL_SERVING_CAPTURE_BUCKET": "prod-capture-1-eu-west-1",
         # Where the key is, not the key: the server reads it with its role.

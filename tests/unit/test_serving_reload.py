@@ -4,6 +4,8 @@ file, and every worker's store refreshes when it moves (serving/reload.py)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -13,18 +15,14 @@ from typing import Any
 import boto3
 import pytest
 
-from serving.reload import (
-    QueueListener,
-    ReloadSignal,
-    ReloadSignalWatch,
-    ReloadSubscription,
-    reload_queue_name,
-)
+from serving.reload import QueueListener, ReloadSubscription, reload_queue_name
+from serving.reload_signal import ReloadSignal, ReloadSignalWatch
 from serving.store import ModelStore
 from tests import serving_bundles
 from tests.helpers import eventually
 from tests.serving_bundles import MODELS_BUCKET, publish
 
+ROOT = Path(__file__).resolve().parents[2]
 REFRESHER_THREADS = {"pointer-poll", "reload-signal", "reload-queue"}
 
 
@@ -171,3 +169,15 @@ def test_a_broken_queue_keeps_its_reader_trying_and_the_poll_still_refreshes(
         listener.stop(timeout=5)
         subscription.close()
         store.stop_background()
+
+
+def test_the_lambda_function_imports_neither_sns_nor_the_queue_reader() -> None:
+    # The serving function's package holds only what it imports (the Makefile's SERVING_SOURCES)
+    probe = (
+        "import sys, serving.lambda_handler; "
+        "print(sorted(m for m in ('serving.reload', 'common.adapters.sns') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert loaded.stdout.strip() == "[]"

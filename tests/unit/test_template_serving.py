@@ -75,7 +75,8 @@ def test_every_instance_boots_as_the_first_and_signals_its_own_creation(name: st
 def test_each_server_is_told_the_reload_topic_and_its_workers_never_a_shared_queue() -> None:
     user_data = _user_data("ServingInstance")
     assert "export ARRIVAL_SERVING_RELOAD_TOPIC_ARN=${ServingReloadTopic}\n" in user_data
-    assert "export ARRIVAL_SERVING_WORKERS=${ServingWorkers}\n" in user_data
+    workers = "ARRIVAL_SERVING_WORKERS=${ServingWorkers}"
+    assert f"export {workers} ARRIVAL_SERVING_POLL_SECONDS=${{ServingPollSeconds}}\n" in user_data
     assert "QUEUE_URL" not in user_data
     assert not [name for name, resource in RESOURCES.items() if name.startswith("ServingReloadQueue")]
     targets = RESOURCES["ServingReloadRule"]["Properties"]["Targets"]
