@@ -1643,7 +1643,9 @@ def main() -> None:
         outputs = deploy_stack(
             ROOT / "template.yaml",
             STACK,
-            {"ReconcileSchedule": "rate(1 hour)", **log_in_to_mlflow(settings, STACK)},
+            # One worker process: every section measures one server process against another
+            # (benchmarks/serving_workers.py compares worker counts).
+            {"ReconcileSchedule": "rate(1 hour)", "ServingWorkers": "1", **log_in_to_mlflow(settings, STACK)},
             vendor_dependencies=False,
         )
         # Every request to the stack's API carries its key, as a client's would (wrk reads it too).
