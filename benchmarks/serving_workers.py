@@ -15,6 +15,7 @@
    Target: <= 2 s median.
 
     uv run python benchmarks/serving_workers.py [--seconds 10] [--rounds 5] [--promotions 10]
+        [--quiet-budget 600]
 
 Writes benchmarks/results/serving_workers.md. Needs wrk (Debian/Ubuntu package `wrk`).
 """
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.serving import (  # noqa: E402
     BIN,
     LOAD_COLUMNS,
+    NOISY_CORES,
     Fitted,
     Load,
     arrival_serve_env,
@@ -57,8 +59,10 @@ from benchmarks.serving import (  # noqa: E402
     s3_stand_in,
     verdict,
     wait_for,
+    wait_until_quiet,
     wrk,
 )
+from common.adapters import s3  # noqa: E402
 from localcloud import control  # noqa: E402
 from localcloud.instance_agent import MetadataStub  # noqa: E402
 from localcloud.processes import free_port  # noqa: E402
@@ -80,9 +84,26 @@ def key_header() -> dict[str, str]:
     return {"x-api-key": os.environ["ARRIVAL_API_KEY"]}
 
 
-def throughput(options: argparse.Namespace, scratch: Path) -> tuple[str, float]:
-    """Section 1's table and the median ratio of 2 workers' req/s to 1 worker's, the forest's."""
+def throughput(options: argparse.Namespace, scratch: Path) -> tuple[str, dict[str, float]]:
+    """Section 1's table and each model's median ratio of 2 workers' req/s to 1 worker's."""
     runs: dict[tuple[str, int], list[Load]] = {}
+    budget = {"seconds": float(options.quiet_budget)}
+    discarded = 0
+
+    def measured(url: str, body: Path, pid: int) -> Load:
+        """A warm-up, then a run, once the rest of the machine is quiet; measured again (within the
+        budget) if other programs took CPU meanwhile: a second worker can only use a free core."""
+        nonlocal discarded
+        for _attempt in range(3):
+            wait_until_quiet(pid, budget)
+            wrk(url, body, options.connections, options.warmup, pid)
+            load = wrk(url, body, options.connections, options.seconds, pid)
+            if load.other_cores <= NOISY_CORES or budget["seconds"] <= 0:
+                break
+            budget["seconds"] -= options.seconds
+            discarded += 1
+        return load
+
     with s3_stand_in(MODELS_BUCKET), contextlib.ExitStack() as servers:
         fitted = {name: publish_champion(MODELS_BUCKET, name, family) for name, family in MODELS.items()}
         urls: dict[int, tuple[str, int]] = {}
@@ -103,10 +124,7 @@ def throughput(options: argparse.Namespace, scratch: Path) -> tuple[str, float]:
                 for workers in order:
                     url, pid = urls[workers]
                     predict = f"{url}/models/{name}/predict"
-                    wrk(predict, body, options.connections, options.warmup, pid)
-                    runs.setdefault((name, workers), []).append(
-                        wrk(predict, body, options.connections, options.seconds, pid)
-                    )
+                    runs.setdefault((name, workers), []).append(measured(predict, body, pid))
                     print(f"round {round_number + 1} {name} {workers} worker(s): done", flush=True)  # noqa: T201
     rows = [
         f"| {name} | {workers} | {len(loads)} | {median_load(loads).row()} |"
@@ -131,12 +149,20 @@ def throughput(options: argparse.Namespace, scratch: Path) -> tuple[str, float]:
         + "\n\n"
         + paragraph(
             """2 workers against 1, median requests a second: {summary}. Round by round (each pair
-            measured back to back): {paired}.""",
+            measured back to back): {paired}. "others' cores" is what the rest of the machine used
+            meanwhile (other programs on its 2 cores): the second worker can only use what wrk and
+            they leave. Each run waited until the rest of the machine used under {noisy} cores, and a
+            run it used more during was measured again, within a budget of {budget} s shared by the
+            whole section: {discarded} run(s) measured again, {left:.0f} s of the budget left.""",
             summary=", ".join(f"{name} {ratio:.2f}x" for name, ratio in medians.items()),
             paired=paired,
+            noisy=NOISY_CORES,
+            budget=options.quiet_budget,
+            discarded=discarded,
+            left=max(0.0, budget["seconds"]),
         )
     )
-    return text, medians["forest"]
+    return text, medians
 
 
 @contextlib.contextmanager
@@ -152,6 +178,8 @@ def local_cloud(scratch: Path) -> Iterator[LocalCloudSettings]:
             "AWS_DEFAULT_REGION": settings.region,
         }
     )
+    # The adapters' clients were made for section 1's S3 stand-in: made again for this endpoint.
+    s3.s3_client.cache_clear()
     control.up(settings)
     try:
         yield settings
@@ -265,19 +293,7 @@ def promotions(options: argparse.Namespace, scratch: Path) -> tuple[str, float]:
     return text, statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--promotions", type=int, default=10)
-    options = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="arrival-serving-workers-"))
-    command = "uv run python benchmarks/serving_workers.py " + " ".join(sys.argv[1:])
-    started = time.monotonic()
-    throughput_text, ratio = throughput(options, scratch)
-    promotion_text, promoted = promotions(options, scratch)
+def write(command: str, started: float, targets: list[str], sections: list[str]) -> None:
     minutes = (time.monotonic() - started) / 60
     lines = [
         "# Serving scaled out: workers and instances",
@@ -288,26 +304,57 @@ def main() -> None:
         "",
         "| measure | target | measured | verdict |",
         "|---|---|---|---|",
-        f"| 100-tree forest, single record, 16 connections: req/s with 2 workers vs 1 | >= 1.3x | "
-        f"{ratio:.2f}x | {verdict(ratio, 1.3, at_least=True)} |",
-        f"| promotion -> every worker of 2 instances (2 workers each) answering the new version, median | "
-        f"<= 2 s | {promoted:.2f} s | {verdict(promoted, 2.0, at_least=False)} |",
+        *targets,
         "",
+        *sections,
+    ]
+    RESULTS.write_text("\n".join(lines))
+    print(f"wrote {RESULTS}", flush=True)  # noqa: T201
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--promotions", type=int, default=10)
+    parser.add_argument("--quiet-budget", type=int, default=600, help="seconds to wait for a quiet machine")
+    options = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="arrival-serving-workers-"))
+    command = "uv run python benchmarks/serving_workers.py " + " ".join(sys.argv[1:])
+    started = time.monotonic()
+    documented = __doc__ or ""
+    throughput_text, ratios = throughput(options, scratch)
+    described = {"forest": "100-tree forest", "linear": "logistic regression"}
+    targets = [
+        f"| {described[name]}, single record, {options.connections} connections: req/s with 2 workers vs 1 | "
+        f">= 1.3x | {ratio:.2f}x | {verdict(ratio, 1.3, at_least=True)} |"
+        for name, ratio in ratios.items()
+    ]
+    sections = [
         "## 1. Throughput: 2 workers against 1",
         "",
-        paragraph((__doc__ or "").split("1. Throughput.")[1].split("2. Promotion.")[0]),
+        paragraph(documented.split("1. Throughput.")[1].split("2. Promotion.")[0]),
         "",
         throughput_text,
         "",
+    ]
+    write(command, started, targets, sections)  # kept if the next section fails
+    promotion_text, promoted = promotions(options, scratch)
+    targets.append(
+        "| promotion -> every worker of 2 instances (2 workers each) answering the new version, median | "
+        f"<= 2 s | {promoted:.2f} s | {verdict(promoted, 2.0, at_least=False)} |"
+    )
+    sections += [
         "## 2. Promotion to every worker of every instance",
         "",
-        paragraph((__doc__ or "").split("2. Promotion.")[1].split("uv run")[0]),
+        paragraph(documented.split("2. Promotion.")[1].split("uv run")[0]),
         "",
         promotion_text,
         "",
     ]
-    RESULTS.write_text("\n".join(lines))
-    print(f"wrote {RESULTS}")  # noqa: T201
+    write(command, started, targets, sections)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ PORT_TAG = "arrival:api-port"
 
 
 @pytest.fixture(scope="module")
-def serving_stack(local_cloud: LocalCloud) -> dict[str, str]:
+def serving_stack(local_cloud: LocalCloud) -> Iterator[dict[str, str]]:
+    """The stack, its servers ended afterwards: six processes the rest of the suite need not share
+    the machine with."""
     parameters = {
         **TEST_STACK_PARAMETERS,
         "ServingInstances": "2",
@@ -32,7 +34,9 @@ def serving_stack(local_cloud: LocalCloud) -> dict[str, str]:
         # Only the reload topic can bring a new version within the test's wait: the poll is an hour away.
         "ServingPollSeconds": "3600",
     }
-    return local_cloud.deploy(PROJECT_ROOT / "template.yaml", SERVING_STACK, parameters)
+    outputs = local_cloud.deploy(PROJECT_ROOT / "template.yaml", SERVING_STACK, parameters)
+    yield outputs
+    local_cloud.client("ec2").terminate_instances(InstanceIds=outputs["ServingInstanceIds"].split(","))
 
 
 def _ports(local_cloud: LocalCloud, instance_ids: list[str]) -> dict[str, int] | None:
