@@ -293,7 +293,7 @@ def promotions(options: argparse.Namespace, scratch: Path) -> tuple[str, float]:
     return text, statistics.median(times)
 
 
-def write(command: str, started: float, targets: list[str], sections: list[str]) -> None:
+def write(results: Path, command: str, started: float, targets: list[str], sections: list[str]) -> None:
     minutes = (time.monotonic() - started) / 60
     lines = [
         "# Serving scaled out: workers and instances",
@@ -308,8 +308,8 @@ def write(command: str, started: float, targets: list[str], sections: list[str])
         "",
         *sections,
     ]
-    RESULTS.write_text("\n".join(lines))
-    print(f"wrote {RESULTS}", flush=True)  # noqa: T201
+    results.write_text("\n".join(lines))
+    print(f"wrote {results}", flush=True)  # noqa: T201
 
 
 def main() -> None:
@@ -320,6 +320,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--promotions", type=int, default=10)
     parser.add_argument("--quiet-budget", type=int, default=600, help="seconds to wait for a quiet machine")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     options = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="arrival-serving-workers-"))
     command = "uv run python benchmarks/serving_workers.py " + " ".join(sys.argv[1:])
@@ -340,7 +341,7 @@ def main() -> None:
         throughput_text,
         "",
     ]
-    write(command, started, targets, sections)  # kept if the next section fails
+    write(options.results, command, started, targets, sections)  # kept if the next section fails
     promotion_text, promoted = promotions(options, scratch)
     targets.append(
         "| promotion -> every worker of 2 instances (2 workers each) answering the new version, median | "
@@ -354,7 +355,7 @@ def main() -> None:
         promotion_text,
         "",
     ]
-    write(command, started, targets, sections)
+    write(options.results, command, started, targets, sections)
 
 
 if __name__ == "__main__":
