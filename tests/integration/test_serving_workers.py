@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from localcloud.instance_agent import MetadataStub
-from localcloud.processes import free_port
+from localcloud.processes import free_port, is_alive
 from tests import serving_bundles
 from tests.conftest import LocalCloud
 from tests.helpers import eventually
@@ -137,3 +137,37 @@ def test_one_event_reaches_every_worker_of_every_instance_through_queues_of_thei
     assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
     left = sqs.list_queues(QueueNamePrefix=topic_name).get("QueueUrls", [])
     assert left == []
+
+
+def test_the_workers_end_with_their_supervisor_even_when_it_is_killed(
+    local_cloud: LocalCloud, unique: str, tmp_path: Path
+) -> None:
+    # GIVEN arrival-serve with two workers (no topic: nothing to subscribe)
+    bucket = f"orphans-{unique}"
+    local_cloud.client("s3").create_bucket(Bucket=bucket)
+    port = free_port()
+    environment = {
+        **os.environ,
+        "ARRIVAL_SERVING_MODELS_BUCKET": bucket,
+        "ARRIVAL_SERVING_HOST": "127.0.0.1",
+        "ARRIVAL_SERVING_PORT": str(port),
+        "ARRIVAL_SERVING_API_KEY": API_KEY,
+        "ARRIVAL_SERVING_WORKERS": "2",
+    }
+    workers: set[int] = set()
+
+    def two_workers_seen() -> bool:
+        with contextlib.suppress(httpx.TransportError):
+            response = httpx.get(f"http://127.0.0.1:{port}/health", headers={"connection": "close"})
+            workers.add(int(response.json()["worker"]))
+        return len(workers) == 2
+
+    with arrival_serve(environment, tmp_path / "serve.log") as server:
+        eventually(two_workers_seen, 60, interval=0.05, what="two workers answering")
+
+        # WHEN the supervisor is killed outright (no shutdown of its own)
+        server.kill()
+        server.wait()
+
+        # THEN no worker is left holding the port: the kernel ended them with it
+        eventually(lambda: not any(is_alive(pid) for pid in workers), 30, what=f"workers {workers} ended")
