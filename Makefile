@@ -128,7 +128,7 @@ SWEEP_SOURCES := handlers/__init__.py handlers/handle_sweep.py common/__init__.p
 NOTIFY_SOURCES := handlers/__init__.py handlers/handle_notify.py common/__init__.py common/observability.py \
 	common/settings.py common/notifications.py common/adapters/__init__.py common/adapters/notify.py
 SERVING_SOURCES := serving common/__init__.py common/contracts.py common/bundles.py common/bundle_loader.py \
-	common/layout.py common/adapters/__init__.py common/adapters/s3.py common/adapters/sqs.py
+	common/layout.py common/adapters/__init__.py common/adapters/s3.py
 # The scheduled drift report: the drift statistics, and the bundles, captures and reports in S3.
 DRIFT_SOURCES := handlers/__init__.py handlers/handle_drift.py common/__init__.py common/monitoring.py \
 	common/drift.py common/contracts.py common/bundles.py common/layout.py common/observability.py common/settings.py \

@@ -308,6 +308,9 @@ def arrival_serve_env(port: int, models_bucket: str, extra: dict[str, str] | Non
         "ARRIVAL_SERVING_HOST": "127.0.0.1",
         "ARRIVAL_SERVING_PORT": str(port),
         "ARRIVAL_SERVING_API_KEY": os.environ["ARRIVAL_API_KEY"],
+        # One worker process, as every figure before arrival-serve ran one per core: the sections
+        # compare one server's process with another's (benchmarks/serving_workers.py compares counts).
+        "ARRIVAL_SERVING_WORKERS": "1",
         **(extra or {}),
     }
 
@@ -1568,11 +1571,12 @@ def _key_check_seconds(calls: int = 200_000) -> float:
 
 
 def serve_without_key() -> None:
-    """`arrival-serve` without the API key check (serving.main.serve, with no key), for section 8."""
-    from serving.main import serve
+    """`arrival-serve` without the API key check (serving.main.serve, with the app that checks no
+    key), for section 8."""
+    from serving.main import UNCHECKED_APP, serve
     from serving.settings import get_serving_settings
 
-    serve(get_serving_settings(), api_key=None)
+    serve(get_serving_settings(), UNCHECKED_APP)
 
 
 def run_section(report: Report, title: str, section: Callable[[], None]) -> None:
@@ -1639,7 +1643,9 @@ def main() -> None:
         outputs = deploy_stack(
             ROOT / "template.yaml",
             STACK,
-            {"ReconcileSchedule": "rate(1 hour)", **log_in_to_mlflow(settings, STACK)},
+            # One worker process: every section measures one server process against another
+            # (benchmarks/serving_workers.py compares worker counts).
+            {"ReconcileSchedule": "rate(1 hour)", "ServingWorkers": "1", **log_in_to_mlflow(settings, STACK)},
             vendor_dependencies=False,
         )
         # Every request to the stack's API carries its key, as a client's would (wrk reads it too).

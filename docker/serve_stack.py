@@ -1,5 +1,5 @@
 """The serving container's entry point in docker-compose.yml: it stands in for the serving instance's
-user data, which on EC2 exports the stack's models bucket, reload queue and API key secret before
+user data, which on EC2 exports the stack's models bucket, reload topic and API key secret before
 ``arrival-serve``.
 
 Under compose the stack is deployed after the container starts (``arrival deploy``), so this waits
@@ -44,7 +44,8 @@ def main() -> None:
     environment = {
         **os.environ,
         "ARRIVAL_SERVING_MODELS_BUCKET": outputs["ModelsBucketName"],
-        "ARRIVAL_SERVING_RELOAD_QUEUE_URL": outputs["ServingReloadQueueUrl"],
+        # The server subscribes a queue of its own, named after the container's host name.
+        "ARRIVAL_SERVING_RELOAD_TOPIC_ARN": outputs["ServingReloadTopicArn"],
         # The secret's name, not the key: arrival-serve reads the key itself (it refuses to start without).
         "ARRIVAL_SERVING_API_KEY_SECRET": outputs["ServingApiKeySecretArn"],
     }

@@ -211,7 +211,7 @@ def _parameters(template: dict[str, Any], overrides: dict[str, str]) -> list[dic
 
 
 # The template's network parameters: given together, or all taken from the account's default VPC.
-NETWORK_PARAMETERS = ("VpcId", "TrainerSubnetId", "ServingSubnetId")
+NETWORK_PARAMETERS = ("VpcId", "TrainerSubnetId", "ServingSubnetId", "ServingSecondSubnetId")
 
 
 def _previous_network(cloudformation: Any, stack_name: str) -> dict[str, str]:
@@ -221,7 +221,9 @@ def _previous_network(cloudformation: Any, stack_name: str) -> dict[str, str]:
 
 
 def _default_network(ec2: Any, region: str) -> dict[str, str]:
-    """The default VPC, and its default subnet in the first Availability Zone by name, for both roles."""
+    """The default VPC, its default subnet in the first Availability Zone by name for both roles, and
+    the one in the second zone for the model servers' second subnet (their load balancer needs two
+    zones)."""
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     if not vpcs:
         raise DeployError(
@@ -238,8 +240,19 @@ def _default_network(ec2: Any, region: str) -> dict[str, str]:
             f"TrainerSubnetId is required: the default VPC {vpc} has no default subnet; pass "
             "--parameter TrainerSubnetId=subnet-... --parameter ServingSubnetId=subnet-..."
         )
-    subnet = min(subnets, key=lambda found: found["AvailabilityZone"])["SubnetId"]
-    return {"VpcId": vpc, "TrainerSubnetId": subnet, "ServingSubnetId": subnet}
+    by_zone = sorted(subnets, key=lambda found: found["AvailabilityZone"])
+    if len(by_zone) < 2:
+        raise DeployError(
+            f"ServingSecondSubnetId is required: the default VPC {vpc} has a default subnet in one "
+            "Availability Zone only; pass --parameter ServingSecondSubnetId=subnet-... in another zone"
+        )
+    subnet, second = by_zone[0]["SubnetId"], by_zone[1]["SubnetId"]
+    return {
+        "VpcId": vpc,
+        "TrainerSubnetId": subnet,
+        "ServingSubnetId": subnet,
+        "ServingSecondSubnetId": second,
+    }
 
 
 def network_parameters(
@@ -264,9 +277,10 @@ def network_parameters(
     if all(name in previous for name in missing):
         return {name: previous[name] for name in missing}
     network = default_network()
+    subnets = dict.fromkeys(network[name] for name in missing if name != "VpcId")
     say(
         f"{', '.join(missing)} not given: using the default VPC {network['VpcId']} "
-        f"and its subnet {network['TrainerSubnetId']}"
+        f"and its subnet{'s' if len(subnets) > 1 else ''} {', '.join(subnets)}"
     )
     return {name: network[name] for name in missing}
 

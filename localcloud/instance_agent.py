@@ -15,8 +15,11 @@ running user data again (cloud-init runs it at the first boot only). A terminate
 process for good: the trainer terminates its own instance when idle, and the reconciler one whose
 heartbeat stopped. So the reconciler's RunInstances call is what really starts a trainer.
 
-A server answers on the local cloud's API port (``ARRIVAL_API_PORT``), on localhost only. There is
-one such port, so one server runs at a time: another waits, unbooted, until the port is free again.
+Servers answer on localhost only, each on a port of its own, as each EC2 instance has an address of
+its own: the first on the local cloud's API port (``ARRIVAL_API_PORT``, where ``arrival status`` says
+the API is), every other one, while that port is held, on a free port. The agent tags each server's
+instance with its port (``arrival:api-port``), so tests and tools find every instance of a stack
+with ``ServingInstances`` above 1 (on AWS, the load balancer stands in front of them instead).
 """
 
 from __future__ import annotations
@@ -47,13 +50,15 @@ from localcloud.emulator import Service
 from localcloud.instance_credentials import RoleCredentials
 from localcloud.instance_release import InstalledRelease, ReleaseInstallError, install_release
 from localcloud.log_shipper import LogShipper
-from localcloud.processes import die_with_parent
+from localcloud.processes import die_with_parent, free_port
 from localcloud.release import ReleaseError, release_uri
 from localcloud.settings import LocalCloudSettings, get_local_cloud_settings
 
 LOG = logging.getLogger("arrival.instance_agent")
 ROLE_TAG = "arrival:role"
 STACK_TAG = "arrival:stack"
+# Where the agent runs a server instance's API, on localhost (set by the agent, not by AWS).
+API_PORT_TAG = "arrival:api-port"
 # The only commands user data may start, by role: deploy/arrival-boot.sh, the release's executable,
 # then its exact argument shape.
 BOOT_COMMAND = "/usr/local/bin/arrival-boot"
@@ -117,13 +122,17 @@ def environment_from_user_data(user_data: str) -> dict[str, str]:
 
 
 def instance_environment(
-    agent_environment: dict[str, str], user_data: str, role: str, settings: LocalCloudSettings
+    agent_environment: dict[str, str],
+    user_data: str,
+    role: str,
+    settings: LocalCloudSettings,
+    port: int | None = None,
 ) -> dict[str, str]:
     """What an instance's process sees: the agent's environment, what its user data exports, then
-    what the agent keeps for itself whatever the user data says: a server's address, so it answers
-    where ``arrival status`` says the API is, and on localhost only."""
+    what the agent keeps for itself whatever the user data says: a server's address, on localhost
+    only, on the port the agent gave it (the API port unless said otherwise)."""
     owned = (
-        {"ARRIVAL_SERVING_HOST": "127.0.0.1", "ARRIVAL_SERVING_PORT": str(settings.api_port)}
+        {"ARRIVAL_SERVING_HOST": "127.0.0.1", "ARRIVAL_SERVING_PORT": str(port or settings.api_port)}
         if role == "server"
         else {}
     )
@@ -238,7 +247,7 @@ class InstanceAgent:
         self.installed: dict[str, Installation] = {}
         self.restart_at: dict[str, float] = {}
         self.finished: set[str] = set()
-        self.waiting: set[str] = set()
+        self.server_ports: dict[str, int] = {}  # a server instance's port, from its first boot to its end
         self.stopping = False
 
     def _client(self, service: str) -> Any:
@@ -353,18 +362,19 @@ class InstanceAgent:
         ]["Roles"]
         return RoleCredentials(self.sts, roles[0]["Arn"], instance["InstanceId"]) if roles else None
 
-    def _running_server(self) -> str | None:
-        """The server that holds the API port: one booted, or one installed whose process is between
-        a restart or a stop and its next start (it takes the port back then); until it is terminated."""
-        booted = (instance_id for instance_id, found in self.booted.items() if found.role == "server")
-        installed = (
-            instance_id for instance_id, found in self.installed.items() if found.identity.role == "server"
-        )
-        return next(booted, None) or next(installed, None)
+    def server_port(self, instance_id: str) -> int:
+        """The port a server instance answers on: the one it was given at its first boot (a restart or
+        a start after a stop takes it back), else the API port if no other server holds it, else a
+        free one."""
+        if instance_id not in self.server_ports:
+            held = {port for other, port in self.server_ports.items() if other != instance_id}
+            self.server_ports[instance_id] = (
+                self.settings.api_port if self.settings.api_port not in held else free_port()
+            )
+        return self.server_ports[instance_id]
 
     def command_for(self, instance_id: str, identity: Identity) -> list[str] | None:
-        """The command to boot the instance with; None to leave it as a record (it is then
-        finished), or to try again at the next poll (a server waiting for the API port)."""
+        """The command to boot the instance with; None to leave it as a record (it is then finished)."""
         stacks = self.settings.agent_stacks
         if identity.role not in self.settings.agent_roles or (
             stacks is not None and identity.stack not in stacks
@@ -382,18 +392,6 @@ class InstanceAgent:
             LOG.warning("instance %s: user data names no allow-listed command; not booting it", instance_id)
             self.finished.add(instance_id)
             return None
-        server = self._running_server() if identity.role == "server" else None
-        if server is not None:
-            if instance_id not in self.waiting:
-                LOG.warning(
-                    "instance %s waits: server %s answers on the API port %d until it ends",
-                    instance_id,
-                    server,
-                    self.settings.api_port,
-                )
-                self.waiting.add(instance_id)
-            return None
-        self.waiting.discard(instance_id)
         return command
 
     def boot(self, instance: dict[str, Any]) -> None:
@@ -468,9 +466,16 @@ class InstanceAgent:
         )
         home = self.settings.state_dir / "instances" / instance_id
         home.mkdir(parents=True, exist_ok=True)
+        port = self.server_port(instance_id) if identity.role == "server" else None
+        if port is not None:
+            self.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": API_PORT_TAG, "Value": str(port)}])
         environment = installation.release.environment(
             instance_environment(
-                self._environment(metadata.url), identity.user_data, identity.role, self.settings
+                self._environment(metadata.url),
+                identity.user_data,
+                identity.role,
+                self.settings,
+                port,
             )
         )
         command = installation.release.command(installation.command[0], installation.command[1:])
@@ -532,9 +537,9 @@ class InstanceAgent:
         for instance_id, state in states.items():
             if state not in LIVE and state not in STOPPED and instance_id not in self.finished:
                 self.installed.pop(instance_id, None)  # terminated: its disk is gone
+                self.server_ports.pop(instance_id, None)  # and its address
                 self.restart_at.pop(instance_id, None)
                 self.finished.add(instance_id)
-        self.waiting &= {instance_id for instance_id, state in states.items() if state in LIVE}
         now = time.monotonic()
         for instance in instances:
             instance_id = instance["InstanceId"]

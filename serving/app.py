@@ -10,12 +10,14 @@ serving/shared_runs.py); a large one in a worker thread, within a time budget (s
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -33,9 +35,11 @@ from serving.capture import CaptureWriter
 from serving.mlflow_format import invocation_records
 from serving.offload import Budget, Offloaded
 from serving.openapi import ModelPaths
+from serving.reload_signal import ReloadSignal
 from serving.schemas import MAX_PROBLEMS, Decoded, Problem, Record, RequestError
 from serving.settings import ServingSettings, get_serving_settings
 from serving.shared_runs import SharedRuns
+from serving.shutdown import CAPTURE_SHUTDOWN_SECONDS, STORE_THREAD_JOIN_SECONDS
 from serving.store import ModelStore, PendingVersion
 from serving.swagger import swagger_page
 
@@ -45,13 +49,8 @@ JSON = "application/json"
 UNKNOWN_MODEL = "_unknown"
 # Refused for their key: counted under one label too, whatever model they name.
 UNAUTHENTICATED = "_unauthenticated"
-# The server's shutdown fits in the 10 s an instance gets between SIGTERM and SIGKILL (the local
-# cloud's agent, localcloud/instance_agent.py): uvicorn's wait for the requests in flight
-# (serving/main.py), the captures' last write, then each refresher's join (two daemon threads that
-# hold nothing: what they are doing is dropped with the process). 3 + 4 + 2 x 0.5 = 8 s.
-GRACEFUL_SHUTDOWN_SECONDS = 3
-CAPTURE_SHUTDOWN_SECONDS = 4.0
-STORE_THREAD_JOIN_SECONDS = 0.5
+# Names the worker process that answered /models/<model> (an instance runs one per core).
+WORKER_HEADER = "X-Arrival-Worker"
 # A worker (serving/offload.py) runs a batch of PARALLEL_ROWS rows or more in parts, two at a time,
 # each of at most PART_ROWS rows (about 20 ms for a 100-tree forest).
 PARALLEL_ROWS = 500
@@ -457,12 +456,16 @@ PROBLEMS_JSON = {JSON: {"schema": {"$ref": "#/components/schemas/Problems"}}}
         },
     },
 )
-async def get_model(model: str, store: StoreDep) -> Response | ModelDescription:
+async def get_model(model: str, store: StoreDep, response: Response) -> Response | ModelDescription:
     """One model's version, metrics, promotion time, lineage and request schema, and its newest pointer
-    when that does not answer (`pending`: why, and when it is tried again)."""
+    when that does not answer (`pending`: why, and when it is tried again). The `X-Arrival-Worker`
+    header names the worker process (its pid) that answered."""
     loaded = store.models.get(model)
     if loaded is None:
-        return unknown_model_response(model, store)
+        refused = unknown_model_response(model, store)
+        refused.headers[WORKER_HEADER] = str(os.getpid())
+        return refused
+    response.headers[WORKER_HEADER] = str(os.getpid())
     return describe(loaded, store.pending(model))
 
 
@@ -470,10 +473,11 @@ operations_router = APIRouter(tags=["operations"])
 
 
 @operations_router.get("/health")
-async def health(request: Request) -> dict[str, str]:
-    """Liveness: 200 while the process runs, with the release it runs (an instance's boot sets it)."""
+async def health(request: Request) -> dict[str, str | int]:
+    """Liveness: 200 while the process runs, with the release it runs (an instance's boot sets it) and
+    the worker process that answered (`worker`, its pid: an instance runs one per core)."""
     settings: ServingSettings = request.app.state.settings
-    return {"status": "ok", "release": settings.release_version or "unknown"}
+    return {"status": "ok", "release": settings.release_version or "unknown", "worker": os.getpid()}
 
 
 @operations_router.get(
@@ -567,7 +571,11 @@ def create_app(
 
     @asynccontextmanager
     async def refresh_in_background(_: FastAPI) -> AsyncIterator[None]:
-        store.start_background(poll_seconds=settings.poll_seconds, reload_queue_url=settings.reload_queue_url)
+        signal_file = settings.reload_signal_file
+        store.start_background(
+            poll_seconds=settings.poll_seconds,
+            reload_signal=ReloadSignal(Path(signal_file)) if signal_file else None,
+        )
         capture.start()
         try:
             yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 from pydantic import Field, SecretStr, model_validator
@@ -22,8 +23,21 @@ class ServingSettings(BaseSettings):
         validation_alias="ARRIVAL_RELEASE_VERSION",
         description="the release this server runs, reported by /health",
     )
-    reload_queue_url: str | None = Field(
-        default=None, description="an SQS queue whose messages say 'a pointer moved: refresh now'"
+    reload_topic_arn: str | None = Field(
+        default=None,
+        description="the stack's reload topic (SNS): the server subscribes a queue of its own to it, "
+        "whose messages say 'a pointer moved: refresh now'",
+    )
+    reload_signal_file: str | None = Field(
+        default=None,
+        description="set by arrival-serve for its workers: the file its one reader of the reload queue "
+        "bumps on each message (serving/reload.py); each worker refreshes when it changes",
+    )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="arrival-serve's uvicorn worker processes, each holding every model; 0: one per core "
+        "the process may run on (the template's ServingWorkers)",
     )
     poll_seconds: float = Field(default=10, gt=0, description="refresh this often even without a message")
     lambda_check_seconds: float = Field(
@@ -85,6 +99,14 @@ class ServingSettings(BaseSettings):
         description="the API key itself, instead of a secret (tests, benchmarks); the template passes "
         "the secret",
     )
+
+
+def cores_available() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one (a container or
+    `taskset` may give it fewer than the machine's), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class ServerSettings(ServingSettings):

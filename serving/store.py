@@ -3,8 +3,9 @@ request reads one reference and always sees a consistent set of models.
 
 A refresh lists the pointers once (keys and ETags), fetches only pointers whose ETag moved, loads and
 checks a new version's bundle off the request path, then swaps the snapshot. A bundle that fails
-keeps the previous version serving. On EC2 two threads call refresh: one on each reload-queue message
-(a hint that a pointer moved), one every `poll_seconds` in case a hint is lost. In Lambda there are no
+keeps the previous version serving. On EC2 two threads of each worker process call refresh: one when
+the instance's reload signal moves (a hint that a pointer moved, fanned out from the reload queue:
+serving/reload.py), one every `poll_seconds` in case a hint is lost. In Lambda there are no
 threads: a request refreshes first if the last look at the pointers is too old, and a lazy store loads
 a model only when a request first asks for it.
 
@@ -21,7 +22,6 @@ import ctypes
 import gc
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,13 +33,13 @@ from types import MappingProxyType
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ValidationError
 
-from common.adapters import s3, sqs
+from common.adapters import s3
 from common.bundle_loader import BundleMissingError, BundleRejectedError, fetch_bundle
 from common.bundles import POINTERS_PREFIX, ServingPointer, model_of_pointer_key, pointer_key
 from serving.bundle import LoadedModel
+from serving.reload_signal import SIGNAL_CHECK_SECONDS, ReloadSignal, ReloadSignalWatch
 
 LOG = logging.getLogger("arrival.serving")
-MAX_BACKOFF_SECONDS = 30.0
 # A missing bundle is looked for again after 1 s, then 2, 4, ... up to a minute: soon enough for a
 # pointer that became visible just before its bundle, and one GET a minute for one that names a bundle
 # that never comes.
@@ -362,17 +362,22 @@ class ModelStore:
         )
 
     def start_background(
-        self, *, poll_seconds: float, reload_queue_url: str | None, queue_wait_seconds: int = 5
+        self,
+        *,
+        poll_seconds: float,
+        reload_signal: ReloadSignal | None,
+        signal_check_seconds: float = SIGNAL_CHECK_SECONDS,
     ) -> None:
-        """The EC2 server's refreshers; stop_background ends them."""
+        """The EC2 server's refreshers: a poll, and a watch on the instance's reload signal (its one
+        reader of the reload queue bumps it: serving/reload.py). stop_background ends them."""
         self._stop.clear()
         self._threads = [threading.Thread(target=self._poll, args=(poll_seconds,), name="pointer-poll")]
-        if reload_queue_url:
+        if reload_signal is not None:
             self._threads.append(
                 threading.Thread(
-                    target=self._follow_queue,
-                    args=(reload_queue_url, queue_wait_seconds),
-                    name="reload-queue",
+                    target=self._follow_signal,
+                    args=(ReloadSignalWatch(reload_signal), signal_check_seconds),
+                    name="reload-signal",
                 )
             )
         for thread in self._threads:
@@ -393,22 +398,16 @@ class ModelStore:
                 LOG.exception("pointer poll failed: bucket=%s", self.bucket, extra={"bucket": self.bucket})
             self._stop.wait(seconds)
 
-    def _follow_queue(self, queue_url: str, wait_seconds: int) -> None:
-        failures = 0
-        while not self._stop.is_set():
+    def _follow_signal(self, watch: ReloadSignalWatch, seconds: float) -> None:
+        while not self._stop.wait(seconds):
             try:
-                messages = sqs.receive(queue_url, wait_seconds=wait_seconds, visibility_seconds=30)
-                if messages:
-                    # A message is only a hint that some pointer moved: which one is in the listing.
+                if watch.changed():
+                    # A hint that some pointer moved: which one is in the listing.
                     self.refresh()
-                    for message in messages:
-                        sqs.delete(queue_url, message["ReceiptHandle"])
-                failures = 0
-            except Exception:  # the thread must outlive any one failure; it backs off and retries
-                failures += 1
-                delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures) * random.uniform(0.5, 1)  # noqa: S311
-                LOG.exception("reload queue failed: retrying in %.1fs", delay, extra={"queue_url": queue_url})
-                self._stop.wait(delay)
+            except Exception:  # the thread must outlive any one failure; the poll is the safety net
+                LOG.exception(
+                    "reload after a hint failed: bucket=%s", self.bucket, extra={"bucket": self.bucket}
+                )
 
 
 def keep_out_of_collections() -> None:

@@ -28,9 +28,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INGEST_STACK = "arrival-ingest"
 TRAINING_STACK = "arrival-train"
 # A second stack whose trainers the agent boots, for the tests that need trainers and the registry
-# but not the API: a lane of their own beside the training lane. Its server never boots (the API port
-# is the first stack's), which none of its tests needs.
+# but not the API: a lane of their own beside the training lane. Its server boots on a port of its
+# own (the API port is the first stack's), which none of its tests asks.
 SECOND_TRAINING_STACK = "arrival-train-2"
+# A stack of several serving instances with several workers each, whose servers the agent boots
+# (tests/e2e/test_serving_scale_out.py); it trains nothing.
+SERVING_STACK = "arrival-serving"
 # Short enough that a test sees a quiet period end, a lease lapse and an idle trainer go away.
 WORKER_SETTINGS = {
     "ARRIVAL_WORKER_QUIET_SECONDS": "1",
@@ -59,6 +62,9 @@ TRAINING_STACK_PARAMETERS = {
     **TEST_STACK_PARAMETERS,
     "TrainerHeartbeatStaleSeconds": "15",
     "TrainerBootGraceSeconds": "60",
+    # One worker process for each training stack's server, as before servers ran one per core: the
+    # tests that use them need one, and the 2-core machine runs the whole suite.
+    "ServingWorkers": "1",
 }
 
 
@@ -121,7 +127,7 @@ def _start_cloud(state_dir: Path) -> dict[str, Any]:
         aws_port=free_port(),
         mlflow_port=free_port(),
         api_port=free_port(),
-        agent_stacks=[TRAINING_STACK, SECOND_TRAINING_STACK],
+        agent_stacks=[TRAINING_STACK, SECOND_TRAINING_STACK, SERVING_STACK],
         # The proof that what passes here is allowed on AWS: each role gets only its policies.
         iam_enforcement=True,
     )
@@ -217,7 +223,7 @@ def training_stack(request: pytest.FixtureRequest, local_cloud: LocalCloud) -> d
 
 @pytest.fixture(scope="session")
 def second_training_stack(request: pytest.FixtureRequest, local_cloud: LocalCloud) -> dict[str, str]:
-    """The production template a third time: trainers booted, its server waiting for the API port."""
+    """The production template a third time: trainers booted, its server on a port of its own."""
     return once_per_run(
         request.config,
         SECOND_TRAINING_STACK,

@@ -16,7 +16,7 @@ import pandas as pd
 from moto import mock_aws
 from sklearn.pipeline import Pipeline
 
-from common.adapters import s3, sqs
+from common.adapters import s3, sns, sqs
 from common.bundles import (
     MISSING_CATEGORY,
     BundleManifest,
@@ -152,11 +152,11 @@ def publish(
 @contextmanager
 def models_bucket() -> Iterator[Any]:
     """A moto S3 with the models bucket, and arrival's cached clients and settings forgotten."""
-    for cached in (s3.s3_client, sqs.sqs_client, get_serving_settings):
+    for cached in (s3.s3_client, sqs.sqs_client, sns.sns_client, get_serving_settings):
         cached.cache_clear()
     with mock_aws():
         client = boto3.client("s3")
         client.create_bucket(Bucket=MODELS_BUCKET)
         yield client
-    for cached in (s3.s3_client, sqs.sqs_client, get_serving_settings):
+    for cached in (s3.s3_client, sqs.sqs_client, sns.sns_client, get_serving_settings):
         cached.cache_clear()

@@ -151,3 +151,16 @@ def move_all(source_url: str, destination_url: str, *, fifo_group: Callable[[str
             )
             delete(source_url, message["ReceiptHandle"])
             moved += 1
+
+
+def ensure_queue(name: str, attributes: dict[str, str]) -> str:
+    """The queue's URL, created if it does not exist, with these attributes set either way (CreateQueue
+    alone refuses an existing queue whose attributes differ, and would leave an old policy in place)."""
+    client = sqs_client()
+    queue_url = client.create_queue(QueueName=name)["QueueUrl"]
+    client.set_queue_attributes(QueueUrl=queue_url, Attributes=attributes)  # type: ignore[arg-type]
+    return queue_url
+
+
+def delete_queue(queue_url: str) -> None:
+    sqs_client().delete_queue(QueueUrl=queue_url)

@@ -17,16 +17,17 @@ import pytest
 
 from localcloud.processes import cloud_processes
 from tests import datasets
-from tests.conftest import TRAINING_STACK, LocalCloud
+from tests.conftest import TRAINING_STACK
 from tests.e2e.conftest import Chain, arrival
 from tests.helpers import eventually
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
-def _instance_processes(cloud: LocalCloud, executable: str) -> list[int]:
-    """This local cloud's processes whose command line runs ``executable``."""
-    return cloud_processes(cloud.settings.cloud_id, executable)
+def _instance_processes(chain: Chain, executable: str) -> list[int]:
+    """The processes of the chain's stack's instances whose command line runs ``executable`` (other
+    stacks' servers run beside them: each server instance answers on a port of its own)."""
+    return cloud_processes(chain.cloud.settings.cloud_id, executable, (f"ARRIVAL_STACK_NAME={chain.stack}",))
 
 
 def _outside_the_checkout(pid: int) -> list[str]:
@@ -67,8 +68,8 @@ def test_the_trainer_and_the_server_run_the_release_and_nothing_of_the_checkout(
     assert api.get("/health").status_code == 200
 
     # WHEN we look at both processes
-    trainers = _instance_processes(chain.cloud, "arrival-worker")
-    servers = _instance_processes(chain.cloud, "arrival-serve")
+    trainers = _instance_processes(chain, "arrival-worker")
+    servers = _instance_processes(chain, "arrival-serve")
 
     # THEN each runs from its installed release, and nothing of it comes from the checkout
     assert trainers and servers
@@ -111,7 +112,7 @@ def _serving_answers(api: httpx.Client) -> bool:
 
 def test_a_killed_server_comes_back_answering(chain: Chain, api: httpx.Client) -> None:
     # GIVEN the serving instance's process
-    killed = _instance_processes(chain.cloud, "arrival-serve")
+    killed = _instance_processes(chain, "arrival-serve")
     assert killed
 
     # WHEN it is killed
@@ -120,7 +121,7 @@ def test_a_killed_server_comes_back_answering(chain: Chain, api: httpx.Client) -
 
     # THEN its supervisor starts it again, and it answers
     eventually(
-        lambda: set(_instance_processes(chain.cloud, "arrival-serve")) - set(killed), 30, what="a new server"
+        lambda: set(_instance_processes(chain, "arrival-serve")) - set(killed), 30, what="a new server"
     )
     eventually(lambda: _serving_answers(api), 60, what="the server answering again")
 
@@ -133,7 +134,7 @@ def test_a_stopped_and_started_serving_instance_comes_back_answering(chain: Chai
 
     # WHEN it is stopped (its process ends), then started again
     ec2.stop_instances(InstanceIds=[instance_id])
-    eventually(lambda: not _instance_processes(chain.cloud, "arrival-serve"), 30, what="the server stopped")
+    eventually(lambda: not _instance_processes(chain, "arrival-serve"), 30, what="the server stopped")
     ec2.start_instances(InstanceIds=[instance_id])
 
     # THEN its process comes back from the release it installed at its first boot, and answers

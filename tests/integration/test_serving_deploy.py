@@ -6,11 +6,13 @@ so its server is the session's one server (the API port is one port)."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import httpx
 import pytest
 
 from localcloud import control
+from serving.reload import ReloadSubscription
 from tests.conftest import TRAINING_STACK, LocalCloud
 from tests.helpers import eventually
 
@@ -73,50 +75,54 @@ def test_the_serving_function_answers_through_api_gateway(
     )
 
 
-def test_promotions_and_rollbacks_reach_the_reload_queue(
+def test_promotions_and_rollbacks_reach_a_servers_own_reload_queue(
     local_cloud: LocalCloud, ingest_stack: dict[str, str], unique: str
 ) -> None:
-    # On the ingest stack, whose server is only recorded: nothing else takes the queue's messages, and
-    # other tests' events on its bus are told apart by their model.
+    # GIVEN a queue of its own on the ingest stack's reload topic, as a server subscribes one (that
+    # stack's server is only recorded; other tests' events on its bus are told apart by their model)
     events, sqs = local_cloud.client("events"), local_cloud.client("sqs")
+    topic = ingest_stack["ServingReloadTopicArn"]
+    subscription = ReloadSubscription(topic, partial(str, f"test-{unique}"))
+    queue_url = subscription.open()
     model = f"reload-{unique}"
     sent = ["ModelPromoted", "ModelRejected", "ModelRolledBack"]
-    events.put_events(
-        Entries=[
-            {
-                "EventBusName": ingest_stack["EventBusName"],
-                "Source": "arrival",
-                "DetailType": detail_type,
-                "Detail": json.dumps({"model": model}),
-            }
-            for detail_type in sent
-        ]
-    )
-    received: list[str] = []
+    try:
+        events.put_events(
+            Entries=[
+                {
+                    "EventBusName": ingest_stack["EventBusName"],
+                    "Source": "arrival",
+                    "DetailType": detail_type,
+                    "Detail": json.dumps({"model": model}),
+                }
+                for detail_type in sent
+            ]
+        )
+        received: list[str] = []
 
-    def both_arrived() -> bool:
-        messages = sqs.receive_message(
-            QueueUrl=ingest_stack["ServingReloadQueueUrl"], WaitTimeSeconds=1, MaxNumberOfMessages=10
-        ).get("Messages", [])
-        bodies = [json.loads(message["Body"]) for message in messages]
-        received.extend(body["detail-type"] for body in bodies if body["detail"]["model"] == model)
-        return {"ModelPromoted", "ModelRolledBack"} <= set(received)
+        def both_arrived() -> bool:
+            messages = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1, MaxNumberOfMessages=10).get(
+                "Messages", []
+            )
+            # Raw delivery: the event itself, not SNS's envelope around it
+            bodies = [json.loads(message["Body"]) for message in messages]
+            received.extend(body["detail-type"] for body in bodies if body["detail"]["model"] == model)
+            return {"ModelPromoted", "ModelRolledBack"} <= set(received)
 
-    # THEN promotions and rollbacks arrive (delivery is not ordered: wait for both)...
-    eventually(both_arrived, 30, interval=0, what="both reload events")
-    assert "ModelRejected" not in received
+        # THEN promotions and rollbacks arrive (delivery is not ordered: wait for both)...
+        eventually(both_arrived, 30, interval=0, what="both reload events")
+        assert "ModelRejected" not in received
+    finally:
+        subscription.close()
 
-    # ...AND the deployed rule that fills the queue refuses a rejection, whenever it would arrive
+    # ...AND the deployed rule that feeds the topic refuses a rejection, whenever it would arrive
     # (asked of the bus itself, not inferred from a quiet queue).
-    queue_arn = sqs.get_queue_attributes(
-        QueueUrl=ingest_stack["ServingReloadQueueUrl"], AttributeNames=["QueueArn"]
-    )["Attributes"]["QueueArn"]
     rules = events.list_rules(EventBusName=ingest_stack["EventBusName"])["Rules"]
     (rule,) = [
         rule
         for rule in rules
         if any(
-            target["Arn"] == queue_arn
+            target["Arn"] == topic
             for target in events.list_targets_by_rule(Rule=rule["Name"], EventBusName=rule["EventBusName"])[
                 "Targets"
             ]
@@ -143,3 +149,5 @@ def test_promotions_and_rollbacks_reach_the_reload_queue(
         "ModelRejected": False,
         "ModelRolledBack": True,
     }
+    # ...AND the server's queue went with its close
+    assert not sqs.list_queues(QueueNamePrefix=subscription.queue_name or "-").get("QueueUrls")

@@ -10,10 +10,26 @@ import pytest
 from localcloud.deploy import DeployError, _default_network, network_parameters
 
 TEMPLATE: dict[str, Any] = {
-    "Parameters": {"VpcId": {}, "TrainerSubnetId": {}, "ServingSubnetId": {}, "LogLevel": {}}
+    "Parameters": {
+        "VpcId": {},
+        "TrainerSubnetId": {},
+        "ServingSubnetId": {},
+        "ServingSecondSubnetId": {},
+        "LogLevel": {},
+    }
 }
-GIVEN = {"VpcId": "vpc-1", "TrainerSubnetId": "subnet-t", "ServingSubnetId": "subnet-s"}
-DEFAULT = {"VpcId": "vpc-default", "TrainerSubnetId": "subnet-a", "ServingSubnetId": "subnet-a"}
+GIVEN = {
+    "VpcId": "vpc-1",
+    "TrainerSubnetId": "subnet-t",
+    "ServingSubnetId": "subnet-s",
+    "ServingSecondSubnetId": "subnet-s2",
+}
+DEFAULT = {
+    "VpcId": "vpc-default",
+    "TrainerSubnetId": "subnet-a",
+    "ServingSubnetId": "subnet-a",
+    "ServingSecondSubnetId": "subnet-b",
+}
 
 
 def _resolve(
@@ -32,8 +48,8 @@ def test_a_new_stack_without_a_network_takes_the_default_vpc_and_says_so() -> No
     resolved, said = _resolve({})
     assert resolved == DEFAULT
     assert said == [
-        "VpcId, TrainerSubnetId, ServingSubnetId not given: "
-        "using the default VPC vpc-default and its subnet subnet-a"
+        "VpcId, TrainerSubnetId, ServingSubnetId, ServingSecondSubnetId not given: "
+        "using the default VPC vpc-default and its subnets subnet-a, subnet-b"
     ]
 
 
@@ -44,7 +60,9 @@ def test_an_update_without_a_network_keeps_the_stacks_own() -> None:
 
 def test_a_network_given_in_part_is_refused_naming_what_is_missing() -> None:
     with pytest.raises(DeployError, match=r"^TrainerSubnetId is required with VpcId, ServingSubnetId"):
-        _resolve({"VpcId": "vpc-1", "ServingSubnetId": "subnet-s"}, previous=GIVEN)
+        _resolve(
+            {"VpcId": "vpc-1", "ServingSubnetId": "subnet-s", "ServingSecondSubnetId": "s2"}, previous=GIVEN
+        )
 
 
 def test_a_template_without_a_network_gets_none() -> None:
@@ -66,7 +84,7 @@ class _Ec2:
         return {"Subnets": self.subnets}
 
 
-def test_the_default_network_is_the_default_vpcs_subnet_in_the_first_zone() -> None:
+def test_the_default_network_is_the_default_vpcs_subnets_in_the_first_two_zones() -> None:
     ec2 = _Ec2(
         [{"VpcId": "vpc-d"}],
         [
@@ -78,7 +96,11 @@ def test_the_default_network_is_the_default_vpcs_subnet_in_the_first_zone() -> N
         "VpcId": "vpc-d",
         "TrainerSubnetId": "subnet-a",
         "ServingSubnetId": "subnet-a",
+        "ServingSecondSubnetId": "subnet-c",
     }
+    # One zone only: the load balancer's second subnet cannot be guessed
+    with pytest.raises(DeployError, match=r"^ServingSecondSubnetId is required"):
+        _default_network(_Ec2([{"VpcId": "vpc-d"}], ec2.subnets[:1]), "eu-west-1")
 
 
 def test_an_account_without_a_default_vpc_is_refused_naming_the_parameters() -> None:

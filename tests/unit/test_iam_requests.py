@@ -86,6 +86,25 @@ def test_a_queue_is_named_by_the_arn_its_url_stands_for() -> None:
     ]
 
 
+def test_a_servers_reload_queue_and_subscription_are_authorized_on_the_queue_and_the_topic() -> None:
+    queue = "arn:aws:sqs:us-east-1:000000000000:prod-serving-reload-i-0abc"
+    url = "http://localhost:4566/000000000000/prod-serving-reload-i-0abc"
+    topic = "arn:aws:sns:us-east-1:000000000000:prod-serving-reload"
+    assert _for("sqs", "CreateQueue", QueueName="prod-serving-reload-i-0abc") == [
+        Request("sqs:CreateQueue", queue)
+    ]
+    assert _for("sqs", "SetQueueAttributes", QueueUrl=url, Attributes={}) == [
+        Request("sqs:SetQueueAttributes", queue)
+    ]
+    assert _for("sqs", "DeleteQueue", QueueUrl=url) == [Request("sqs:DeleteQueue", queue)]
+    assert _for("sns", "Subscribe", TopicArn=topic, Protocol="sqs", Endpoint=queue) == [
+        Request("sns:Subscribe", topic)
+    ]
+    assert _for("sns", "Unsubscribe", SubscriptionArn=f"{topic}:0f1e2d3c-aaaa-bbbb-cccc-000000000000") == [
+        Request("sns:Unsubscribe", topic)
+    ]
+
+
 def test_events_go_to_each_bus_the_entries_name() -> None:
     entries = [{"EventBusName": "arrival-bus"}, {"EventBusName": "arrival-bus"}, {}]
     assert _for("events", "PutEvents", Entries=entries) == [

@@ -10,12 +10,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
+from localcloud import instance_agent
 from localcloud.deploy import load_template
 from localcloud.instance_agent import (
     RESTART_SECONDS,
     BootedInstance,
     Identity,
-    Installation,
     InstanceAgent,
     command_from_user_data,
     environment_from_user_data,
@@ -50,8 +52,10 @@ SERVING_VALUES = {
     "AWS::Region": "eu-west-1",
     "AWS::StackName": "prod",
     "ModelsBucket": "prod-models-1-eu-west-1",
-    "ServingReloadQueue": "https://sqs.eu-west-1.amazonaws.com/1/prod-reload",
+    "ServingReloadTopic": "arn:aws:sns:eu-west-1:1:prod-serving-reload",
     "ServingPort": "8080",
+    "ServingWorkers": "0",
+    "ServingPollSeconds": "10",
     "ServingLogGroup": "/arrival/prod/serving",
     "CaptureBucket": "prod-capture-1-eu-west-1",
     "ServingApiKeySecret": "arn:aws:secretsmanager:eu-west-1:1:secret:prod-api-key-AbCdEf",
@@ -132,15 +136,17 @@ def test_only_allow_listed_variables_and_commands_pass() -> None:
     assert command_from_user_data("arrival-worker --role server", "server") is None
 
 
-def test_the_template_user_data_starts_the_server_with_its_bucket_and_queue() -> None:
+def test_the_template_user_data_starts_the_server_with_its_bucket_and_reload_topic() -> None:
     user_data = _serving_user_data(**SERVING_VALUES)
 
     assert command_from_user_data(user_data, "server") == ["arrival-serve"]
     assert environment_from_user_data(user_data) == {
         "ARRIVAL_STACK_NAME": "prod",
         "ARRIVAL_SERVING_MODELS_BUCKET": "prod-models-1-eu-west-1",
-        "ARRIVAL_SERVING_RELOAD_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/1/prod-reload",
+        "ARRIVAL_SERVING_RELOAD_TOPIC_ARN": "arn:aws:sns:eu-west-1:1:prod-serving-reload",
         "ARRIVAL_SERVING_PORT": "8080",
+        "ARRIVAL_SERVING_WORKERS": "0",  # one per core
+        "ARRIVAL_SERVING_POLL_SECONDS": "10",
         "ARRIVAL_LOG_GROUP": "/arrival/prod/serving",
         "ARRIVAL_SERVING_CAPTURE_BUCKET": "prod-capture-1-eu-west-1",
         # Where the key is, not the key: the server reads it with its role.
@@ -197,32 +203,26 @@ def test_the_server_command_takes_no_arguments_and_runs_only_through_the_boot_sc
     assert command_from_user_data("arrival-serve", "server") is None  # not from the release
 
 
-def test_a_second_server_waits_for_the_api_port_instead_of_failing_on_it(tmp_path: Path) -> None:
-    agent = InstanceAgent(LocalCloudSettings(state_dir=tmp_path, agent_stacks=["a", "b"]))
-    running: Any = None  # the agent only asks a booted instance its role here
-    agent.booted["i-a"] = BootedInstance("i-a", "server", running, running)
+def test_every_server_boots_on_a_port_of_its_own_the_first_on_the_api_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(instance_agent, "free_port", iter([19001, 19002]).__next__)
+    agent = InstanceAgent(LocalCloudSettings(state_dir=tmp_path, api_port=18080, agent_stacks=["a", "b"]))
     second = Identity("server", "b", _serving_user_data(**SERVING_VALUES))
 
-    assert agent.command_for("i-b", second) is None
-    assert "i-b" not in agent.finished  # it boots at a later poll, once i-a has ended
-
-    del agent.booted["i-a"]
+    # GIVEN a first server on the API port, a second one boots at once, on another port
+    assert agent.server_port("i-a") == 18080
     assert agent.command_for("i-b", second) == ["arrival-serve"]
+    other = agent.server_port("i-b")
+    assert other == 19001
+    # ...and each keeps its port across restarts and stops, until it is terminated
+    assert (agent.server_port("i-a"), agent.server_port("i-b")) == (18080, other)
+    environment = instance_environment({}, second.user_data, "server", agent.settings, other)
+    assert environment["ARRIVAL_SERVING_PORT"] == str(other)
 
-
-def test_a_restarting_or_stopped_server_keeps_the_api_port_from_a_second_server(tmp_path: Path) -> None:
-    # Its process has exited (a restart a second away) or its instance is stopped: it still holds
-    # the port, or the second server would take it and the first could not start again.
-    agent = InstanceAgent(LocalCloudSettings(state_dir=tmp_path, agent_stacks=["a", "b"]))
-    first = Identity("server", "a", _serving_user_data(**SERVING_VALUES))
-    agent.installed["i-a"] = Installation(first, ["arrival-serve"], cast(Any, None), None)
-    second = Identity("server", "b", _serving_user_data(**SERVING_VALUES))
-
-    assert agent.command_for("i-b", second) is None
-    assert "i-b" not in agent.finished
-
-    del agent.installed["i-a"]  # terminated
-    assert agent.command_for("i-b", second) == ["arrival-serve"]
+    # WHEN the first is terminated, the next new server takes the API port back
+    del agent.server_ports["i-a"]
+    assert agent.server_port("i-c") == 18080
 
 
 def test_a_server_of_a_stack_the_agent_does_not_boot_is_only_recorded(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -152,10 +153,13 @@ def test_health_is_always_ok_and_ready_waits_for_every_champion(aws_credentials:
         before = client.get("/ready")
         store.refresh()
         after = client.get("/ready")
+        described = client.get("/models/iris")
 
-        assert client.get("/health").json() == {"status": "ok", "release": "unknown"}  # no boot set one
+        # no boot set a release; the worker is this process (the test client runs the app in it)
+        assert client.get("/health").json() == {"status": "ok", "release": "unknown", "worker": os.getpid()}
         assert before.status_code == 503 and "pointers" in before.json()["missing"]
         assert after.status_code == 200
+        assert described.headers["x-arrival-worker"] == str(os.getpid())
         assert after.json() == {
             "ready": True,
             "reason": None,

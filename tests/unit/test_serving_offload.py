@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from common.bundle_loader import InputBuilder, RowCost
 from serving import app as serving_app
 from serving import main as serving_main
+from serving import shutdown
 from serving.capture import CaptureWriter
 from serving.schemas import RequestSchemas
 from serving.settings import ServingSettings
@@ -332,18 +333,17 @@ def test_shutdown_fits_in_the_window_with_hung_threads_and_a_hung_s3(
     never.set()
 
     # THEN the shutdown's own bounds fit the 10 s between the agent's SIGTERM and its SIGKILL
-    bounds = serving_app.GRACEFUL_SHUTDOWN_SECONDS + serving_app.CAPTURE_SHUTDOWN_SECONDS
-    assert bounds + 2 * serving_app.STORE_THREAD_JOIN_SECONDS < 10
+    bounds = shutdown.GRACEFUL_SHUTDOWN_SECONDS + shutdown.CAPTURE_SHUTDOWN_SECONDS
+    assert bounds + 2 * shutdown.STORE_THREAD_JOIN_SECONDS + shutdown.READER_JOIN_SECONDS < 10
 
 
 def test_uvicorn_waits_a_bounded_time_for_the_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda _app, **options: seen.update(options))
-    monkeypatch.setattr(serving_main, "create_app", lambda *_, **__: None)
 
-    serving_main.serve(ServingSettings(models_bucket=MODELS_BUCKET), api_key=None)
+    serving_main.serve(ServingSettings(models_bucket=MODELS_BUCKET), serving_main.UNCHECKED_APP)
 
-    assert seen["timeout_graceful_shutdown"] == serving_app.GRACEFUL_SHUTDOWN_SECONDS
+    assert seen["timeout_graceful_shutdown"] == shutdown.GRACEFUL_SHUTDOWN_SECONDS
 
 
 def test_the_budget_and_offload_settings_have_sane_defaults() -> None:

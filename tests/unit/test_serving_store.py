@@ -10,7 +10,6 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 from fastapi.testclient import TestClient
@@ -188,45 +187,6 @@ def test_a_refused_bundle_is_not_fetched_again_until_its_pointer_moves(bucket: A
     assert _sample(store, "arrival_model_reload_failures_total") == 1
     assert _sample(store, "arrival_model_reloads_total") == 2
     assert _version(store) == "3" and store.readiness().ready
-
-
-def test_a_reload_queue_message_makes_the_server_refresh_at_once(bucket: Any) -> None:
-    sqs_client = boto3.client("sqs")
-    queue_url = sqs_client.create_queue(QueueName="serving-reload")["QueueUrl"]
-    store = _store()
-    # A poll far in the future: only the queue can bring version 2 in.
-    store.start_background(poll_seconds=3600, reload_queue_url=queue_url, queue_wait_seconds=1)
-    try:
-        eventually(lambda: _version(store) == "1", timeout=20, what="the first load")
-        publish(bucket, serving_bundles.trained("iris", "iris"), "2")
-        sqs_client.send_message(QueueUrl=queue_url, MessageBody='{"detail-type": "ModelPromoted"}')
-
-        eventually(lambda: _version(store) == "2", timeout=20, what="version 2 after the hint")
-        eventually(lambda: not _messages_left(sqs_client, queue_url), timeout=20, what="the hint deleted")
-    finally:
-        store.stop_background()
-    assert not [thread for thread in threading.enumerate() if thread.name in {"pointer-poll", "reload-queue"}]
-
-
-def _messages_left(sqs_client: Any, queue_url: str) -> int:
-    attributes = sqs_client.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return sum(int(value) for value in attributes.values())
-
-
-def test_the_poll_refreshes_without_a_queue_and_a_broken_queue_does_not_stop_it(bucket: Any) -> None:
-    store = _store()
-    missing_queue = "https://sqs.us-east-1.amazonaws.com/123456789012/no-such-queue"
-    store.start_background(poll_seconds=0.05, reload_queue_url=missing_queue, queue_wait_seconds=1)
-    try:
-        eventually(lambda: _version(store) == "1", timeout=20, what="the first load")
-        publish(bucket, serving_bundles.trained("iris", "iris"), "2")
-        eventually(lambda: _version(store) == "2", timeout=20, what="version 2 from the poll")
-        assert any(thread.name == "reload-queue" for thread in threading.enumerate())
-    finally:
-        store.stop_background()
 
 
 def test_the_server_starts_and_stops_its_refreshers_with_the_app(bucket: Any) -> None:

@@ -27,6 +27,7 @@ def _of_type(resource_type: str) -> list[str]:
         ("VpcId", "AWS::EC2::VPC::Id"),
         ("TrainerSubnetId", "AWS::EC2::Subnet::Id"),
         ("ServingSubnetId", "AWS::EC2::Subnet::Id"),
+        ("ServingSecondSubnetId", "AWS::EC2::Subnet::Id"),
     ],
 )
 def test_the_network_is_a_required_parameter_checked_by_aws(name: str, parameter_type: str) -> None:

@@ -317,7 +317,7 @@ def test_only_the_notifier_publishes_to_sns_and_only_to_the_notification_topic()
 
 def test_every_topic_is_encrypted_at_rest_with_the_stacks_rotated_key() -> None:
     topics = _of_type("AWS::SNS::Topic")
-    assert topics == ["NotificationTopic"]
+    assert topics == ["NotificationTopic", "ServingReloadTopic"]
     for topic in topics:
         # Not AWS's managed key (alias/aws/sns): CloudWatch cannot publish an alarm to a topic under it.
         assert RESOURCES[topic]["Properties"].get("KmsMasterKeyId") == {"Ref": "NotificationKey"}, topic
@@ -332,11 +332,64 @@ FROM_STACK_ALARMS = {
 
 
 def test_the_notification_key_leaves_use_to_iam_and_lets_cloudwatch_encrypt_the_stacks_alarms() -> None:
-    account, cloudwatch = _statements(RESOURCES["NotificationKey"]["Properties"]["KeyPolicy"])
+    account, cloudwatch, events = _statements(RESOURCES["NotificationKey"]["Properties"]["KeyPolicy"])
     assert account["Principal"] == {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
     assert cloudwatch["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
     assert sorted(cloudwatch["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
     assert cloudwatch["Condition"] == FROM_STACK_ALARMS
+    # EventBridge encrypts what the stack's own bus's rules publish to the reload topic, and nothing else
+    assert events["Principal"] == {"Service": "events.amazonaws.com"}
+    assert sorted(events["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    bus_rules = (
+        "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/${AWS::StackName}-events/*"
+    )
+    assert events["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}},
+        "ArnLike": {"aws:SourceArn": {"Fn::Sub": bus_rules}},
+    }
+
+
+def test_only_the_reload_rule_publishes_to_the_reload_topic() -> None:
+    (statement,) = _statements(RESOURCES["ServingReloadTopicPolicy"]["Properties"]["PolicyDocument"])
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Action"] == "sns:Publish"
+    assert statement["Resource"] == {"Ref": "ServingReloadTopic"}
+    assert statement["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ServingReloadRule", "Arn"]}}
+    }
+
+
+RELOAD_QUEUE = (
+    "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${AWS::StackName}-serving-reload-i-0abc"
+)
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "sqs:CreateQueue",
+        "sqs:SetQueueAttributes",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:DeleteQueue",
+    ],
+)
+def test_a_server_may_keep_a_reload_queue_of_its_own_and_no_other(action: str) -> None:
+    statements = _identity_statements("ServingRole")
+    assert _allows(statements, action, RELOAD_QUEUE)
+    for other in (
+        "${TrainingQueue.Arn}",
+        "${IngestQueue.Arn}",
+        "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:other-serving-reload-i-0abc",
+    ):
+        assert not _allows(statements, action, other), other
+
+
+def test_a_server_subscribes_to_the_reload_topic_only() -> None:
+    statements = _identity_statements("ServingRole")
+    for action in ("sns:Subscribe", "sns:Unsubscribe"):
+        assert _allows(statements, action, "${ServingReloadTopic}")
+        assert not _allows(statements, action, "${NotificationTopic}")
 
 
 def test_the_topic_lets_cloudwatch_publish_the_stacks_alarms_and_no_other_service() -> None:

@@ -4,8 +4,9 @@ No package maps API operations to IAM actions (policy_sentry, parliament and iam
 not operations), and the action can depend on a parameter: a GET with a versionId is
 s3:GetObjectVersion, a copy also reads its source. So the operations arrival's roles call are mapped
 here, one by one: what arrival's Lambdas and instances call (S3 objects and listings, SQS messages,
-EventBridge's PutEvents, SNS's Publish, Lambda's Invoke, EC2's instance calls, CloudFormation's
-DescribeStacks, CloudWatch Logs' streams, Secrets Manager's GetSecretValue). `requests_for` answers
+a server's own reload queue, EventBridge's PutEvents, SNS's Publish, Subscribe and Unsubscribe,
+Lambda's Invoke, EC2's instance calls, CloudFormation's DescribeStacks, CloudWatch Logs' streams,
+Secrets Manager's GetSecretValue). `requests_for` answers
 None for any other, which the enforcement refuses (a role calling an unmapped operation fails
 loudly, instead of passing unchecked).
 
@@ -151,6 +152,10 @@ _SQS = {
     "GetQueueAttributes": "sqs:GetQueueAttributes",
     "GetQueueUrl": "sqs:GetQueueUrl",
     "PurgeQueue": "sqs:PurgeQueue",
+    # A serving instance's own reload queue (serving/reload.py): CreateQueue names it by QueueName.
+    "CreateQueue": "sqs:CreateQueue",
+    "SetQueueAttributes": "sqs:SetQueueAttributes",
+    "DeleteQueue": "sqs:DeleteQueue",
 }
 
 
@@ -361,6 +366,11 @@ _OPERATIONS: dict[tuple[str, str], _Mapper] = {
     ("events", "PutEvents"): lambda params, account, region, _: _put_events(params, account, region),
     ("sns", "Publish"): lambda params, *_: [
         Request("sns:Publish", str(params.get("TopicArn") or params["TargetArn"]))
+    ],
+    ("sns", "Subscribe"): lambda params, *_: [Request("sns:Subscribe", str(params["TopicArn"]))],
+    # A subscription's ARN is its topic's with an id after it: authorized on the topic.
+    ("sns", "Unsubscribe"): lambda params, *_: [
+        Request("sns:Unsubscribe", str(params["SubscriptionArn"]).rsplit(":", 1)[0])
     ],
     ("lambda", "Invoke"): lambda params, account, region, _: [
         Request("lambda:InvokeFunction", _function_arn(params, account, region))
