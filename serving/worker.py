@@ -44,13 +44,17 @@ def _become_a_worker() -> None:
 def _die_with_the_supervisor() -> None:
     """A worker whose supervisor died (killed, or crashed) would keep the port and answer with models
     nobody tells it to reload, and the supervisor started again could not bind: the kernel ends it
-    with its parent instead (Linux; elsewhere the supervisor's own end stops its workers). With one
-    worker, uvicorn runs the app in arrival-serve's own process, which has no supervisor to die with."""
+    with its parent instead (Linux; elsewhere the supervisor's own end stops its workers). At once, by
+    SIGKILL: a worker told SIGTERM shuts down gracefully, and meanwhile still answered /ready on its
+    open connections, so a client that a restarted server's health check let through met a worker
+    that then vanished (tests/e2e/test_faults.py's restart). A supervisor that stops cleanly ends its
+    workers itself first, gracefully. With one worker, uvicorn runs the app in arrival-serve's own
+    process, which has no supervisor to die with."""
     if not sys.platform.startswith("linux") or multiprocessing.parent_process() is None:
         return
     parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL)
