@@ -1,11 +1,12 @@
-"""Making sure trainers run whenever training work is queued: one for each job no trainer is free to
-take, up to the stack's MaxTrainers.
+"""Making sure trainers run whenever training work is queued: one for each model waiting that no
+trainer is free to take, up to the stack's MaxTrainers.
 
 Runs after every enqueue and on a schedule. Concurrent runs serialise on a lease kept in S3 with
 conditional writes, so ten simultaneous ingests start the trainers the queue needs once, not ten times
 over. A trainer counts as running only while it renews its heartbeat; one that stopped is terminated
 and replaced. The heartbeat also says which model a trainer is training: a trainer that trains none (or
-has not beaten yet: it is booting) will take the next waiting job, so it counts against them.
+has not beaten yet: it is booting) will take the next waiting job, so it counts against the waiting
+models.
 
 The training queue is FIFO, grouped by model, and SQS counts waiting jobs, not the groups they are in:
 ten files for one model queue ten jobs that one trainer works through in order. So whoever queues a
