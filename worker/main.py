@@ -261,8 +261,10 @@ class Trainer:
         deadline = self.wait_deadline(messages)
         if self.heartbeat is not None:
             self.heartbeat.model = model
-        with contextlib.suppress(Exception):  # the mark only spares a trainer: the job matters more
+        try:
             taken_up(self.resources.processed_bucket, model)
+        except Exception:  # the mark only spares the reconciler a trainer: the job matters more
+            LOG.warning("could not clear %s's queued mark: a trainer too many may start", model)
         try:
             use_tracking_login(self.settings)
             outcome, speculative = None, True
