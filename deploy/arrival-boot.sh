@@ -14,9 +14,38 @@
 #
 # The unit restarts the process whenever it ends (Restart=always) and is enabled, so a reboot, a
 # stop and start, or a crash brings it back: user data itself runs only at the first boot.
+#
+# On a server, systemd holds the API port (arrival-server.socket) and hands it to every start of
+# arrival-serve, so clients wait in its backlog while the server restarts (serving/listening.py).
+# A timer runs `arrival-boot --follow` every 30 s: once the stack is settled on another
+# ReleaseVersion, it installs that release with that release's own arrival-boot, which restarts the
+# server from it. The old server drains, the new one answers on the same socket: no request fails.
+# The local instance agent does the same (localcloud/instance_agent.py, follow_release).
 set -euo pipefail
 
-command_name=${1:?usage: arrival-boot arrival-worker|arrival-serve [ARGUMENTS...]}
+if [ "${1:-}" = --follow ]; then
+  set -a
+  # shellcheck source=/dev/null  # written below, at the server's last install
+  . /etc/arrival/server.env
+  set +a
+  read -r status version < <(aws cloudformation describe-stacks --stack-name "$ARRIVAL_STACK_NAME" \
+    --output text --query "Stacks[0].[StackStatus, Parameters[?ParameterKey=='ReleaseVersion'].ParameterValue | [0]]")
+  case "$status" in
+    DELETE_*) exit 0 ;;  # the stack is going: so is this instance
+    *_COMPLETE) ;;       # settled: an update finished, or rolled back to the release it names again
+    *) exit 0 ;;         # in progress, or failed: look again at the next run
+  esac
+  if [ "$version" = "$ARRIVAL_RELEASE_VERSION" ]; then exit 0; fi
+  export ARRIVAL_RELEASE_URI="s3://$ARRIVAL_RELEASE_BUCKET/releases/$version"
+  # Not the first boot's: no CreationPolicy waits for this one.
+  unset ARRIVAL_RELEASE_VERSION ARRIVAL_CFN_SIGNAL_RESOURCE
+  aws s3 cp --quiet "$ARRIVAL_RELEASE_URI/arrival-boot" /usr/local/bin/arrival-boot.next
+  chmod 755 /usr/local/bin/arrival-boot.next
+  mv -f /usr/local/bin/arrival-boot.next /usr/local/bin/arrival-boot
+  exec /usr/local/bin/arrival-boot arrival-serve
+fi
+
+command_name=${1:?usage: arrival-boot arrival-worker|arrival-serve [ARGUMENTS...] | arrival-boot --follow}
 case "$command_name" in
   arrival-worker) role=trainer ;;
   arrival-serve) role=server ;;
@@ -70,11 +99,46 @@ mkdir -p /etc/arrival
 env | grep -E '^(ARRIVAL_[A-Z0-9_]+|AWS_DEFAULT_REGION|MLFLOW_TRACKING_URI)=' > "/etc/arrival/$role.env"
 echo "ARRIVAL_RELEASE_VERSION=$version" >> "/etc/arrival/$role.env"
 shift
+socket_dependency=""
+if [ "$role" = server ]; then
+  cat > /etc/systemd/system/arrival-server.socket <<UNIT
+[Unit]
+Description=arrival server's API port, held across the server's restarts
+
+[Socket]
+ListenStream=${ARRIVAL_SERVING_PORT:-8080}
+Backlog=4096
+
+[Install]
+WantedBy=sockets.target
+UNIT
+  cat > /etc/systemd/system/arrival-follow.service <<UNIT
+[Unit]
+Description=arrival: move the server to its stack's release once it changes
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/arrival-boot --follow
+UNIT
+  cat > /etc/systemd/system/arrival-follow.timer <<UNIT
+[Unit]
+Description=arrival: look for the stack's release every 30 s
+
+[Timer]
+OnBootSec=1min
+OnUnitActiveSec=30s
+
+[Install]
+WantedBy=timers.target
+UNIT
+  socket_dependency="Requires=arrival-server.socket"
+fi
 cat > "/etc/systemd/system/arrival-$role.service" <<UNIT
 [Unit]
 Description=arrival $role (release $version)
 After=network-online.target
 Wants=network-online.target
+$socket_dependency
 
 [Service]
 EnvironmentFile=/etc/arrival/$role.env
@@ -89,7 +153,12 @@ RestartSec=1
 WantedBy=multi-user.target
 UNIT
 systemctl daemon-reload
-systemctl enable --now "arrival-$role.service"
+if [ "$role" = server ]; then
+  systemctl enable --now arrival-server.socket arrival-follow.timer
+fi
+# A restart, not a start: after --follow, the running server drains and the new release's starts.
+systemctl enable "arrival-$role.service"
+systemctl restart "arrival-$role.service"
 
 # A server that never answers fails its stack's deploy (the instance's CreationPolicy): report
 # whether /health answered within the first ten minutes.

@@ -15,6 +15,15 @@ running user data again (cloud-init runs it at the first boot only). A terminate
 process for good: the trainer terminates its own instance when idle, and the reconciler one whose
 heartbeat stopped. So the reconciler's RunInstances call is what really starts a trainer.
 
+A server's port is held by the agent, as by systemd's socket unit on EC2 (arrival-server.socket):
+the agent binds it at the server's first start, hands it to every start of the process (systemd's
+LISTEN_FDS protocol), and closes it only when the instance stops or ends. A restart then makes
+clients wait in the socket's backlog instead of refusing them (serving/listening.py).
+
+A server follows its stack's release, as arrival-boot's timer makes it do on EC2: once the stack is
+settled on a ReleaseVersion other than the one the server runs, the agent installs that release
+and restarts the process from it, on the same socket, so that no request fails.
+
 Servers answer on localhost only, each on a port of its own, as each EC2 instance has an address of
 its own: the first on the local cloud's API port (``ARRIVAL_API_PORT``, where ``arrival status`` says
 the API is), every other one, while that port is held, on a free port. The agent tags each server's
@@ -26,12 +35,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -72,6 +83,15 @@ LIVE = {"pending", "running"}
 STOPPED = {"stopping", "stopped"}
 # systemd's RestartSec in arrival-boot.sh's unit.
 RESTART_SECONDS = 1.0
+# How often a server looks for a new release of its stack. On EC2, arrival-boot's timer looks every
+# 30 s (a DescribeStacks call per server per half minute); the agent looks more often, so that the
+# tests do not wait on it.
+FOLLOW_SECONDS = 2.0
+# The server's socket is the process's file descriptor 3, as systemd passes it (sd_listen_fds(3)).
+LISTEN_FD = 3
+# systemd's socket units listen with the kernel's maximum backlog by default: what arrives while the
+# server restarts waits there.
+LISTEN_BACKLOG = 4096
 # What user data may set for the command, with `export NAME=value` lines: the worker's own settings.
 # AWS_* stays the agent's (the endpoint and credentials of this local cloud), and so does
 # MLFLOW_TRACKING_URI: a trainer unpickles its champion from that server, so whoever may call
@@ -248,6 +268,8 @@ class InstanceAgent:
         self.restart_at: dict[str, float] = {}
         self.finished: set[str] = set()
         self.server_ports: dict[str, int] = {}  # a server instance's port, from its first boot to its end
+        self.listeners: dict[str, socket.socket] = {}  # a server's socket, while its instance runs
+        self.follow_at: dict[str, float] = {}  # when to look next for a server's new release
         self.stopping = False
 
     def _client(self, service: str) -> Any:
@@ -430,9 +452,14 @@ class InstanceAgent:
         """The release the user data names: its ARRIVAL_RELEASE_URI, or, for the server, the stack's
         ReleaseVersion in ARRIVAL_RELEASE_BUCKET, read with the instance's role as its user data does."""
         exported = environment_from_user_data(identity.user_data)
-        bucket = exported.get("ARRIVAL_RELEASE_BUCKET")
-        if bucket is None:
+        if "ARRIVAL_RELEASE_BUCKET" not in exported:
             return exported.get("ARRIVAL_RELEASE_URI", "")
+        return self._stack_release(identity, credentials)[1]
+
+    def _stack_release(self, identity: Identity, credentials: RoleCredentials) -> tuple[str, str]:
+        """The stack's status, and the URI of the release its ReleaseVersion names in the user data's
+        ARRIVAL_RELEASE_BUCKET, read with the instance's role."""
+        bucket = environment_from_user_data(identity.user_data).get("ARRIVAL_RELEASE_BUCKET", "")
         try:
             stack = self._role_client("cloudformation", credentials).describe_stacks(StackName=identity.stack)
         except ClientError as error:
@@ -441,7 +468,39 @@ class InstanceAgent:
             found["ParameterKey"]: found.get("ParameterValue", "")
             for found in stack["Stacks"][0].get("Parameters", [])
         }
-        return release_uri(bucket, parameters.get("ReleaseVersion", ""))
+        return stack["Stacks"][0]["StackStatus"], release_uri(bucket, parameters.get("ReleaseVersion", ""))
+
+    def follow_release(self, instance_id: str) -> None:
+        """What arrival-boot's timer does on a server (`arrival-boot --follow`): once its stack is
+        settled (an update finished, or rolled back) on a release other than the one the server runs,
+        install that release and restart the server from it, on the socket the agent holds."""
+        installation = self.installed[instance_id]
+        identity, credentials = installation.identity, installation.credentials
+        if "ARRIVAL_RELEASE_BUCKET" not in environment_from_user_data(identity.user_data) or not credentials:
+            return
+        try:
+            status, uri = self._stack_release(identity, credentials)
+            settled = status.endswith("_COMPLETE") and not status.startswith("DELETE")
+            if not settled or uri.rsplit("/", 1)[-1] == installation.release.version:
+                return
+            release = install_release(
+                self._role_client("s3", credentials), uri, identity.role, self.settings.instance_installs
+            )
+        except (ReleaseInstallError, ReleaseError) as error:
+            # As the timer's failed run on EC2: the server keeps its release, and the next look retries.
+            LOG.warning("instance %s: following its stack's release failed: %s", instance_id, error)
+            return
+        LOG.info(
+            "instance %s: release %s -> %s, restarting its server",
+            instance_id,
+            installation.release.version,
+            release.version,
+        )
+        self.installed[instance_id] = dataclasses.replace(installation, release=release)
+        booted = self.booted.pop(instance_id, None)
+        if booted is not None:
+            self._halt(booted)  # systemctl restart: the old server drains, then the new one starts
+        self.start(instance_id)
 
     def _log_path(self, instance_id: str) -> Path:
         return self.settings.state_dir / "logs" / f"instance-{instance_id}.log"
@@ -467,8 +526,10 @@ class InstanceAgent:
         home = self.settings.state_dir / "instances" / instance_id
         home.mkdir(parents=True, exist_ok=True)
         port = self.server_port(instance_id) if identity.role == "server" else None
+        listener = None
         if port is not None:
             self.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": API_PORT_TAG, "Value": str(port)}])
+            listener = self._listener(instance_id, port)
         environment = installation.release.environment(
             instance_environment(
                 self._environment(metadata.url),
@@ -479,6 +540,10 @@ class InstanceAgent:
             )
         )
         command = installation.release.command(installation.command[0], installation.command[1:])
+        passed: tuple[int, ...] = ()
+        if listener is not None:
+            command, passed = handing_over(listener, command), (listener.fileno(),)
+            environment["LISTEN_FDS"] = "1"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 command,
@@ -488,6 +553,7 @@ class InstanceAgent:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=passed,
                 preexec_fn=die_with_parent,  # spawned from the agent's only thread
             )
         if shipper is not None:
@@ -500,6 +566,21 @@ class InstanceAgent:
             installation.release.version,
             process.pid,
         )
+
+    def _listener(self, instance_id: str, port: int) -> socket.socket:
+        """The server's socket, bound at its first start and held until its instance stops or ends."""
+        if instance_id not in self.listeners:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(LISTEN_BACKLOG)
+            self.listeners[instance_id] = listener
+        return self.listeners[instance_id]
+
+    def _close_listener(self, instance_id: str) -> None:
+        listener = self.listeners.pop(instance_id, None)
+        if listener is not None:
+            listener.close()
 
     def _halt(self, booted: BootedInstance) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -520,6 +601,7 @@ class InstanceAgent:
             if state not in LIVE:
                 LOG.info("instance %s is %s: ending its process", instance_id, state)
                 self._halt(booted)
+                self._close_listener(instance_id)
             elif booted.process.poll() is not None:
                 # The unit's Restart=always: on a running instance, the process comes back. A trainer
                 # that ended its own instance is not restarted: the next poll sees it terminated.
@@ -538,6 +620,8 @@ class InstanceAgent:
             if state not in LIVE and state not in STOPPED and instance_id not in self.finished:
                 self.installed.pop(instance_id, None)  # terminated: its disk is gone
                 self.server_ports.pop(instance_id, None)  # and its address
+                self._close_listener(instance_id)
+                self.follow_at.pop(instance_id, None)
                 self.restart_at.pop(instance_id, None)
                 self.finished.add(instance_id)
         now = time.monotonic()
@@ -554,6 +638,15 @@ class InstanceAgent:
                 self.start(instance_id)  # a restart, or a start after a stop: user data does not run again
             else:
                 self.boot(instance)
+        self._follow_releases(now)
+
+    def _follow_releases(self, now: float) -> None:
+        """Each running server looks for its stack's new release every FOLLOW_SECONDS."""
+        for instance_id, booted in list(self.booted.items()):
+            due = self.follow_at.setdefault(instance_id, now + FOLLOW_SECONDS)
+            if booted.role == "server" and due <= now:
+                self.follow_at[instance_id] = now + FOLLOW_SECONDS
+                self.follow_release(instance_id)
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
@@ -565,6 +658,18 @@ class InstanceAgent:
             time.sleep(0.3)
         for booted in self.booted.values():
             self._halt(booted)
+        for instance_id in list(self.listeners):
+            self._close_listener(instance_id)
+
+
+def handing_over(listener: socket.socket, command: list[str]) -> list[str]:
+    """``command``, started with ``listener`` as its descriptor 3 and LISTEN_PID naming its own pid,
+    as systemd starts a unit with a socket: the pid is known only in the child, so a shell moves the
+    descriptor and sets the pid, then replaces itself with the command (the same pid). bash, not sh:
+    Debian's dash cannot name a descriptor above 9."""
+    fd = listener.fileno()
+    moved = "" if fd == LISTEN_FD else f"exec {LISTEN_FD}<&{fd} {fd}<&-; "
+    return ["/bin/bash", "-c", f'{moved}export LISTEN_PID=$$; exec "$0" "$@"', *command]
 
 
 def agent_service(settings: LocalCloudSettings) -> Service:

@@ -9,6 +9,7 @@ serving/shared_runs.py); a large one in a worker thread, within a time budget (s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -51,6 +52,8 @@ UNKNOWN_MODEL = "_unknown"
 UNAUTHENTICATED = "_unauthenticated"
 # Names the worker process that answered /models/<model> (an instance runs one per core).
 WORKER_HEADER = "X-Arrival-Worker"
+# How long a starting EC2 server waits for its first load of the models before it answers anyway.
+FIRST_LOAD_SECONDS = 30.0
 # A worker (serving/offload.py) runs a batch of PARALLEL_ROWS rows or more in parts, two at a time,
 # each of at most PART_ROWS rows (about 20 ms for a 100-tree forest).
 PARALLEL_ROWS = 500
@@ -571,6 +574,15 @@ def create_app(
 
     @asynccontextmanager
     async def refresh_in_background(_: FastAPI) -> AsyncIterator[None]:
+        # Load every champion before uvicorn takes the first connection (it listens once the
+        # lifespan has started): a server restarting for a new release would otherwise answer 503
+        # "not loaded yet" to the requests waiting for it in the socket's backlog
+        # (serving/listening.py). Not forever: with the bucket out of reach, it answers, and loads
+        # on its poll.
+        try:
+            await asyncio.wait_for(asyncio.to_thread(store.refresh), FIRST_LOAD_SECONDS)
+        except Exception:  # the server must start anyway; /ready says what is missing
+            LOG.exception("the first load of the models failed: serving what loads later")
         signal_file = settings.reload_signal_file
         store.start_background(
             poll_seconds=settings.poll_seconds,

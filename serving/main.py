@@ -1,6 +1,7 @@
 """`arrival-serve`: the model server on EC2, one uvicorn worker process per core.
 
-The process started by the instance's boot is uvicorn's supervisor: it binds the port, starts
+The process started by the instance's boot is uvicorn's supervisor: it takes the port's socket from
+the instance's systemd (or binds it, where nothing hands one over: serving/listening.py), starts
 `ARRIVAL_SERVING_WORKERS` workers (default: one per core), starts one again if it dies, and reads the
 instance's reload queue for all of them (serving/reload.py). Each worker (serving/worker.py) loads
 every model itself, refreshes on the supervisor's signal and on its own poll, and answers. This module
@@ -19,6 +20,7 @@ from pathlib import Path
 import uvicorn
 
 from common.adapters.secrets import secret_string
+from serving.listening import inherited_socket, run_workers
 from serving.reload import QueueListener, ReloadSubscription
 from serving.reload_signal import ReloadSignal
 from serving.settings import (
@@ -75,10 +77,12 @@ def serve(settings: ServingSettings, app_factory: str) -> None:
     """The workers under uvicorn's supervisor, as the serving instance runs them, and the reload
     queue's one reader beside them."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # Taken first: the variables naming it must not reach the workers (serving/listening.py).
+    listener = inherited_socket()
     with reload_fan_out(settings) as signal:
         # uvicorn's workers are spawned with this environment, and read their settings from it.
         os.environ[SIGNAL_FILE_VARIABLE] = str(signal.path)
-        uvicorn.run(
+        config = uvicorn.Config(
             app_factory,
             factory=True,
             host=settings.host,
@@ -92,6 +96,7 @@ def serve(settings: ServingSettings, app_factory: str) -> None:
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             log_level="info",
         )
+        run_workers(config, listener)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ instance's own reload queue on the stack's reload topic, while requests keep bei
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +18,18 @@ import pytest
 from tests import serving_bundles
 from tests.conftest import PROJECT_ROOT, SERVING_STACK, TEST_STACK_PARAMETERS, LocalCloud
 from tests.helpers import eventually
+from tests.releases import build_changed_release, publish_to_deploy_bucket
 
 pytestmark = pytest.mark.e2e
 
+# Two instances of two workers each. Only the reload topic can bring a new version within the
+# tests' wait: the poll is an hour away.
+SERVING_PARAMETERS = {
+    **TEST_STACK_PARAMETERS,
+    "ServingInstances": "2",
+    "ServingWorkers": "2",
+    "ServingPollSeconds": "3600",
+}
 IRIS_RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 PORT_TAG = "arrival:api-port"
 
@@ -27,14 +38,7 @@ PORT_TAG = "arrival:api-port"
 def serving_stack(local_cloud: LocalCloud) -> Iterator[dict[str, str]]:
     """The stack, its servers ended afterwards: six processes the rest of the suite need not share
     the machine with."""
-    parameters = {
-        **TEST_STACK_PARAMETERS,
-        "ServingInstances": "2",
-        "ServingWorkers": "2",
-        # Only the reload topic can bring a new version within the test's wait: the poll is an hour away.
-        "ServingPollSeconds": "3600",
-    }
-    outputs = local_cloud.deploy(PROJECT_ROOT / "template.yaml", SERVING_STACK, parameters)
+    outputs = local_cloud.deploy(PROJECT_ROOT / "template.yaml", SERVING_STACK, SERVING_PARAMETERS)
     yield outputs
     local_cloud.client("ec2").terminate_instances(InstanceIds=outputs["ServingInstanceIds"].split(","))
 
@@ -92,6 +96,39 @@ def _worker_versions(client: httpx.Client, seen: dict[int, str]) -> None:
         seen[int(response.headers["x-arrival-worker"])] = response.json()["version"]
 
 
+def _promote(local_cloud: LocalCloud, serving_stack: dict[str, str], version: str) -> None:
+    """ModelPromoted for iris's `version` on the stack's bus, as the trainer sends it."""
+    event: dict[str, Any] = {
+        "EventBusName": serving_stack["EventBusName"],
+        "Source": "arrival",
+        "DetailType": "ModelPromoted",
+        "Detail": json.dumps({"model": "iris", "version": version}),
+    }
+    assert local_cloud.client("events").put_events(Entries=[event])["FailedEntryCount"] == 0
+
+
+def _every_worker_serves(
+    local_cloud: LocalCloud, serving_stack: dict[str, str], clients: list[httpx.Client], version: str
+) -> None:
+    """Wait until every worker of every instance answers with iris's `version`, telling the servers
+    of it again now and then: a worker that started before the bundle was there, and after its
+    instance's queue first hinted, would otherwise wait for its hour-long poll."""
+    seen: list[dict[int, str]] = [{} for _ in clients]
+    told = [0.0]
+
+    def every_worker_answers() -> bool:
+        for client, workers in zip(clients, seen, strict=True):
+            _worker_versions(client, workers)
+        if all(len(workers) == 2 and set(workers.values()) == {version} for workers in seen):
+            return True
+        if time.monotonic() - told[0] > 5:
+            _promote(local_cloud, serving_stack, version)
+            told[0] = time.monotonic()
+        return False
+
+    eventually(every_worker_answers, 180, interval=0.05, what=f"every worker on {version} ({seen})")
+
+
 @pytest.fixture
 def clients(local_cloud: LocalCloud, serving_stack: dict[str, str]) -> Iterator[list[httpx.Client]]:
     instance_ids = serving_stack["ServingInstanceIds"].split(",")
@@ -117,15 +154,7 @@ def test_a_promotion_reaches_every_worker_of_every_instance_with_no_failed_reque
     bucket = serving_stack["ModelsBucketName"]
     trained = serving_bundles.trained("iris", "iris")
     serving_bundles.publish(s3, trained, "1", bucket=bucket)
-    seen: list[dict[int, str]] = [{} for _ in clients]
-
-    def every_worker_answers(version: str) -> bool:
-        for client, workers in zip(clients, seen, strict=True):
-            _worker_versions(client, workers)
-        return all(len(workers) == 2 and set(workers.values()) == {version} for workers in seen)
-
-    # (the first load is each worker's, at its start, or the topic's hint once its queue is subscribed)
-    eventually(lambda: every_worker_answers("1"), 180, interval=0.05, what=f"every worker on 1 ({seen})")
+    _every_worker_serves(local_cloud, serving_stack, clients, "1")
     # ...and each instance subscribed a queue of its own to the stack's reload topic
     topic = serving_stack["ServingReloadTopicArn"]
     subscriptions = local_cloud.client("sns").list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
@@ -138,18 +167,75 @@ def test_a_promotion_reaches_every_worker_of_every_instance_with_no_failed_reque
     with Load(clients) as load:
         eventually(lambda: load.outcomes["200"] >= 50, 30, what="predictions answered before the promotion")
         serving_bundles.publish(s3, trained, "2", bucket=bucket)
-        event: dict[str, Any] = {
-            "EventBusName": serving_stack["EventBusName"],
-            "Source": "arrival",
-            "DetailType": "ModelPromoted",
-            "Detail": '{"model": "iris", "version": "2"}',
-        }
-        assert local_cloud.client("events").put_events(Entries=[event])["FailedEntryCount"] == 0
+        _promote(local_cloud, serving_stack, "2")
 
-        # THEN every worker of every instance answers with version 2 (how soon: benchmarks/)
-        eventually(lambda: every_worker_answers("2"), 30, interval=0.05, what=f"every worker on 2 ({seen})")
+        # THEN every worker of every instance answers with version 2 (how soon: benchmarks/), on this
+        # one event
+        seen: list[dict[int, str]] = [{} for _ in clients]
+
+        def every_worker_answers() -> bool:
+            for client, workers in zip(clients, seen, strict=True):
+                _worker_versions(client, workers)
+            return all(len(workers) == 2 and set(workers.values()) == {"2"} for workers in seen)
+
+        eventually(every_worker_answers, 30, interval=0.05, what=f"every worker on 2 ({seen})")
         answered_before = load.outcomes["200"]
         eventually(lambda: load.outcomes["200"] >= answered_before + 50, 30, what="predictions after it")
 
     # ...with no failed request, before, during or after the reload
+    assert set(load.outcomes) == {"200"}, load.outcomes
+
+
+def _releases(client: httpx.Client) -> set[str]:
+    """The releases that answer /health on a few connections of their own (each may reach another
+    worker, or another server on the same socket)."""
+    found = set()
+    for _ in range(4):
+        try:
+            found.add(client.get("/health", headers={"connection": "close"}).json()["release"])
+        except httpx.TransportError:
+            found.add("no answer")
+    return found
+
+
+def test_a_new_release_rolls_every_instance_with_no_failed_request(
+    local_cloud: LocalCloud,
+    serving_stack: dict[str, str],
+    clients: list[httpx.Client],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # GIVEN both instances answering predictions from the release the stack was deployed with
+    serving_bundles.publish(
+        local_cloud.client("s3"),
+        serving_bundles.trained("iris", "iris"),
+        "1",
+        bucket=serving_stack["ModelsBucketName"],
+    )
+    _every_worker_serves(local_cloud, serving_stack, clients, "1")
+    first = local_cloud.client("cloudformation").describe_stacks(StackName=SERVING_STACK)["Stacks"][0]
+    deployed = next(p["ParameterValue"] for p in first["Parameters"] if p["ParameterKey"] == "ReleaseVersion")
+    assert all(_releases(client) == {deployed} for client in clients)
+    # ...and a second release of the same code, under another version
+    second = build_changed_release(tmp_path_factory.mktemp("release"), "the second release of the e2e test")
+    assert second.version != deployed
+    publish_to_deploy_bucket(local_cloud.session, second)
+
+    with Load(clients) as load:
+        eventually(lambda: load.outcomes["200"] >= 50, 60, what="predictions answered before the release")
+
+        # WHEN the stack is deployed with it, as `arrival deploy` does with a new checkout
+        parameters = {**SERVING_PARAMETERS, "ReleaseVersion": second.version}
+        local_cloud.deploy(PROJECT_ROOT / "template.yaml", SERVING_STACK, parameters)
+
+        # THEN each instance moves to it: its server restarts from the new release on the socket it
+        # answers on (every worker of it: _releases asks several times)
+        eventually(
+            lambda: all(_releases(client) == {second.version} for client in clients),
+            120,
+            what="both instances on the second release",
+        )
+        answered_before = load.outcomes["200"]
+        eventually(lambda: load.outcomes["200"] >= answered_before + 50, 30, what="predictions after it")
+
+    # ...while every prediction sent before, during and after was answered
     assert set(load.outcomes) == {"200"}, load.outcomes

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -339,11 +338,11 @@ def test_shutdown_fits_in_the_window_with_hung_threads_and_a_hung_s3(
 
 def test_uvicorn_waits_a_bounded_time_for_the_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda _app, **options: seen.update(options))
+    monkeypatch.setattr(serving_main, "run_workers", lambda config, _listener: seen.update(config=config))
 
     serving_main.serve(ServingSettings(models_bucket=MODELS_BUCKET), serving_main.UNCHECKED_APP)
 
-    assert seen["timeout_graceful_shutdown"] == shutdown.GRACEFUL_SHUTDOWN_SECONDS
+    assert seen["config"].timeout_graceful_shutdown == shutdown.GRACEFUL_SHUTDOWN_SECONDS
 
 
 def test_the_budget_and_offload_settings_have_sane_defaults() -> None:

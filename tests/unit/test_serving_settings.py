@@ -55,17 +55,23 @@ def test_arrival_serve_runs_its_workers_from_the_factory_with_their_reload_signa
 ) -> None:
     seen: dict[str, object] = {}
 
-    def run(app: str, **options: object) -> None:
+    def run_workers(config: uvicorn.Config, listener: object) -> None:
         signal_file = os.environ[serving_main.SIGNAL_FILE_VARIABLE]
-        seen.update(options, app=app, signal_directory_exists=Path(signal_file).parent.is_dir())
+        seen.update(
+            config=config, listener=listener, signal_directory_exists=Path(signal_file).parent.is_dir()
+        )
 
-    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(serving_main, "run_workers", run_workers)
     # serve sets it for its workers: set here first, so that the test's end puts back what was
     monkeypatch.setenv(serving_main.SIGNAL_FILE_VARIABLE, "")
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
 
     serving_main.serve(ServingSettings(models_bucket="models", workers=2), serving_main.KEYED_APP)
 
-    assert seen["app"] == "serving.worker:keyed_app" and seen["factory"] is True
-    assert seen["workers"] == 2 and seen["signal_directory_exists"] is True
+    config = seen["config"]
+    assert isinstance(config, uvicorn.Config)
+    assert config.app == "serving.worker:keyed_app" and config.factory is True
+    assert config.workers == 2 and seen["signal_directory_exists"] is True
+    assert seen["listener"] is None  # nothing handed over: the workers bind the port themselves
     # The signal's directory is the process's own, and goes with it.
     assert not Path(os.environ[serving_main.SIGNAL_FILE_VARIABLE]).parent.exists()
