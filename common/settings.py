@@ -77,6 +77,12 @@ class WorkerSettings(BaseSettings):
         "MlflowLoginSecretArn); unset or empty: MLFLOW_TRACKING_USERNAME/PASSWORD if set, else anonymous",
     )
     poll_seconds: int = Field(default=1, ge=0, le=20)
+    release_check_seconds: float = Field(
+        default=30,
+        ge=0,
+        description="how often an idle trainer asks the stack which release it runs (a DescribeStacks "
+        "call), as a server's arrival-follow timer does; after each job it asks at once",
+    )
     workspace_root: Path | None = Field(default=None, description="where scratch DVC workspaces go")
     # Set by the instance's boot (deploy/arrival-boot.sh), not by ARRIVAL_WORKER_*: the release is the
     # instance's, whatever runs on it.

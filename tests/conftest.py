@@ -42,6 +42,8 @@ WORKER_SETTINGS = {
     "ARRIVAL_WORKER_MAX_ATTEMPTS": "2",
     "ARRIVAL_WORKER_RETRY_BACKOFF_SECONDS": "1",
     "ARRIVAL_WORKER_HEARTBEAT_SECONDS": "2",
+    # An idle trainer of an older release ends before the next test's job reaches it.
+    "ARRIVAL_WORKER_RELEASE_CHECK_SECONDS": "1",
 }
 
 # Short timeouts and retries, so failure paths reach their dead-letter queues in seconds.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -209,6 +210,7 @@ class Trainer:
         self.heartbeat: TrainerHeartbeat | None = None
         # The release the stack names now (its ReleaseVersion); None where there is no stack to ask.
         self.stack_release: Callable[[], str | None] = lambda: None
+        self._release_checked_at = -math.inf
 
     def wait_until_quiet(
         self, model: str, expected_etag: str | None = None, deadline: float | None = None
@@ -393,6 +395,11 @@ class Trainer:
     def run(self) -> None:
         last_work = time.monotonic()
         while True:
+            # Before taking a job too, now and then: a trainer left idle by the release would
+            # otherwise train the next job on the old code.
+            due = time.monotonic() - self._release_checked_at >= self.settings.release_check_seconds
+            if due and self.superseded_by_a_release():
+                return
             jobs = self.receive(self.settings.poll_seconds)
             if not jobs and time.monotonic() - last_work >= self.settings.idle_seconds:
                 jobs = self.receive(1)  # one last look before the instance goes away
@@ -408,10 +415,16 @@ class Trainer:
                     return
 
     def superseded_by_a_release(self) -> str | None:
-        """The stack's release, if it is no longer this worker's: the trainer then ends with its jobs
-        done, and the reconciler starts one from the new release (the launch template's latest)."""
+        """The stack's release, if it is no longer this worker's: the trainer then ends with the jobs
+        it holds done, before it takes another, and the reconciler starts one from the new release
+        (the launch template's latest) for the jobs still queued."""
         own = self.settings.release_version
-        current = self.stack_release() if own else None
+        self._release_checked_at = time.monotonic()
+        try:
+            current = self.stack_release() if own else None
+        except Exception:  # throttled, or the stack unreadable for a moment: look again later
+            LOG.exception("could not read the stack's release")
+            return None
         if current is None or current == own:
             return None
         LOG.info("the stack now runs release %s: this trainer (release %s) ends after its jobs", current, own)

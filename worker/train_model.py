@@ -161,7 +161,11 @@ def train_model(
         return done
     # A run on this list still RUNNING belongs to a trainer that died (its job came back to us).
     tracking.end_interrupted_runs(model, "accepted_list_hash", list_hash)
-    tags = lineage_tags(accepted, contract, list_hash, recipes.recipe_hash(recipe))
+    tags = {
+        **lineage_tags(accepted, contract, list_hash, recipes.recipe_hash(recipe)),
+        # The code that trained it: the instance's release (deploy/arrival-boot.sh), or "checkout".
+        "release": get_worker_settings().release_version or "checkout",
+    }
     run = TrainingRun(
         model=model,
         contract=contract,

@@ -7,19 +7,22 @@ runs its process under systemd; the local instance agent does the same steps
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from localcloud.processes import cloud_processes
 from tests import datasets
-from tests.conftest import TRAINING_STACK
+from tests.conftest import PROJECT_ROOT, SECOND_TRAINING_STACK, TRAINING_STACK, TRAINING_STACK_PARAMETERS
 from tests.e2e.conftest import Chain, arrival
 from tests.helpers import eventually
+from tests.releases import build_changed_release, publish_to_deploy_bucket
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -139,3 +142,55 @@ def test_a_stopped_and_started_serving_instance_comes_back_answering(chain: Chai
 
     # THEN its process comes back from the release it installed at its first boot, and answers
     eventually(lambda: _serving_answers(api), 60, what="the server answering after the start")
+
+
+def _stack_release(chain: Chain) -> str:
+    stack = chain.cloud.client("cloudformation").describe_stacks(StackName=chain.stack)["Stacks"][0]
+    return str(
+        next(p["ParameterValue"] for p in stack["Parameters"] if p["ParameterKey"] == "ReleaseVersion")
+    )
+
+
+def _trained_by(chain: Chain, version: Any) -> str:
+    """The release of the trainer that trained a version (its run's `release` tag)."""
+    return str(chain.mlflow.get_run(version.run_id).data.tags["release"])
+
+
+def test_a_new_release_replaces_the_trainers_once_their_jobs_are_done(
+    second_chain: Chain, unique: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # (The second training stack: its lane runs one test at a time, so no other test's trainer is
+    # training when its release changes, and the later ones run on the new release.)
+    chain = second_chain
+    model = f"rolled-{unique}"
+    chain.put_contract(model, datasets.contract_yaml("iris", model))
+    # GIVEN a version trained by a trainer of the release the stack runs
+    chain.upload(f"{model}/first.csv", datasets.noisy_iris_csv(300, seed=41))
+    first = chain.wait_versions(model, 1)[0]
+    deployed = _stack_release(chain)
+    assert _trained_by(chain, first) == deployed
+    # ...and a second release of the same code, under another version
+    second = build_changed_release(tmp_path_factory.mktemp("release"), "the trainers' second release")
+    publish_to_deploy_bucket(chain.cloud.session, second)
+
+    # WHEN the stack is deployed with it, and new data arrives
+    parameters = {**TRAINING_STACK_PARAMETERS, "ReleaseVersion": second.version}
+    chain.cloud.deploy(PROJECT_ROOT / "template.yaml", SECOND_TRAINING_STACK, parameters)
+    chain.upload(f"{model}/second.csv", datasets.noisy_iris_csv(300, seed=42))
+
+    # THEN a trainer of the new release trains it: the old one, idle, ended before taking the job
+    latest = chain.wait_versions(model, 2)[-1]
+    assert _trained_by(chain, latest) == second.version
+    eventually(
+        lambda: {_user_data_release(chain, trainer) for trainer in chain.trainers()} <= {second.version},
+        60,
+        what="no trainer of the first release left",
+    )
+
+
+def _user_data_release(chain: Chain, trainer: dict[str, Any]) -> str:
+    """The release a trainer's user data installs (its ARRIVAL_RELEASE_URI's last part)."""
+    attribute = chain.ec2.describe_instance_attribute(InstanceId=trainer["InstanceId"], Attribute="userData")
+    user_data = base64.b64decode(attribute["UserData"]["Value"]).decode()
+    uri = next(line for line in user_data.splitlines() if "ARRIVAL_RELEASE_URI=" in line)
+    return uri.rsplit("/", 1)[-1].strip()

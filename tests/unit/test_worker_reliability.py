@@ -411,37 +411,69 @@ def test_the_longest_wait_counts_from_when_the_job_was_sent(monkeypatch: pytest.
     assert trainer.wait_deadline([sent(90), sent(5)]) - clock.monotonic() == pytest.approx(2)
 
 
-def test_a_trainer_of_an_older_release_ends_after_its_jobs_and_not_before(aws: Any) -> None:
-    # GIVEN a trainer of release A, with two jobs queued, while the stack now names release B
+def _release_test_trainer(aws: Any, stack_release: list[str]) -> tuple[Trainer, list[str]]:
+    """A trainer of release A, with two jobs queued, recording the models it handles; the stack's
+    release is stack_release[0]."""
     queue_url = OUTPUTS["TrainingQueueUrl"]
     for model in ("first", "second"):
         aws.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"model": model}))
     settings = WorkerSettings.model_construct(
         **{
             **WorkerSettings().model_dump(),
-            "idle_seconds": 3600,
+            "idle_seconds": 3600,  # an hour of idling allowed: only the release can end it
             "poll_seconds": 0,
             "release_version": "0.1.0-a",
         }
     )
     trainer = Trainer(settings, OUTPUTS)
-    trainer.stack_release = lambda: "0.1.0-b"
+    trainer.stack_release = lambda: stack_release[0]
     handled: list[str] = []
 
     def handle(model: str, messages: list[dict[str, Any]], lease: VisibilityHeartbeat) -> None:
         handled.append(model)
+        stack_release[0] = "0.1.0-b"  # the release is deployed while the job trains
         lease.forget(messages)
         for message in messages:
             sqs.delete(queue_url, message["ReceiptHandle"])
 
     trainer.handle = handle  # type: ignore[method-assign]
+    return trainer, handled
 
-    # WHEN it runs (an hour of idling allowed: only the release can end it)
+
+def _queued(aws: Any) -> int:
+    attributes = aws.get_queue_attributes(
+        QueueUrl=OUTPUTS["TrainingQueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+
+def test_a_trainer_of_an_older_release_ends_after_the_job_it_holds_and_not_before(aws: Any) -> None:
+    # GIVEN a trainer of release A taking a job, and release B deployed while it trains
+    trainer, handled = _release_test_trainer(aws, ["0.1.0-a"])
+
+    # WHEN it runs
     trainer.run()
 
-    # THEN it finished the jobs it had received, then ended, leaving nothing in flight
-    assert handled
+    # THEN it finished the job it held, then ended, holding nothing, the other job left queued for a
+    # trainer of release B
+    assert len(handled) == 1
     assert trainer.held == []
+    assert _queued(aws) == 1
     assert trainer.superseded_by_a_release() == "0.1.0-b"
-    trainer.stack_release = lambda: "0.1.0-a"
+
+
+def test_an_idle_trainer_of_an_older_release_ends_before_taking_a_job(aws: Any) -> None:
+    # GIVEN a trainer of release A, the stack already on B, and jobs queued
+    trainer, handled = _release_test_trainer(aws, ["0.1.0-b"])
+
+    # WHEN it runs
+    trainer.run()
+
+    # THEN it takes none of them: a trainer of release B trains them
+    assert handled == []
+    assert _queued(aws) == 2
+
+
+def test_a_trainer_of_the_stacks_release_is_not_superseded(aws: Any) -> None:
+    trainer, _ = _release_test_trainer(aws, ["0.1.0-a"])
     assert trainer.superseded_by_a_release() is None
