@@ -26,8 +26,13 @@ def trainer_without_versioned_reads(chain: Chain) -> Iterator[str]:
     role = chain.cloud.client("cloudformation").describe_stack_resource(
         StackName=TRAINING_STACK, LogicalResourceId="TrainerRole"
     )["StackResourceDetail"]["PhysicalResourceId"]
-    [name] = iam.list_role_policies(RoleName=role)["PolicyNames"]
-    original = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+    # The role's own policy, not its release grant (TrainerReleasePolicy): the one naming the action.
+    documents = {
+        name: iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
+    }
+    [name] = [name for name, document in documents.items() if STRIPPED in json.dumps(document)]
+    original = documents[name]
     stripped = json.loads(json.dumps(original))
     for statement in stripped["Statement"]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
