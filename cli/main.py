@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,12 +31,23 @@ def _say(message: str) -> None:
     console.print(f"[dim]{message}[/dim]")
 
 
-# The commands that talk to a cloud, and so must know which one (cli/target.py).
-# (`contract` decides per subcommand: `check` against a local contract file needs no cloud.)
-NEEDS_A_CLOUD = {
-    *("approve", "batch", "deploy", "demo", "drift", "env", "logs", "reject"),
-    *("release", "reproduce", "rollback", "redrive", "upload"),
-}
+P = ParamSpec("P")
+R = TypeVar("R")
+# The cloud this invocation targets, set by the app's callback (--aws, ARRIVAL_TARGET) before any
+# command runs; read by `needs_a_cloud`, which has no context of its own to read it from.
+_chosen_target: ContextVar[object] = ContextVar("chosen_target")
+
+
+def needs_a_cloud(command: Callable[P, R]) -> Callable[P, R]:
+    """Marks a command that talks to a cloud: it points at the chosen one (cli/target.py) once its
+    arguments are parsed, so `--help` and a usage error never need a cloud running."""
+
+    @functools.wraps(command)
+    def pointed(*args: P.args, **kwargs: P.kwargs) -> R:
+        point_at_cloud(_chosen_target.get())
+        return command(*args, **kwargs)
+
+    return pointed
 
 
 @app.callback()
@@ -46,10 +60,8 @@ def choose_target(
     """Drop a dataset into an S3 bucket, and a better model arrives in service by itself."""
     from cli.target import CliSettings, Target
 
-    target = Target.aws if aws else CliSettings().target
-    ctx.obj = target
-    if ctx.invoked_subcommand in NEEDS_A_CLOUD:
-        point_at_cloud(target)
+    ctx.obj = Target.aws if aws else CliSettings().target
+    _chosen_target.set(ctx.obj)
 
 
 def point_at_cloud(target: object) -> None:
@@ -69,7 +81,8 @@ def point_at_cloud(target: object) -> None:
 
 @app.command()
 def up() -> None:
-    """Start the local cloud (LocalStack and, later, its other services) in the background."""
+    """Start the local cloud in the background: LocalStack, the MLflow tracking server, the Lambda
+    executor and the EC2 instance agent."""
     from localcloud.interpreters import InterpreterNotFoundError
 
     settings = get_local_cloud_settings()
@@ -98,6 +111,7 @@ def down() -> None:
 
 
 @app.command()
+@needs_a_cloud
 def env(
     ctx: typer.Context,
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
@@ -167,6 +181,7 @@ def _show(report: dict[str, Any], as_json: bool) -> None:
 
 
 @app.command()
+@needs_a_cloud
 def release() -> None:
     """Build the checkout's release (the wheel and its locks) and publish it for `sam deploy`.
 
@@ -178,6 +193,7 @@ def release() -> None:
 
 
 @app.command()
+@needs_a_cloud
 def deploy(
     ctx: typer.Context,
     template: Annotated[Path, typer.Option(help="SAM template to deploy")] = Path("template.yaml"),
@@ -212,14 +228,8 @@ contract_app = typer.Typer(no_args_is_help=True, help="Data contracts: what each
 app.add_typer(contract_app, name="contract")
 
 
-@contract_app.callback()
-def contract_target(ctx: typer.Context) -> None:
-    """Data contracts: what each model accepts."""
-    if ctx.invoked_subcommand != "check":
-        point_at_cloud(ctx.obj)
-
-
 @contract_app.command("put")
+@needs_a_cloud
 def contract_put(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="the contract, <model>.yaml")],
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
@@ -246,6 +256,7 @@ def _fail(error: Exception, code: int = 1) -> typer.Exit:
 
 
 @contract_app.command("get")
+@needs_a_cloud
 def contract_get(
     model: Annotated[str, typer.Argument(help="the model whose contract to print")],
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
@@ -261,6 +272,7 @@ def contract_get(
 
 
 @contract_app.command("list")
+@needs_a_cloud
 def contract_list(
     as_json: Annotated[bool, typer.Option("--json", help="a JSON list")] = False,
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
@@ -353,6 +365,7 @@ def _check_recipe(rows: pd.DataFrame, contract: DataContract, contract_source: s
 
 
 @app.command()
+@needs_a_cloud
 def upload(
     file: Annotated[Path, typer.Argument(help="the data file (.csv, .csv.gz or .parquet)")],
     model: Annotated[str, typer.Option(help="the model it trains: the key's first segment")],
@@ -428,6 +441,7 @@ def upload(
 
 
 @app.command()
+@needs_a_cloud
 def reproduce(
     version: Annotated[str, typer.Argument(help="a version number, or an alias such as 'champion'")],
     model: Annotated[str, typer.Option(help="the registered model")] = "iris",
@@ -454,6 +468,7 @@ def reproduce(
 
 
 @app.command()
+@needs_a_cloud
 def rollback(
     model: Annotated[str, typer.Option(help="the registered model")],
     to: Annotated[
@@ -474,6 +489,7 @@ def rollback(
 
 
 @app.command()
+@needs_a_cloud
 def redrive(
     stage: Annotated[
         str,
@@ -497,6 +513,7 @@ def redrive(
 
 
 @app.command()
+@needs_a_cloud
 def batch(
     file: Annotated[
         Path, typer.Argument(help="records to score (.csv, .csv.gz or .parquet), no target column")
@@ -549,6 +566,7 @@ def batch(
 
 
 @app.command()
+@needs_a_cloud
 def logs(
     source: Annotated[
         str | None,
@@ -633,6 +651,7 @@ def predict(
 
 
 @app.command()
+@needs_a_cloud
 def demo(stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival") -> None:
     """Drop a sample file into the raw bucket and follow it through the chain."""
     from cli.demo import run_demo
@@ -642,6 +661,7 @@ def demo(stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "
 
 
 @app.command()
+@needs_a_cloud
 def approve(
     model: Annotated[str, typer.Option(help="the registered model")],
     version: Annotated[str, typer.Option(help="the version awaiting approval")],
@@ -661,6 +681,7 @@ def approve(
 
 
 @app.command()
+@needs_a_cloud
 def reject(
     model: Annotated[str, typer.Option(help="the registered model")],
     version: Annotated[str, typer.Option(help="the version awaiting approval")],
@@ -681,6 +702,7 @@ def reject(
 
 
 @app.command()
+@needs_a_cloud
 def drift(
     model: Annotated[str, typer.Option(help="the registered model")],
     versions: Annotated[int, typer.Option(min=1, help="how many of the newest versions to show")] = 5,

@@ -9,9 +9,11 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+import typer
 from botocore.exceptions import ClientError
 from moto import mock_aws
 from typer.testing import CliRunner
@@ -104,6 +106,40 @@ def test_a_command_run_without_exports_and_without_a_cloud_says_what_to_do_in_on
     assert result.exit_code == 1
     assert "no local cloud is running" in result.output
     assert len(result.output.strip().splitlines()) <= 2  # one line, wrapped at most once
+
+
+def _every_command(group: Any, prefix: list[str]) -> list[list[str]]:
+    """Every command and subcommand's words (typer's click groups have `commands`)."""
+    found = []
+    for name, command in group.commands.items():
+        found.append([*prefix, name])
+        if hasattr(command, "commands"):
+            found += _every_command(command, [*prefix, name])
+    return found
+
+
+def test_every_commands_help_is_shown_without_a_cloud(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN no local cloud, and no exports naming one
+    for name in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "ARRIVAL_TARGET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ARRIVAL_STATE_DIR", str(tmp_path))
+    from localcloud.settings import get_local_cloud_settings
+
+    commands = _every_command(typer.main.get_command(app), [])
+    assert ["contract", "put"] in commands and ["deploy"] in commands
+    get_local_cloud_settings.cache_clear()
+    try:
+        # WHEN each command is asked for its help
+        results = {" ".join(command): CliRunner().invoke(app, [*command, "--help"]) for command in commands}
+    finally:
+        get_local_cloud_settings.cache_clear()
+
+    # THEN each shows it: help never needs a cloud
+    for command, result in results.items():
+        assert result.exit_code == 0, (command, result.output)
+        assert "Usage:" in result.output and "no local cloud" not in result.output, command
 
 
 def test_status_names_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
