@@ -1,7 +1,6 @@
 # The two commands the README promises: `make demo` (the main job) and `make test`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-export UV_COMPILE_BYTECODE := 1
 # Where uv goes on a machine without it (localcloud/bootstrap_uv.py: stdlib only, since pip cannot
 # install into Debian's or Ubuntu's system Python); on PATH for every recipe, as is uv's own
 # installer's ~/.local/bin.
@@ -26,7 +25,7 @@ help:
 
 install:
 	@command -v uv >/dev/null || python3 localcloud/bootstrap_uv.py $(UV_BOOTSTRAP)
-	uv sync --frozen
+	uv sync --frozen --compile-bytecode
 
 up: install
 	uv run arrival up
