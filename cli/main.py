@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from cli.output import make_console
 from localcloud import control
 from localcloud.settings import get_local_cloud_settings
 
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from common.contracts import DataContract
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-console = Console()
-errors = Console(stderr=True)
+console = make_console()
+errors = make_console(stderr=True)
 
 
 def _say(message: str) -> None:

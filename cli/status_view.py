@@ -108,11 +108,12 @@ def _versions_table(model: dict[str, Any]) -> Table:
             ", ".join(version["aliases"]),
             "" if value is None else f"{value:.4f}",
             version["decision"],
-            escape(version["reason"][:80]),
-            escape(drift[:40]),
+            escape(version["reason"]),
+            escape(drift),
         )
     return table
 
 
 def _age(seconds: int) -> str:
-    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
+    """How long an instance has run, said as such."""
+    return f"up {seconds} s" if seconds < 120 else f"up {seconds // 60} min"

@@ -207,3 +207,54 @@ def test_each_trainer_is_shown_with_the_model_it_trains_or_as_idle() -> None:
     printed = console.export_text()
     assert "i-1 (" in printed and "training churn)" in printed
     assert "i-2 (" in printed and "idle)" in printed
+
+
+def test_trainers_say_how_long_they_have_been_up() -> None:
+    from rich.console import Console
+
+    from cli.status_view import print_stack
+
+    console = Console(record=True, width=100)
+    trainer = {"instance_id": "i-1", "running_seconds": 39, "release": None, "training": None}
+    print_stack(
+        console,
+        {"stack": "unit", "queues": {}, "release": None, "trainers": [trainer], "server": None, "models": []},
+    )
+    assert "i-1 (up 39 s," in console.export_text()
+
+
+def test_off_a_terminal_long_values_stay_whole_and_tables_are_not_squeezed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli.output import make_console
+    from cli.status_view import _versions_table
+
+    # GIVEN output that is not a terminal (captured), with no COLUMNS
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = make_console()
+    reason = "f1_macro 0.81 does not beat the champion's 0.83: " + "a long explanation " * 8
+    key = "s3://arrival-processed-000000000000/" + "/".join(["a-very-long-prefix"] * 8) + "/data.parquet"
+    model = {
+        "metric": "f1_macro",
+        "versions": [
+            {
+                "version": "2",
+                "aliases": [],
+                "metric": {"f1_macro": 0.81},
+                "decision": "rejected",
+                "reason": reason,
+                "drift": "drifted",
+                "drifted_columns": [f"feature_{index}" for index in range(12)],
+            }
+        ],
+    }
+
+    # WHEN a long key and the versions table are printed
+    console.print(f"stored at {key}")
+    console.print(_versions_table(model))
+
+    # THEN each is whole on its line: copyable, and the reason not cut
+    lines = capsys.readouterr().out.splitlines()
+    assert f"stored at {key}" in lines
+    row = next(line for line in lines if line.strip().startswith("2"))
+    assert reason.strip() in row and "feature_11" in row
