@@ -255,6 +255,34 @@ def _fail(error: Exception, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+@contract_app.command("delete")
+@needs_a_cloud
+def contract_delete(
+    model: Annotated[str, typer.Argument(help="the model whose contract to remove")],
+    stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
+) -> None:
+    """Remove a model's contract (and its recipe). Files then arriving under <model>/ are quarantined
+    until a contract is put again; the model's versions and its champion stay, and keep serving."""
+    from cli import operations
+
+    try:
+        deleted = operations.delete_contract(model, stack_name)
+    except operations.OperationError as error:
+        raise _fail(error) from error
+    if deleted.contract is None and deleted.recipe is None:
+        console.print(
+            f"model {model} has no contract in stack {stack_name}: nothing to delete", highlight=False
+        )
+        return
+    for removed in (deleted.contract, deleted.recipe):
+        if removed is not None:
+            console.print(f"deleted {removed}", highlight=False, soft_wrap=True)
+    console.print(
+        f"files arriving under {model}/ are now quarantined (no_contract); its champion keeps serving",
+        highlight=False,
+    )
+
+
 @contract_app.command("get")
 @needs_a_cloud
 def contract_get(

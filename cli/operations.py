@@ -299,6 +299,26 @@ def contract_text(model: str, stack_name: str) -> str:
     return _contract_bytes(model, stack_name)[0].decode()
 
 
+@dataclass(frozen=True)
+class ContractDeleted:
+    contract: str | None  # the key removed, None if there was no contract
+    recipe: str | None  # the recipe's key removed with it, if the model had one
+
+
+def delete_contract(model: str, stack_name: str) -> ContractDeleted:
+    """Remove a model's contract and its recipe from the stack. Files arriving under `<model>/` are
+    then quarantined (`no_contract`) until a contract is put again; its versions, its champion and
+    what serves it stay. Safe to run again: what is already gone is reported as such."""
+    bucket = outputs_of(stack_name)["ConfigBucketName"]
+    removed: list[str | None] = []
+    for key in (contract_key(model), recipe_key(model)):
+        present = s3.exists(bucket, key)
+        if present:
+            s3.delete(bucket, key)
+        removed.append(f"s3://{bucket}/{key}" if present else None)
+    return ContractDeleted(removed[0], removed[1])
+
+
 def contract_models(stack_name: str) -> list[str]:
     """Every model whose contract is in the stack's config bucket, sorted."""
     bucket = outputs_of(stack_name)["ConfigBucketName"]

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -627,7 +628,7 @@ def score_object(source: BatchObject, seconds_left: Callable[[], float]) -> Batc
         "violations": _summary(scored),
         "timings": timings.as_dict(seconds, scored.rows_read),
         "contract_hash": contract.content_hash,
-        "finished_at": time.time(),
+        "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
     s3.put_json(source.bucket, target.manifest_key, manifest)
     result = BatchResult(
@@ -706,7 +707,7 @@ def report_failure(source: BatchObject, failed: BatchFailedError, body: str) -> 
         "rule": str(failed.rule),
         "reason": failed.detail,
         "violations": [violation.as_dict() for violation in failed.violations],
-        "failed_at": time.time(),
+        "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
     if target is not None:
         s3.put_json(source.bucket, target.failure_key, report)

@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,8 @@ def test_a_file_is_scored_with_its_bad_rows_set_aside(
     assert manifest["version"] == "4"
     assert manifest["source"]["version_id"]
     assert manifest["timings"]["total_seconds"] > 0
+    # a time like every other arrival writes: ISO 8601, UTC
+    assert datetime.fromisoformat(manifest["finished_at"]).utcoffset() == timedelta(0)
     assert [v["rule"] for v in manifest["violations"]] == ["out_of_range", "unknown_category"]
     # AND BatchCompleted says so
     ((kind, detail),) = stack.published

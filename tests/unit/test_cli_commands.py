@@ -119,6 +119,24 @@ def test_contract_list_gives_one_model_a_line_or_json(cloud: FakeStack) -> None:
     assert json.loads(as_json.output) == ["house-prices", "iris"]
 
 
+def test_contract_delete_removes_the_contract_and_is_safe_to_run_twice(cloud: FakeStack) -> None:
+    # GIVEN a model with a contract and a recipe in the stack
+    cloud.s3.put_object(Bucket="unit-config", Key="recipes/iris.py", Body=b"def build_pipeline(params): ...")
+
+    # WHEN its contract is deleted, twice
+    first = _arrival("contract", "delete", "iris", "--stack-name", STACK)
+    second = _arrival("contract", "delete", "iris", "--stack-name", STACK)
+
+    # THEN the first removes both and says what now happens to its files; the second finds nothing
+    assert first.exit_code == 0, first.output
+    assert "deleted s3://unit-config/contracts/iris.yaml" in first.output
+    assert "deleted s3://unit-config/recipes/iris.py" in first.output
+    assert "quarantined (no_contract)" in first.output
+    assert second.exit_code == 0, second.output
+    assert "nothing to delete" in second.output
+    assert _arrival("contract", "list", "--stack-name", STACK).output == "house-prices\n"
+
+
 @pytest.mark.parametrize(
     "command",
     [["contract", "get", "iris"], ["contract", "list"], ["contract", "check", "x.csv", "--contract", "iris"]],
