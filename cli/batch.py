@@ -141,3 +141,36 @@ def wait_batch(submitted: Submitted, timeout: float = 1800) -> list[PartOutcome]
             time.sleep(0.5)
         outcomes.append(outcome)
     return outcomes
+
+
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse, before anything is uploaded, a --output that cannot be written."""
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise OperationError(f"{path}: --output writes a .csv or a .parquet file")
+    if not path.parent.is_dir():
+        raise OperationError(f"{path}: no directory {path.parent} to write it in")
+
+
+def save_predictions(outcomes: list[PartOutcome], path: Path) -> int:
+    """Every scored part's predictions, in the parts' order, as one local file (CSV or Parquet, by
+    its suffix); the rows written."""
+    import pandas as pd
+
+    frames = []
+    with tempfile.TemporaryDirectory(prefix="arrival-predictions-") as scratch:
+        for number, outcome in enumerate(outcomes):
+            if outcome.manifest is None:
+                continue
+            bucket, key = str(outcome.manifest["predictions"]).removeprefix("s3://").split("/", 1)
+            local = Path(scratch) / f"{number}.parquet"
+            s3.download(s3.head_object(bucket, key), local)
+            frames.append(pd.read_parquet(local))
+    predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if path.suffix == ".parquet":
+        predictions.to_parquet(path, index=False)
+    else:
+        predictions.to_csv(path, index=False)
+    return len(predictions)

@@ -135,3 +135,21 @@ def _live_lines(live: dict[str, Any]) -> list[str]:
         f"  {key}: {live[key]}" for key in shown if key in live and not isinstance(live[key], dict | list)
     )
     return lines
+
+
+def report_now(model: str, stack_name: str) -> dict[str, Any]:
+    """Run the stack's drift function on one model now, as its schedule does, and return what it
+    found (common/monitoring.py's ModelDrift, as the function answers it)."""
+    from common.adapters import functions
+
+    name = outputs_of(stack_name).get("DriftFunctionName")
+    if not name:
+        raise OperationError(f"stack {stack_name} has no drift function (DriftFunctionName): deploy it again")
+    try:
+        answer = functions.invoke(name, {"models": [model]})
+    except functions.FunctionFailedError as error:
+        raise OperationError(f"the drift function failed: {error}; `arrival logs drift` says more") from error
+    found: list[dict[str, Any]] = (answer or {}).get("models", [])
+    if not found:
+        raise OperationError(f"the drift function reported nothing for model {model!r}")
+    return found[0]

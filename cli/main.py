@@ -20,6 +20,7 @@ from localcloud.settings import get_local_cloud_settings
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cli.batch import PartOutcome
     from common.contracts import DataContract
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -551,6 +552,10 @@ def batch(
         bool, typer.Option(help="wait for the predictions: exit 0 if every part was scored")
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 1800,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="with --wait: also write the predictions to this local .csv or .parquet file"),
+    ] = None,
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
     """Score a file with a model's champion: it goes under <model>/input/ in the inference bucket (a CSV
@@ -559,6 +564,10 @@ def batch(
     from cli.operations import OperationError
 
     try:
+        if output is not None:
+            if not wait:
+                raise OperationError("--output needs --wait: the predictions are written once they exist")
+            batches.check_output_path(output)
         submitted = batches.submit_batch(file, model, stack_name)
     except OperationError as error:
         raise _fail(error) from error
@@ -573,6 +582,18 @@ def batch(
         outcomes = batches.wait_batch(submitted, timeout)
     except TimeoutError as error:
         raise _fail(TimeoutError(f"{error}; `arrival logs` shows the batch function's progress")) from error
+    _print_batch_outcomes(outcomes)
+    if output is not None and any(outcome.ok for outcome in outcomes):
+        written = batches.save_predictions(outcomes, output)
+        scored_only = "" if all(outcome.ok for outcome in outcomes) else " (the scored parts only)"
+        console.print(
+            f"wrote {written} predictions to {output}{scored_only}", highlight=False, soft_wrap=True
+        )
+    if not all(outcome.ok for outcome in outcomes):
+        raise typer.Exit(1)
+
+
+def _print_batch_outcomes(outcomes: list[PartOutcome]) -> None:
     for outcome in outcomes:
         if outcome.manifest is not None:
             rows = outcome.manifest["rows"]
@@ -589,8 +610,6 @@ def batch(
                 highlight=False,
                 soft_wrap=True,
             )
-    if not all(outcome.ok for outcome in outcomes):
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -735,6 +754,9 @@ def drift(
     model: Annotated[str, typer.Option(help="the registered model")],
     versions: Annotated[int, typer.Option(min=1, help="how many of the newest versions to show")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable: the same as the screen")] = False,
+    now: Annotated[
+        bool, typer.Option("--now", help="run the live-traffic report now, as its schedule does, first")
+    ] = False,
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
     """The drift reports of a model: each version's data against its champion's, and live traffic."""
@@ -742,6 +764,12 @@ def drift(
     from cli import operations
 
     try:
+        if now:
+            ran = drift_view.report_now(model, stack_name)
+            reason = f": {ran['reason']}" if ran.get("reason") else ""
+            errors.print(
+                f"live report run now: {escape(str(ran['status']))}{escape(reason)}", highlight=False
+            )
         view = drift_view.overview(model, stack_name, versions)
     except operations.OperationError as error:
         raise _fail(error) from error

@@ -28,13 +28,16 @@ class FunctionFailedError(Exception):
     """A function answered a synchronous invocation with an error; the message is its own."""
 
 
-def invoke(function_name: str, payload: dict[str, Any]) -> None:
-    """Run the function on `payload` and wait for it; FunctionFailedError if it failed."""
+def invoke(function_name: str, payload: dict[str, Any]) -> Any:
+    """Run the function on `payload`, wait for it and return its answer (decoded JSON, None if
+    empty); FunctionFailedError if it failed."""
     response = lambda_client().invoke(
         FunctionName=function_name, InvocationType="RequestResponse", Payload=json.dumps(payload).encode()
     )
+    answer = json.loads(response["Payload"].read() or b"null")
     if "FunctionError" in response:
-        answer = json.loads(response["Payload"].read() or b"{}")
+        answer = answer or {}
         raise FunctionFailedError(
             f"{answer.get('errorType', response['FunctionError'])}: {answer.get('errorMessage', '')}"
         )
+    return answer

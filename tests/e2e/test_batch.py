@@ -104,9 +104,13 @@ def test_a_batch_file_is_scored_by_the_champion_bad_rows_set_aside(
     # WHEN the operator scores a file with the CLI and waits
     mine = tmp_path / "july.csv"
     mine.write_bytes(datasets.to_csv(datasets.iris_frame(25, seed=13)[FEATURES]))
+    saved = tmp_path / "july-predictions.csv"
     result = CliRunner().invoke(
         app,
-        ["batch", str(mine), "--model", model, "--wait", "--timeout", "300", "--stack-name", TRAINING_STACK],
+        [
+            *("batch", str(mine), "--model", model, "--wait", "--timeout", "300"),
+            *("--output", str(saved), "--stack-name", TRAINING_STACK),
+        ],
     )
 
     # THEN it says where the file went and what was scored, by which version
@@ -115,6 +119,11 @@ def test_a_batch_file_is_scored_by_the_champion_bad_rows_set_aside(
     assert f"uploaded s3://{chain.outputs['InferenceBucketName']}/{model}/input/july.csv" in printed
     assert f"scored 25 rows with version {version.version} (0 rejected)" in printed
     assert f"{model}/output/july.predictions.parquet" in printed
+    # and the predictions are in the local file asked for: no AWS CLI needed to read them
+    assert f"wrote 25 predictions to {saved}" in printed
+    local = pd.read_csv(saved)
+    expected = _parquet(chain, f"{model}/output/july.predictions.parquet")
+    assert local["prediction"].tolist() == expected["prediction"].tolist()
 
 
 def test_a_file_for_a_model_without_a_champion_fails_clearly(chain: Chain, unique: str) -> None:

@@ -154,3 +154,11 @@ def test_captured_traffic_feeds_the_scheduled_drift_report(
     assert status["live_drift"]["version"] == version
     assert sorted(status["live_drift"]["drifted_columns"]) == SHIFTED
     assert any(f"arrival drift --model {model}" in problem for problem in status["problems"])
+
+    # AND `arrival drift --now` runs the same report on demand, without the AWS CLI, then shows it
+    on_demand = arrival(
+        local_cloud, monkeypatch, "drift", "--model", model, "--now", "--stack-name", TRAINING_STACK
+    )
+    assert on_demand.exit_code == 0, on_demand.output
+    assert "live report run now: drifted" in on_demand.output
+    assert "petal_length" in on_demand.output
