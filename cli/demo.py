@@ -14,7 +14,9 @@ from typing import Any
 
 from rich.console import Console
 
-from cli.operations import Follower, FollowResult, follow_upload, put_contract, upload, wait_for
+from cli.contracts import put_contract
+from cli.follow import Follower, FollowResult, follow_upload, upload
+from cli.operations import wait_for
 
 SAMPLES = Path(__file__).resolve().parent.parent / "contracts"
 # Each stage's own wait used to be 2 minutes at most, training and the gate 5.

@@ -238,10 +238,10 @@ def contract_put(
     """Validate a contract and upload it to the stack's config bucket: the model is live, no redeploy.
     A recipe the contract names (training.recipe) is checked here, then uploaded with it; a changed
     recipe queues a training on the model's data."""
-    from cli import operations
+    from cli import contracts, operations
 
     try:
-        put = operations.put_contract(file, stack_name)
+        put = contracts.put_contract(file, stack_name)
     except operations.OperationError as error:
         raise _fail(error) from error
     console.print(f"contract uploaded to {put.location}", highlight=False, soft_wrap=True)
@@ -264,10 +264,10 @@ def contract_delete(
 ) -> None:
     """Remove a model's contract (and its recipe). Files then arriving under <model>/ are quarantined
     until a contract is put again; the model's versions and its champion stay, and keep serving."""
-    from cli import operations
+    from cli import contracts, operations
 
     try:
-        deleted = operations.delete_contract(model, stack_name)
+        deleted = contracts.delete_contract(model, stack_name)
     except operations.OperationError as error:
         raise _fail(error) from error
     if deleted.contract is None and deleted.recipe is None:
@@ -291,10 +291,10 @@ def contract_get(
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
     """Print the contract the stack holds for a model (YAML, as uploaded)."""
-    from cli import operations
+    from cli import contracts, operations
 
     try:
-        text = operations.contract_text(model, stack_name)
+        text = contracts.contract_text(model, stack_name)
     except operations.OperationError as error:
         raise _fail(error) from error
     typer.echo(text, nl=not text.endswith("\n"))
@@ -307,10 +307,10 @@ def contract_list(
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
     """The models with a contract in the stack, one per line."""
-    from cli import operations
+    from cli import contracts, operations
 
     try:
-        models = operations.contract_models(stack_name)
+        models = contracts.contract_models(stack_name)
     except operations.OperationError as error:
         raise _fail(error) from error
     typer.echo(json.dumps(models) if as_json else "\n".join(models), nl=as_json or bool(models))
@@ -345,7 +345,7 @@ def contract_check(
     """Would ingest accept this file? Exit 0 if so; 4 with the quarantine's report if not. The
     contract's recipe, if it names one, is then fitted on the file and its ONNX export checked: 3 if
     it would not serve."""
-    from cli import operations
+    from cli import contracts, operations
 
     if not Path(contract).is_file():  # a model of the stack: its contract is in the cloud
         point_at_cloud(ctx.obj)
@@ -353,11 +353,11 @@ def contract_check(
 
     rows: list[pd.DataFrame] = []
     try:
-        parsed = operations.contract_for_check(contract, stack_name)
+        parsed = contracts.contract_for_check(contract, stack_name)
         # The contract's recipe is fitted on the file too, as ingest would store its rows.
         with_recipe = parsed.training.recipe is not None
         keep = (lambda processed: rows.append(pd.read_parquet(processed))) if with_recipe else None
-        report = operations.check_file(file, parsed, on_accepted=keep)
+        report = contracts.check_file(file, parsed, on_accepted=keep)
     except operations.OperationError as error:
         raise _fail(error) from error
     if report is None:
@@ -372,10 +372,10 @@ def contract_check(
 
 def _check_recipe(rows: pd.DataFrame, contract: DataContract, contract_source: str, stack_name: str) -> None:
     """What the trainer would decide about the recipe's servability, fitted on this file here."""
-    from cli import operations
+    from cli import contracts, operations
 
     try:
-        trial = operations.try_recipe(rows, contract, contract_source, stack_name)
+        trial = contracts.try_recipe(rows, contract, contract_source, stack_name)
     except operations.OperationError as error:
         raise _fail(error, EXIT_REJECTED) from error
     scores = ", ".join(f"{name} {value:.4g}" for name, value in trial.metrics.items()) or "no holdout"
@@ -409,12 +409,13 @@ def upload(
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
     """Upload a data file to the raw bucket under <model>/, and (--wait) follow it through the chain."""
+    from cli import follow as following
     from cli import operations
     from cli.demo import timed_printer
 
     try:
-        uploaded = operations.upload(file, model, stack_name)
-        follow = operations.Follower(stack_name, timed_printer(console)) if wait else None
+        uploaded = following.upload(file, model, stack_name)
+        follow = following.Follower(stack_name, timed_printer(console)) if wait else None
     except operations.OperationError as error:
         raise _fail(error) from error
     console.print(
@@ -425,8 +426,8 @@ def upload(
     if follow is None:
         return
     try:
-        result = operations.follow_upload(follow, uploaded, timeout)
-    except operations.TrainingFailedError as error:
+        result = following.follow_upload(follow, uploaded, timeout)
+    except following.TrainingFailedError as error:
         raise _fail(
             RuntimeError(
                 f"training {model} on it failed and its job was dead-lettered: {error}; "
@@ -529,10 +530,10 @@ def redrive(
     stack_name: Annotated[str, typer.Option(help="the deployed stack")] = "arrival",
 ) -> None:
     """Move a stage's dead-lettered messages back to its queue, once their cause is fixed."""
-    from cli import operations
+    from cli import operations, redrive
 
     try:
-        moved = operations.redrive(stage, stack_name)
+        moved = redrive.redrive(stage, stack_name)
     except operations.OperationError as error:
         raise _fail(error) from error
     if stage == "notify":
@@ -673,7 +674,7 @@ def predict(
     """Ask the serving API for predictions on the records of a file (or stdin)."""
     import sys
 
-    from cli import operations
+    from cli import operations, predict_client
     from cli.target import TargetError
 
     if file == "-":
@@ -690,7 +691,7 @@ def predict(
         raise typer.Exit(1)
     try:
         api_key = _api_key(ctx, stack_name)
-        answer = operations.predict(api_url, api_key, model, operations.read_records(text, is_csv))
+        answer = predict_client.predict(api_url, api_key, model, predict_client.read_records(text, is_csv))
     except (operations.OperationError, TargetError, ValueError) as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error

@@ -18,7 +18,8 @@ import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from cli.operations import OperationError, contract_models, outputs_of
+from cli.contracts import contract_models
+from cli.operations import OperationError, outputs_of
 from common.adapters import s3, sqs
 from common.adapters.stack import stack_parameter
 from common.champion import ROLLED_BACK

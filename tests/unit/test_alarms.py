@@ -12,7 +12,7 @@ import pytest
 
 from cli.logs import SOURCES
 from cli.main import app
-from cli.operations import REDRIVE_STAGES
+from cli.redrive import REDRIVE_STAGES
 from common.reconcile import HEARTBEAT_LOST_METRIC, LAUNCH_FAILED_METRIC
 from localcloud.deploy import load_template
 

@@ -15,7 +15,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from typer.testing import CliRunner, Result
 
-from cli import operations
+from cli import follow, operations
 from cli.main import app
 from common.adapters import s3, tracking
 from handlers import handle_ingest
@@ -513,7 +513,7 @@ def ingest_on_upload(
 
 def _gate(monkeypatch: pytest.MonkeyPatch, decision: str, reason: str) -> None:
     """A trainer and the registry as MLflow would answer once the gate decided on the upload."""
-    monkeypatch.setattr(operations.Follower, "trainer", lambda _: "i-0123456789")
+    monkeypatch.setattr(follow.Follower, "trainer", lambda _: "i-0123456789")
     monkeypatch.setattr(tracking, "run_with_source", lambda *_: tracking.RunState("run-1", "FINISHED"))
     seen: list[str] = []
 
@@ -627,7 +627,7 @@ def test_wait_exits_1_with_the_reason_when_the_training_job_is_dead_lettered(
     monkeypatch.setitem(OUTPUTS, "TrainingDeadLetterQueueUrl", dead_letters)
     monkeypatch.setattr(tracking, "run_with_source", lambda *_: None)
 
-    def trainer_fails(_: operations.Follower) -> None:
+    def trainer_fails(_: follow.Follower) -> None:
         ingest_on_upload.sqs.send_message(
             QueueUrl=dead_letters,
             MessageBody=json.dumps({"model": "iris"}),
@@ -638,7 +638,7 @@ def test_wait_exits_1_with_the_reason_when_the_training_job_is_dead_lettered(
             },
         )
 
-    monkeypatch.setattr(operations.Follower, "trainer", trainer_fails)
+    monkeypatch.setattr(follow.Follower, "trainer", trainer_fails)
 
     # WHEN the upload is followed
     result = _wait(_iris_csv(tmp_path), "--timeout", "60")

@@ -76,7 +76,7 @@ def test_training_jobs_go_back_to_the_fifo_queue_under_their_model(client: Any) 
 def test_kept_notifications_go_to_the_notifier_again_and_one_that_fails_stops_the_redrive_keeping_the_rest(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cli import operations
+    from cli import operations, redrive
     from common.adapters import functions
 
     dead = client.create_queue(QueueName="notify-dlq")["QueueUrl"]
@@ -92,7 +92,7 @@ def test_kept_notifications_go_to_the_notifier_again_and_one_that_fails_stops_th
 
     monkeypatch.setattr(functions, "invoke", notifier)
     with pytest.raises(operations.OperationError, match="Topic does not exist") as stopped:
-        operations._renotify(dead, "notify")
+        redrive._renotify(dead, "notify")
     assert "still in the notify dead-letter queue" in str(stopped.value)
     # What was sent left the queue; what failed, and what came after it in the batch, is still there.
     left = [json.loads(message["Body"])["detail"]["name"] for message in sqs.peek(dead)]
@@ -104,20 +104,20 @@ def test_kept_notifications_go_to_the_notifier_again_and_one_that_fails_stops_th
         sent.append(event["detail"]["name"])
 
     monkeypatch.setattr(functions, "invoke", fixed_notifier)
-    assert operations._renotify(dead, "notify") == len(left)
-    assert operations._renotify(dead, "notify") == 0
+    assert redrive._renotify(dead, "notify") == len(left)
+    assert redrive._renotify(dead, "notify") == 0
     assert sorted(sent) == ["a", "b", "c", "still-broken"]
 
 
 def test_a_kept_message_that_is_not_an_event_stops_the_redrive_in_one_line_and_stays(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cli import operations
+    from cli import operations, redrive
     from common.adapters import functions
 
     dead = client.create_queue(QueueName="notify-dlq-garbled")["QueueUrl"]
     client.send_message(QueueUrl=dead, MessageBody="not json")
     monkeypatch.setattr(functions, "invoke", lambda function_name, event: None)
     with pytest.raises(operations.OperationError, match="is not an event"):
-        operations._renotify(dead, "notify")
+        redrive._renotify(dead, "notify")
     assert [message["Body"] for message in sqs.peek(dead)] == ["not json"]
