@@ -9,11 +9,14 @@ directory (which is how an `mlflow.db` once got committed).
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import ParamSpec, TypeVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -255,3 +258,42 @@ def _stack_output(stack_name: str, output: str) -> str | None:
         return stack_outputs(stack_name).get(output)
     except (ClientError, BotoCoreError):
         return None
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+# The cloud this invocation targets, set by the app's callback (--aws, ARRIVAL_TARGET) before any
+# command runs; read by `needs_a_cloud`, which has no context of its own to read it from.
+_chosen_target: ContextVar[Target] = ContextVar("chosen_target")
+
+
+def choose(target: Target) -> None:
+    _chosen_target.set(target)
+
+
+def needs_a_cloud(command: Callable[P, R]) -> Callable[P, R]:
+    """Marks a command that talks to a cloud: it points at the chosen one once its arguments are
+    parsed, so `--help` and a usage error never need a cloud running."""
+
+    @functools.wraps(command)
+    def pointed(*args: P.args, **kwargs: P.kwargs) -> R:
+        point_at_cloud(_chosen_target.get())
+        return command(*args, **kwargs)
+
+    return pointed
+
+
+def point_at_cloud(target: object) -> None:
+    """Set the environment for the chosen cloud, or exit with one line saying what to do."""
+    from cli.output import fail
+    from localcloud import control
+    from localcloud.settings import get_local_cloud_settings
+
+    settings = get_local_cloud_settings()
+    running = bool(target == Target.local and control.status(settings)["running"])
+    try:
+        os.environ.update(
+            environment_for(Target(str(target)), settings, cloud_running=running, environ=dict(os.environ))
+        )
+    except TargetError as error:
+        raise fail(error) from error
