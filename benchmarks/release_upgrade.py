@@ -28,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -37,6 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.instances import seconds_until  # noqa: E402
 from benchmarks.serving import LUA  # noqa: E402
 from benchmarks.training import log_in_to_mlflow, point_sdks_at  # noqa: E402
 from localcloud import control  # noqa: E402
@@ -50,15 +50,6 @@ STACK = "arrival-release-bench"
 RESULTS = ROOT / "benchmarks" / "results" / "release_upgrade.md"
 IRIS_RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 LOAD_BEFORE_DEPLOY_SECONDS = 5
-
-
-def seconds_until(condition: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"not within {timeout} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def releases_answering(url: str) -> set[str]:
