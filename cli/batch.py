@@ -15,7 +15,7 @@ from typing import Any
 from cli.operations import OperationError, outputs_of
 from common.adapters import s3
 from common.contracts import DataFormat, data_format_of
-from common.layout import contract_key
+from common.layout import BATCH_INPUT_FOLDER, batch_input_key, batch_output_key, contract_key
 
 # template.yaml's BatchMaxFileBytes default: the most one invocation scores (docs/batch.md).
 DEFAULT_MAX_PART_BYTES = 512 * 1024 * 1024
@@ -26,12 +26,12 @@ class Part:
     key: str
     version_id: str | None
 
-    @property
-    def stem(self) -> str:
-        """The key below input/, without its format: its outputs are `<model>/output/<stem>.*`."""
-        model, _, rest = self.key.partition("/input/")
+    def output_key(self, kind: str) -> str:
+        """One of the part's results (common/layout.py's batch_output_key): the key below input/,
+        without its format, under output/."""
+        model, _, rest = self.key.partition(f"/{BATCH_INPUT_FOLDER}/")
         data_format = data_format_of(rest)
-        return f"{model}/output/{rest[: -len(data_format.value) - 1] if data_format else rest}"
+        return batch_output_key(model, rest[: -len(data_format.value) - 1] if data_format else rest, kind)
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def submit_batch(
     bucket = outputs["InferenceBucketName"]
     size = path.stat().st_size
     if size <= max_part_bytes:
-        return Submitted(model, bucket, [_put(path, bucket, f"{model}/input/{path.name}")])
+        return Submitted(model, bucket, [_put(path, bucket, batch_input_key(model, path.name))])
     if data_format is not DataFormat.csv:
         raise OperationError(
             f"{path}: {size} bytes, more than one batch invocation scores ({max_part_bytes}); "
@@ -109,7 +109,7 @@ def submit_batch(
     stem = path.name[: -len(".csv")]
     with tempfile.TemporaryDirectory(prefix="arrival-batch-") as scratch:
         parts = [
-            _put(part, bucket, f"{model}/input/{stem}-{part.stem}.csv")
+            _put(part, bucket, batch_input_key(model, f"{stem}-{part.stem}.csv"))
             for part in _csv_parts(path, max_part_bytes, Path(scratch))
         ]
     return Submitted(model, bucket, parts)
@@ -118,7 +118,7 @@ def submit_batch(
 def _outcome(bucket: str, part: Part) -> PartOutcome | None:
     """The part's manifest or failure report, once one written for this very upload exists."""
     for suffix in ("manifest", "failure"):
-        found = s3.get_bytes(bucket, f"{part.stem}.{suffix}.json")
+        found = s3.get_bytes(bucket, part.output_key(f"{suffix}.json"))
         if found is None:
             continue
         document: dict[str, Any] = json.loads(found[0])

@@ -94,7 +94,8 @@ class Follower:
     def ingested(self, uploaded: Uploaded) -> FollowResult | None:
         """How ingest judged this object version (accepted, with its entry; quarantined; duplicate),
         or None while it has not."""
-        from common.ingest import REPORT_SUFFIX, quarantine_key
+        from common.ingest import quarantine_key
+        from common.layout import quarantine_report_key
 
         for entry in self.accepted_entries(uploaded.model):
             if (entry["source"]["key"], entry["source"].get("version_id")) == (
@@ -103,7 +104,7 @@ class Follower:
             ):
                 return FollowResult("accepted", accepted=entry)
         bucket = self.outputs["QuarantineBucketName"]
-        report_key = f"{quarantine_key(uploaded.key)}{REPORT_SUFFIX}"
+        report_key = quarantine_report_key(quarantine_key(uploaded.key))
         found = s3.get_bytes(bucket, report_key)
         report = json.loads(found[0]) if found else None
         if report and report["source"].get("version_id") == uploaded.version_id:

@@ -294,7 +294,7 @@ def _live_drift(latest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _quarantined_by_rule(bucket: str, model: str) -> dict[str, int]:
-    from common.ingest import REPORT_SUFFIX
+    from common.layout import REPORT_SUFFIX
 
     reports = [key for key, _ in s3.list_objects(bucket, f"{model}/") if key.endswith(REPORT_SUFFIX)]
     counts: Counter[str] = Counter()

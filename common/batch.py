@@ -39,7 +39,7 @@ from common.contracts import (
     data_format_of,
     parse_contract,
 )
-from common.layout import contract_key
+from common.layout import BATCH_INPUT_FOLDER, batch_output_key, contract_key
 from common.observability import logger
 from common.settings import BatchSettings, get_batch_settings
 from common.validation import (
@@ -53,8 +53,6 @@ from common.validation import (
     values_schema,
 )
 
-INPUT_FOLDER = "input"
-OUTPUT_FOLDER = "output"
 PREDICTION = "prediction"
 PROBABILITY_PREFIX = "probability_"
 MODEL_VERSION = "model_version"
@@ -111,24 +109,20 @@ class BatchInput:
     data_format: DataFormat
 
     @property
-    def _output(self) -> str:
-        return f"{self.model}/{OUTPUT_FOLDER}/{self.name}"
-
-    @property
     def predictions_key(self) -> str:
-        return f"{self._output}.predictions.parquet"
+        return batch_output_key(self.model, self.name, "predictions.parquet")
 
     @property
     def rejects_key(self) -> str:
-        return f"{self._output}.rejects.parquet"
+        return batch_output_key(self.model, self.name, "rejects.parquet")
 
     @property
     def manifest_key(self) -> str:
-        return f"{self._output}.manifest.json"
+        return batch_output_key(self.model, self.name, "manifest.json")
 
     @property
     def failure_key(self) -> str:
-        return f"{self._output}.failure.json"
+        return batch_output_key(self.model, self.name, "failure.json")
 
 
 def batch_input(key: str) -> BatchInput | None:
@@ -137,7 +131,7 @@ def batch_input(key: str) -> BatchInput | None:
     model, _, rest = key.partition("/")
     folder, _, name = rest.partition("/")
     data_format = data_format_of(key)
-    if not MODEL_NAME.match(model) or folder != INPUT_FOLDER or data_format is None:
+    if not MODEL_NAME.match(model) or folder != BATCH_INPUT_FOLDER or data_format is None:
         return None
     stem = name[: -len(data_format.value) - 1]
     if not stem or stem.endswith("/") or any(part in {"", ".", ".."} for part in stem.split("/")):

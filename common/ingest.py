@@ -25,7 +25,14 @@ from common import outcomes, tabular
 from common.adapters import events, s3, sqs
 from common.adapters.idempotency import S3PersistenceLayer
 from common.contracts import MODEL_NAME, DataContract, DataFormat, data_format_of, parse_contract
-from common.layout import accepted_list_hash, accepted_list_key, contract_key
+from common.layout import (
+    accepted_list_hash,
+    accepted_list_key,
+    contract_key,
+    lineage_key,
+    processed_dataset_key,
+    quarantine_report_key,
+)
 from common.observability import logger
 from common.outcomes import Outcome, Pending, RawObject
 from common.reconcile import queue_training, request_trainer
@@ -219,7 +226,7 @@ def record_quarantine(
     settings = get_pipeline_settings()
     where = report["quarantine_key"]
     s3.copy_object(info, settings.quarantine_bucket, where)
-    s3.put_json(settings.quarantine_bucket, f"{where}{REPORT_SUFFIX}", report)
+    s3.put_json(settings.quarantine_bucket, quarantine_report_key(where), report)
     logger.warning(
         "dataset quarantined",
         extra={"model": report["model"], "rule": report["rule"], "key": info.key, "reason": str(rejected)},
@@ -228,24 +235,23 @@ def record_quarantine(
     events.publish(
         settings.event_bus_name,
         "DatasetQuarantined",
-        {**report, "report": f"s3://{settings.quarantine_bucket}/{where}{REPORT_SUFFIX}"},
+        {**report, "report": f"s3://{settings.quarantine_bucket}/{quarantine_report_key(where)}"},
     )
     return {"attempt": attempt}
 
 
-REPORT_SUFFIX = ".report.json"
 _S3_MAX_KEY_BYTES = 1024
 
 
 def quarantine_key(key: str) -> str:
-    """Where a rejected file goes in the quarantine bucket, its report at this key + REPORT_SUFFIX:
+    """Where a rejected file goes in the quarantine bucket, its report at quarantine_report_key():
     its own key, unless that has an empty, '.' or '..' segment or a control character (a tool that
     copies the bucket to disk resolves them out of the model's folder, or worse), or is too long to
     take the suffix (S3 keys end at 1,024 bytes). Those go to `<model>/_unsafe-keys/<sha256 of the
     key>`; the report keeps the original key."""
     segments = key.split("/")
     unsafe = any(segment in {"", ".", ".."} for segment in segments) or any(ord(c) < 32 for c in key)
-    if not unsafe and len(f"{key}{REPORT_SUFFIX}".encode()) <= _S3_MAX_KEY_BYTES:
+    if not unsafe and len(quarantine_report_key(key).encode()) <= _S3_MAX_KEY_BYTES:
         return key
     folder = f"{segments[0]}/" if MODEL_NAME.match(segments[0]) and len(segments) > 1 else ""
     data_format = data_format_of(key)
@@ -301,7 +307,7 @@ def accept_dataset(
     model = dataset["model"]
     content_hash = source.content_hash
     converted = convert(source, contract, source.path.with_name("processed.parquet"), settings.chunk_rows)
-    processed_key = f"{model}/data/{content_hash}.parquet"
+    processed_key = processed_dataset_key(model, content_hash)
     s3.upload(converted.path, settings.processed_bucket, processed_key)
     info = source.info
     lineage = {
@@ -316,7 +322,7 @@ def accept_dataset(
         "ingest_started_at": dataset["ingest_started_at"],
         "accepted_at": time.time(),
     }
-    s3.put_json(settings.processed_bucket, f"{model}/data/{content_hash}.lineage.json", lineage)
+    s3.put_json(settings.processed_bucket, lineage_key(model, content_hash), lineage)
 
     def add(document: dict[str, Any] | None) -> dict[str, Any]:
         document = document or {"model": model, "datasets": []}

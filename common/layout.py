@@ -30,6 +30,41 @@ def accepted_list_key(model: str) -> str:
     return f"{model}/accepted.json"
 
 
+def processed_dataset_key(model: str, content_hash: str) -> str:
+    """In the processed bucket: an accepted file, as Parquet, named by its content's hash (the same
+    bytes uploaded twice are one dataset)."""
+    return f"{model}/data/{content_hash}.parquet"
+
+
+def lineage_key(model: str, content_hash: str) -> str:
+    """In the processed bucket, beside the dataset: where it came from and what ingest did to it."""
+    return f"{model}/data/{content_hash}.lineage.json"
+
+
+# In the quarantine bucket, beside each rejected file (common/ingest.py's quarantine_key): its report.
+REPORT_SUFFIX = ".report.json"
+
+
+def quarantine_report_key(quarantined_key: str) -> str:
+    return f"{quarantined_key}{REPORT_SUFFIX}"
+
+
+# In the inference bucket: what to score goes under <model>/input/, and its results under output/.
+BATCH_INPUT_FOLDER = "input"
+BATCH_OUTPUT_FOLDER = "output"
+
+
+def batch_input_key(model: str, name: str) -> str:
+    """What the batch function scores: `name` with its format's suffix."""
+    return f"{model}/{BATCH_INPUT_FOLDER}/{name}"
+
+
+def batch_output_key(model: str, name: str, kind: str) -> str:
+    """Where a batch input's results go: `kind` is predictions.parquet, rejects.parquet,
+    manifest.json or failure.json. Under output/, which the batch function never scores."""
+    return f"{model}/{BATCH_OUTPUT_FOLDER}/{name}.{kind}"
+
+
 def accepted_list_hash(document: dict[str, Any]) -> str:
     """Identifies the set of datasets a training would use; the training job's deduplication id.
     The model is part of it: FIFO deduplication spans the whole queue, and two models may well

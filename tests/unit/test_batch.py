@@ -562,13 +562,13 @@ def test_submit_splits_a_large_csv_and_wait_returns_each_parts_outcome(
     first, *others = submitted.parts
     stack.s3.put_object(
         Bucket=INFERENCE,
-        Key=f"{first.stem}.failure.json",
+        Key=first.output_key("failure.json"),
         Body=json.dumps({"source": {"version_id": first.version_id}, "rule": "no_champion"}),
     )
     for part in others:
         stack.s3.put_object(
             Bucket=INFERENCE,
-            Key=f"{part.stem}.manifest.json",
+            Key=part.output_key("manifest.json"),
             Body=json.dumps({"source": {"version_id": part.version_id}, "rows": {"scored": 20}}),
         )
     outcomes = cli_batch.wait_batch(submitted, timeout=5)

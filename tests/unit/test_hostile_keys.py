@@ -12,6 +12,7 @@ from urllib.parse import quote_plus
 import pytest
 
 from common import ingest
+from common.layout import quarantine_report_key
 from handlers import handle_ingest
 from tests import datasets
 from tests.unit import test_handle_ingest
@@ -45,7 +46,7 @@ def _hashed(prefix: str, key: str, suffix: str = ".csv") -> str:
 def test_a_quarantine_key_keeps_the_layout(key: str, expected: str) -> None:
     where = ingest.quarantine_key(key)
     assert where == expected
-    assert len(f"{where}{ingest.REPORT_SUFFIX}".encode()) <= 1024
+    assert len(quarantine_report_key(where).encode()) <= 1024
 
 
 def _event(key: str, version_id: str) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def _ingest(stack: FakeStack, key: str, body: bytes, context: FakeLambdaContext)
 
 
 def _report(stack: FakeStack, where: str) -> dict[str, Any]:
-    body = stack.s3.get_object(Bucket="unit-quarantine", Key=f"{where}{ingest.REPORT_SUFFIX}")["Body"]
+    body = stack.s3.get_object(Bucket="unit-quarantine", Key=quarantine_report_key(where))["Body"]
     report: dict[str, Any] = json.loads(body.read())
     return report
 
@@ -107,4 +108,4 @@ def test_a_bad_file_under_a_strange_key_is_quarantined_inside_the_layout(
     copy = stack.s3.get_object(Bucket="unit-quarantine", Key=where)["Body"].read()
     assert copy == BAD
     listed = stack.s3.list_objects_v2(Bucket="unit-quarantine").get("Contents", [])
-    assert sorted(entry["Key"] for entry in listed) == [where, f"{where}{ingest.REPORT_SUFFIX}"]
+    assert sorted(entry["Key"] for entry in listed) == [where, quarantine_report_key(where)]
