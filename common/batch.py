@@ -10,19 +10,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import fastparquet
 import numpy as np
 import pandas as pd
 import yaml
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from pandera.errors import SchemaErrors
 from pydantic import ValidationError
 
@@ -40,7 +39,7 @@ from common.contracts import (
     parse_contract,
 )
 from common.layout import BATCH_INPUT_FOLDER, batch_output_key, contract_key
-from common.observability import logger
+from common.observability import logger, metric
 from common.settings import BatchSettings, get_batch_settings
 from common.validation import (
     DatasetRejectedError,
@@ -349,17 +348,6 @@ class BatchResult:
     seconds: float
 
 
-def _chunks(
-    path: Path, stream: BinaryIO, data_format: DataFormat, contract: DataContract, rows: int, *, fast: bool
-) -> Iterator[pd.DataFrame]:
-    if data_format is DataFormat.parquet:
-        return tabular.parquet_chunks(path, contract, rows)
-    plain = tabular.decompressed(stream, data_format, contract.limits.max_file_bytes)
-    if fast:
-        return tabular.numeric_csv_chunks(plain, contract, rows)
-    return tabular.csv_chunks(plain, contract, rows)
-
-
 class Deadline:
     """Stops scoring while the invocation still has time to say why, and how to split the file:
     Lambda would otherwise kill it mid-file, and SQS deliver the file again, to time out again."""
@@ -428,7 +416,7 @@ def _score_chunks(
     rejects = ParquetWriter(scratch / "rejects.parquet")
     scored = Scored()
     with source.open("rb") as stream:
-        for chunk in _chunks(source, stream, data_format, contract, chunk_rows, fast=fast):
+        for chunk in tabular.chunks(source, stream, data_format, contract, chunk_rows, numbers=fast):
             chunk_started = time.monotonic()
             split = split_rows(tabular.strip_whitespace(chunk), contract, scored.rows_read + 1)
             scored.rows_read += len(chunk)
@@ -540,11 +528,6 @@ def _summary(scored: Scored) -> list[dict[str, Any]]:
     ]
 
 
-def _metric(name: str, model: str | None, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
-    with single_metric(name=name, unit=unit, value=value) as metric:
-        metric.add_dimension(name="model", value=model or "unknown")
-
-
 def score_object(source: BatchObject, seconds_left: Callable[[], float]) -> BatchResult | None:
     """Score one file. None if the key is not a batch input (the function's own outputs among
     them) or the object is gone; BatchFailedError if the file as a whole cannot be scored."""
@@ -645,8 +628,8 @@ def score_object(source: BatchObject, seconds_left: Callable[[], float]) -> Batc
             "seconds": result.seconds,
         },
     )
-    _metric("BatchRowsScored", target.model, scored.rows_scored)
-    _metric("BatchRowsRejected", target.model, scored.rows_rejected)
+    metric("BatchRowsScored", target.model, scored.rows_scored)
+    metric("BatchRowsRejected", target.model, scored.rows_rejected)
     events.publish(
         settings.event_bus_name,
         "BatchCompleted",
@@ -708,7 +691,7 @@ def report_failure(source: BatchObject, failed: BatchFailedError, body: str) -> 
         report_uri = f"s3://{source.bucket}/{target.failure_key}"
     reason = f"{failed.rule}: {failed.detail}"
     logger.error("batch failed", extra={"key": source.key, "rule": str(failed.rule), "reason": failed.detail})
-    _metric("BatchFilesFailed", model)
+    metric("BatchFilesFailed", model)
     events.publish(
         settings.event_bus_name,
         "BatchFailed",

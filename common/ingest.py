@@ -9,14 +9,11 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import pandas as pd
 import yaml
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
@@ -33,7 +30,7 @@ from common.layout import (
     processed_dataset_key,
     quarantine_report_key,
 )
-from common.observability import logger
+from common.observability import logger, metric
 from common.outcomes import Outcome, Pending, RawObject
 from common.reconcile import queue_training, request_trainer
 from common.settings import PipelineSettings, get_pipeline_settings
@@ -117,24 +114,6 @@ def _check_before_reading(info: s3.ObjectInfo, data_format: DataFormat, contract
         )
 
 
-def _chunks(
-    stream: BinaryIO,
-    local: Path,
-    data_format: DataFormat,
-    contract: DataContract,
-    chunk_rows: int,
-    *,
-    numbers: bool,
-) -> Iterator[pd.DataFrame]:
-    if data_format is DataFormat.parquet:
-        # Parquet keeps its schema in a footer: it is read from disk, batch by batch.
-        return tabular.parquet_chunks(local, contract, chunk_rows)
-    plain = tabular.decompressed(stream, data_format, contract.limits.max_file_bytes)
-    if numbers:
-        return tabular.numeric_csv_chunks(plain, contract, chunk_rows)
-    return tabular.csv_chunks(plain, contract, chunk_rows)
-
-
 def download(info: s3.ObjectInfo, data_format: DataFormat, scratch: Path) -> DownloadedObject:
     """Copy the object to local disk (the size check bounds it) and hash it. Reading it from S3 at
     the pace of validation kept one connection open for minutes, and a slow reader's connection
@@ -171,7 +150,9 @@ def _convert(
     rows_read = 0
     try:
         with source.path.open("rb") as stream:
-            chunks = _chunks(stream, source.path, source.data_format, contract, chunk_rows, numbers=numbers)
+            chunks = tabular.chunks(
+                source.path, stream, source.data_format, contract, chunk_rows, numbers=numbers
+            )
             for chunk in chunks:
                 rows_read += len(chunk)
                 sink.write(deduplicate(validate(tabular.strip_whitespace(chunk), contract)))
@@ -194,11 +175,6 @@ def _sha256_of(path: Path) -> str:
         while block := stream.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _metric(name: str, model: str | None) -> None:
-    with single_metric(name=name, unit=MetricUnit.Count, value=1) as metric:
-        metric.add_dimension(name="model", value=model or "unknown")
 
 
 # A redelivery comes from SQS, which keeps a message at most 14 days from its first send, dead-letter
@@ -231,7 +207,7 @@ def record_quarantine(
         "dataset quarantined",
         extra={"model": report["model"], "rule": report["rule"], "key": info.key, "reason": str(rejected)},
     )
-    _metric("FilesQuarantined", report["model"])
+    metric("FilesQuarantined", report["model"])
     events.publish(
         settings.event_bus_name,
         "DatasetQuarantined",
@@ -358,13 +334,13 @@ def _accept(
     )
     if result["attempt"] != attempt:
         logger.info("duplicate dataset ignored", extra={"model": model, "content_hash": content_hash})
-        _metric("FilesDuplicate", model)
+        metric("FilesDuplicate", model)
         return IngestResult(
             Outcome.duplicate, source.info.key, model, "same content already accepted", content_hash
         )
     lineage = result["lineage"]
     logger.info("dataset accepted", extra={**lineage, "list_hash": result["list_hash"]})
-    _metric("FilesAccepted", model)
+    metric("FilesAccepted", model)
     outcome = request_trainer(settings)
     logger.info("reconciled trainers", extra={"action": outcome.action, "instance_id": outcome.instance_id})
     return IngestResult(Outcome.accepted, source.info.key, model, f"{lineage['rows']} rows", content_hash)
@@ -400,7 +376,7 @@ def _judge(settings: PipelineSettings, raw: RawObject) -> IngestResult:
         # A very late notification (a redrive days later) for a version someone deleted since: there
         # is nothing left to judge, and retrying would only fill the dead-letter queue.
         logger.warning("the object no longer exists; nothing to ingest", extra={"key": raw.key})
-        _metric("FilesVanished", model)
+        metric("FilesVanished", model)
         return IngestResult(Outcome.ignored, raw.key, model, "the object no longer exists")
     contract: DataContract | None = None
     scratch = settings.scratch_dir / f"ingest-{uuid.uuid4().hex}"
@@ -435,5 +411,5 @@ def dead_letter_if_last_delivery(body: str, receive_count: int, error: Exception
     reason = f"{type(error).__name__}: {error}"
     sqs.send_with_reason(settings.ingest_dead_letter_queue_url, body, reason=reason)
     logger.error("notification dead-lettered after its last delivery", extra={"reason": reason})
-    _metric("FilesDeadLettered", None)
+    metric("FilesDeadLettered", None)
     return True

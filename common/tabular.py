@@ -441,3 +441,17 @@ class ParquetSink:
 
     def close(self) -> None:
         """Nothing is buffered: each write leaves a whole file, its footer rewritten."""
+
+
+def chunks(
+    path: Path, stream: BinaryIO, data_format: DataFormat, contract: DataContract, rows: int, *, numbers: bool
+) -> Iterator[pd.DataFrame]:
+    """An object's rows in chunks of `rows`, as ingest and batch read them: Parquet from `path` on disk
+    (its schema is in a footer), CSV from `stream`, decompressed within the contract's size limit,
+    its numbers read by the C parser first when `numbers` (numeric_csv_chunks says when it gives up)."""
+    if data_format is DataFormat.parquet:
+        return parquet_chunks(path, contract, rows)
+    plain = decompressed(stream, data_format, contract.limits.max_file_bytes)
+    if numbers:
+        return numeric_csv_chunks(plain, contract, rows)
+    return csv_chunks(plain, contract, rows)
